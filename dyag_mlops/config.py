@@ -1,0 +1,183 @@
+"""One frozen dataclass per stage: the only copy of each stage's defaults.
+
+The CLI options, the MLproject parameters and the pipeline all read their
+defaults from here (a test checks that MLproject agrees). Each field carries a
+one-line help text in its metadata, used by the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BASE_MODEL = "smollm2:135m"
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """generate-training: corpus -> train/val/test chat datasets."""
+
+    corpus: str = _f("", "Corpus: JSONL chunks or a folder of Markdown files (empty: bundled demo corpus).")
+    method: str = _f("rule-based", "rule-based, augmented or llm-based.")
+    count: int = _f(0, "Number of examples to produce (0: every example the method can make).")
+    seed: int = _f(42, "Random seed for sampling and splitting.")
+    output: str = _f("data/dataset.jsonl", "Output path; with --split, OUT_train/_val/_test.jsonl and OUT_manifest.json.")
+    split: bool = _f(True, "Split into train/val/test.")
+    val_ratio: float = _f(0.1, "Share of facts whose phrasings go to the validation split.")
+    test_ratio: float = _f(0.1, "Share of phrasings held out for the test split.")
+    schema: str = _f("fr", "Field schema: fr, en or a path to a schema JSON file.")
+    llm_model: str = _f(DEFAULT_BASE_MODEL, "llm-based: model that writes the pairs (shortcut, Hub id or directory).")
+    llm_url: str = _f("", "llm-based: base URL of an OpenAI-compatible endpoint (instead of a local model).")
+    llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
+    overwrite: bool = _f(False, "Replace existing output files.")
+
+    def __post_init__(self) -> None:
+        if self.method not in ("rule-based", "augmented", "llm-based"):
+            raise ValueError(f"--method must be rule-based, augmented or llm-based, not {self.method!r}")
+        if self.count < 0:
+            raise ValueError("--count must be >= 0")
+        if not (0 <= self.val_ratio < 1 and 0 <= self.test_ratio < 1 and self.val_ratio + self.test_ratio < 1):
+            raise ValueError("--val-ratio and --test-ratio must be in [0, 1) and sum to less than 1")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """finetune: LoRA / QLoRA training of a base model on a train split."""
+
+    dataset: str = _f("data/dataset_train.jsonl", "Training set (chat JSONL) or runs:/RUN_ID/path of a generate-training run.")
+    val: str = _f("", "Validation set (chat JSONL or runs:/ URI); empty: none.")
+    output: str = _f("outputs/adapter", "Output directory (checkpoints and final/).")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "Base model: shortcut, Hub id or local directory.")
+    epochs: float = _f(3.0, "Number of epochs.")
+    batch_size: int = _f(8, "Per-device batch size.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    lr: float = _f(0.0005, "Peak learning rate.")
+    lora_rank: int = _f(16, "LoRA rank r.")
+    lora_alpha: int = _f(32, "LoRA alpha.")
+    lora_dropout: float = _f(0.05, "LoRA dropout.")
+    target_modules: str = _f("all-linear", "Comma-separated module names, or all-linear.")
+    max_length: int = _f(512, "Maximum tokens per example (longer ones are truncated).")
+    seed: int = _f(42, "Random seed.")
+    dora: bool = _f(False, "Use DoRA (weight-decomposed LoRA).")
+    quantize: str = _f("none", "none or 4bit (QLoRA, CUDA only).")
+    resume: bool = _f(False, "Resume from the latest checkpoint in --output.")
+    init_adapter: str = _f("", "Continue training this adapter (incremental fine-tuning).")
+    save_steps: int = _f(50, "Save a checkpoint every N optimizer steps.")
+    save_total_limit: int = _f(2, "Keep the last K checkpoints.")
+    logging_steps: int = _f(5, "Log metrics every N steps.")
+    device: str = _f("auto", "auto, cuda, mps or cpu.")
+    overwrite: bool = _f(False, "Replace a non-empty output directory.")
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "4bit"):
+            raise ValueError(f"--quantize must be none or 4bit, not {self.quantize!r}")
+        for name in ("batch_size", "grad_accum", "lora_rank", "max_length", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("--epochs and --lr must be > 0")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """index-rag: corpus -> persistent ChromaDB collection."""
+
+    corpus: str = _f("", "Corpus: JSONL chunks or a folder of Markdown files (empty: bundled demo corpus).")
+    index: str = _f("outputs/rag_index", "Index directory (ChromaDB persistent store + manifest).")
+    collection: str = _f("dyag", "Collection name.")
+    embedding_model: str = _f("all-minilm-l6-v2", "Sentence-transformers model (all-minilm-l6-v2 is bundled).")
+    chunk_size: int = _f(1200, "Split chunks longer than this many characters (0: never).")
+    chroma_host: str = _f("", "host:port of a ChromaDB server instead of the embedded store.")
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 0:
+            raise ValueError("--chunk-size must be >= 0")
+
+
+SYSTEMS = ("base", "finetuned", "rag", "hybrid")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate: one system answers an eval set; metrics, table and results JSON."""
+
+    eval_file: str = _f("", "Eval set: chat JSONL or {question, expected_answer} JSONL (empty: bundled hand-written set).")
+    system: str = _f("finetuned", "base, finetuned, rag or hybrid.")
+    model: str = _f("", "Adapter: directory, runs:/ or models:/ URI (finetuned, hybrid).")
+    base_model: str = _f("", "Base model (empty: the adapter's recorded base, else smollm2:135m).")
+    index: str = _f("", "RAG index directory (rag, hybrid).")
+    top_k: int = _f(3, "Chunks retrieved per question (rag, hybrid).")
+    limit: int = _f(0, "Evaluate only the first N questions (0: all).")
+    batch_size: int = _f(8, "Questions generated together.")
+    max_new_tokens: int = _f(64, "Maximum tokens per answer.")
+    temperature: float = _f(0.0, "0: greedy decoding (repeatable).")
+    output: str = _f("", "Results JSON path (empty: outputs/results_SYSTEM.json).")
+    device: str = _f("auto", "auto, cuda, mps or cpu.")
+    verbose: bool = _f(False, "Print each question with its answer.")
+    overwrite: bool = _f(True, "Replace an existing results file.")
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"--system must be one of {', '.join(SYSTEMS)}, not {self.system!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.top_k < 1 or self.limit < 0:
+            raise ValueError("--batch-size, --max-new-tokens and --top-k must be >= 1, --limit >= 0")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """compare: evaluate runs from the tracking store -> winners, report, registry."""
+
+    experiment: str = _f("", "Experiment to read (empty: the current one).")
+    run_ids: str = _f("", "Comma-separated evaluate run ids (empty: latest finished run per system).")
+    parent_run_id: str = _f("", "Compare the evaluate runs that are children of this pipeline run.")
+    rag_results: str = _f("", "Seed compatibility: results JSON of a RAG evaluation.")
+    finetuned_results: str = _f("", "Seed compatibility: results JSON of a fine-tuned evaluation.")
+    primary_metric: str = _f("correct", "Metric that decides the overall winner.")
+    n_bootstrap: int = _f(1000, "Paired bootstrap resamples.")
+    confidence: float = _f(0.95, "Confidence level of the intervals.")
+    registered_model: str = _f("dyag-qa", "Registered model name for the winner.")
+    register: bool = _f(True, "Register the winner and move the champion alias.")
+    output_dir: str = _f("outputs/compare", "Where comparison.json, comparison.md and the chart go.")
+    force: bool = _f(False, "Compare runs evaluated on different eval sets.")
+    seed: int = _f(42, "Bootstrap seed.")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """main: generate -> finetune -> index -> evaluate x4 -> compare, as child runs."""
+
+    corpus: str = _f("", "Corpus (empty: bundled demo corpus).")
+    eval_file: str = _f("", "Eval set (empty: bundled hand-written set).")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "Base model for every system.")
+    method: str = _f("rule-based", "generate-training method.")
+    epochs: float = _f(3.0, "Fine-tuning epochs.")
+    lr: float = _f(0.0005, "Fine-tuning learning rate.")
+    max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
+    limit: int = _f(0, "Evaluate only the first N questions (0: all).")
+    systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
+    workdir: str = _f("outputs/pipeline", "Where the stages write their files.")
+    registered_model: str = _f("dyag-qa", "Registered model name for the winner.")
+    reuse: bool = _f(True, "Reuse a finished step with the same parameters and code.")
+
+
+STAGE_CONFIGS = {
+    "generate_training": GenerateConfig,
+    "finetune": FinetuneConfig,
+    "index_rag": IndexConfig,
+    "evaluate": EvaluateConfig,
+    "compare": CompareConfig,
+    "main": PipelineConfig,
+}
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def field_help(config_cls: type, name: str) -> str:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}[name]

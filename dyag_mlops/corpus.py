@@ -1,0 +1,103 @@
+"""Corpus readers: JSONL chunks or a folder of Markdown files -> chunks.
+
+JSONL: one `{"id", "content", "metadata": {...}}` per line; the document is
+named by `metadata.nom`/`metadata.id` or `metadata.title`/`metadata.doc_id`.
+Markdown: every `.md` file below the folder, split on headings; the document
+is the file, its title the first heading (or the file name).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from dyag_mlops.errors import DyagError
+from dyag_mlops.files import read_jsonl
+
+HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
+# "Label : value", "- **Label**: value", "* Label: value"
+FIELD_LINE = re.compile(r"^\s*(?:[-*]\s+)?(?:\*\*)?(?P<label>[^:\n*]{1,60}?)(?:\*\*)?\s*:\s*(?P<value>\S.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    content: str
+    doc_id: str
+    title: str
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def demo_corpus_path() -> Path:
+    return Path(str(resources.files("dyag_mlops") / "resources" / "demo_corpus.jsonl"))
+
+
+def load_corpus(path: str | Path = "") -> list[Chunk]:
+    """Read a corpus (empty path: the bundled demo corpus). Never returns an empty list."""
+    path = Path(path) if path else demo_corpus_path()
+    if path.is_dir():
+        chunks = _load_markdown(path)
+    elif path.is_file():
+        chunks = _load_jsonl(path)
+    else:
+        raise DyagError(f"{path}: corpus not found (give a JSONL file or a folder of Markdown files)")
+    if not chunks:
+        raise DyagError(f"{path}: the corpus is empty (no chunk with content)")
+    ids = [c.id for c in chunks]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DyagError(f"{path}: chunk id {dup!r} appears more than once")
+    return chunks
+
+
+def _load_jsonl(path: Path) -> list[Chunk]:
+    chunks = []
+    for lineno, obj in read_jsonl(path):
+        content = obj.get("content", obj.get("text"))
+        if not isinstance(content, str):
+            raise DyagError(f"{path}:{lineno}: a chunk needs a string 'content'")
+        if not content.strip():
+            continue
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise DyagError(f"{path}:{lineno}: 'metadata' must be an object")
+        chunk_id = str(obj.get("id") or meta.get("chunk_id") or f"{path.stem}-{lineno}")
+        doc_id = str(meta.get("id") or meta.get("doc_id") or chunk_id)
+        title = str(meta.get("nom") or meta.get("title") or meta.get("name") or doc_id)
+        chunks.append(Chunk(chunk_id, content, doc_id, title, meta))
+    return chunks
+
+
+def _load_markdown(folder: Path) -> list[Chunk]:
+    chunks = []
+    for md in sorted(folder.rglob("*.md")):
+        try:
+            text = md.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DyagError(f"{md}: cannot read ({exc})") from None
+        doc_id = md.relative_to(folder).with_suffix("").as_posix()
+        title = md.stem
+        sections: list[list[str]] = [[]]
+        for line in text.splitlines():
+            match = HEADING.match(line)
+            if match:
+                if title == md.stem and len(match.group(1)) == 1:
+                    title = match.group(2)
+                sections.append([])
+            sections[-1].append(line)
+        for n, lines in enumerate(s for s in sections if "".join(s).strip()):
+            content = "\n".join(lines).strip()
+            chunks.append(Chunk(f"{doc_id}#{n}", content, doc_id, title, {"source": str(md), "title": title}))
+    return chunks
+
+
+def field_lines(content: str) -> list[tuple[str, str]]:
+    """(label, value) pairs of the "Label : value" lines of a chunk."""
+    pairs = []
+    for line in content.splitlines():
+        match = FIELD_LINE.match(line)
+        if match and not line.lstrip().startswith(("http://", "https://")):
+            pairs.append((match.group("label").strip(), match.group("value").strip()))
+    return pairs

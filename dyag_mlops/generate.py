@@ -1,0 +1,432 @@
+"""Stage generate-training: corpus -> train/val/test chat datasets.
+
+    dyag generate-training corpus.jsonl --method augmented --output data/qa.jsonl
+
+Methods:
+- rule-based: fields found through a field schema (labels -> question
+  templates); the first four phrasings of each field.
+- augmented: every phrasing, the document named by its short and full name,
+  plus combined questions over two fields; never the same (question, answer) twice.
+- llm-based: a model writes question/answer pairs from each chunk; a pair whose
+  answer is not found in its chunk is dropped and counted.
+
+Split: each *fact* (document, field, value) keeps at least one phrasing in
+train; the test split holds other phrasings of facts that train covers (what
+fine-tuning is meant to learn), val likewise; no question is in two splits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from dyag_mlops.config import GenerateConfig
+from dyag_mlops.corpus import Chunk, field_lines, load_corpus
+from dyag_mlops.errors import DyagError
+from dyag_mlops.files import atomic_write_json, atomic_write_jsonl, read_jsonl, refuse_overwrite
+from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages
+from dyag_mlops.tracking import NullTracker
+
+RULE_BASED_PHRASINGS = 4
+UNKNOWN_FIELD = "unknown"
+
+
+def normalise(text: str) -> str:
+    """Lowercase, no accents, punctuation as spaces, single spaces."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    combined_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Schema:
+    language: str
+    fields: tuple[FieldSpec, ...]
+
+    def field_for_label(self, label: str) -> FieldSpec | None:
+        wanted = normalise(label)
+        for spec in self.fields:
+            if any(normalise(l) == wanted for l in spec.labels):
+                return spec
+        return None
+
+    def all_labels(self) -> list[str]:
+        return [label for spec in self.fields for label in spec.labels]
+
+
+def load_schema(name_or_path: str) -> Schema:
+    """A shipped schema (`fr`, `en`) or a user's JSON file of the same shape."""
+    if name_or_path in ("fr", "en"):
+        text = (resources.files("dyag_mlops") / "resources" / "schemas" / f"{name_or_path}.json").read_text("utf-8")
+        where = name_or_path
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise DyagError(f"--schema {name_or_path}: not fr, en or an existing JSON file")
+        text, where = path.read_text("utf-8"), str(path)
+    try:
+        data = json.loads(text)
+        specs = tuple(
+            FieldSpec(f["name"], tuple(f["labels"]), tuple(f["templates"]), tuple(f.get("combined_with", ())))
+            for f in data["fields"]
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DyagError(f"{where}: not a valid field schema ({exc})") from None
+    for spec in specs:
+        if not spec.templates or any("{doc}" not in t for t in spec.templates):
+            raise DyagError(f"{where}: every template of field {spec.name!r} must contain {{doc}}")
+    return Schema(data.get("language", "?"), specs)
+
+
+# ---------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True)
+class Fact:
+    doc_id: str
+    title: str
+    field: str
+    label: str
+    value: str
+    chunk_id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.doc_id}::{self.field}"
+
+
+def extract_facts(chunks: list[Chunk], schema: Schema) -> tuple[list[Fact], dict[str, dict[str, str]]]:
+    """Facts found through the schema, and each document's aliases (title, full name)."""
+    facts: dict[str, Fact] = {}
+    aliases: dict[str, dict[str, str]] = defaultdict(dict)
+    for chunk in chunks:
+        aliases[chunk.doc_id].setdefault("title", chunk.title)
+        for label, value in field_lines(chunk.content):
+            spec = schema.field_for_label(label)
+            if spec is None:
+                continue
+            fact = Fact(chunk.doc_id, chunk.title, spec.name, label, value, chunk.id)
+            facts.setdefault(fact.key, fact)
+            if spec.name == "full_name":
+                aliases[chunk.doc_id]["full_name"] = value
+    return list(facts.values()), dict(aliases)
+
+
+def missing_facts(facts: list[Fact], chunks: list[Chunk], schema: Schema) -> list[Fact]:
+    """For documents that have some fields but not others: facts whose answer is
+    that the inventory does not say ("Je ne sais pas"), so a model learns to
+    admit it rather than invent."""
+    present = {f.key for f in facts}
+    documents = {f.doc_id: f for f in facts}
+    first_chunk = {}
+    for chunk in chunks:
+        first_chunk.setdefault(chunk.doc_id, chunk.id)
+    unknown = []
+    for doc_id, any_fact in documents.items():
+        for spec in schema.fields:
+            if f"{doc_id}::{spec.name}" not in present:
+                unknown.append(Fact(doc_id, any_fact.title, spec.name, spec.labels[0], UNKNOWN_ANSWER, first_chunk[doc_id]))
+    return unknown
+
+
+# ---------------------------------------------------------------- examples
+
+
+def make_example(question: str, answer: str, fact: Fact, method: str, fact_id: str | None = None) -> dict:
+    return {
+        "messages": build_messages(question, answer=answer),
+        "metadata": {
+            "doc_id": fact.doc_id,
+            "title": fact.title,
+            "field": fact.field,
+            "method": method,
+            "chunk_id": fact.chunk_id,
+            "fact_id": fact_id or fact.key,
+        },
+    }
+
+
+def rule_based_examples(facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool) -> list[dict]:
+    specs = {s.name: s for s in schema.fields}
+    method = "augmented" if augmented else "rule-based"
+    examples: list[dict] = []
+    for fact in facts:
+        spec = specs[fact.field]
+        templates = spec.templates if augmented else spec.templates[:RULE_BASED_PHRASINGS]
+        names = [fact.title]
+        if augmented:
+            names += [aliases.get(fact.doc_id, {}).get("full_name", fact.title), fact.title.lower()]
+        for name in dict.fromkeys(names):
+            for template in templates:
+                examples.append(make_example(template.replace("{doc}", name), fact.value, fact, method))
+    if augmented:
+        examples += combined_examples(facts, specs)
+    return examples
+
+
+def combined_examples(facts: list[Fact], specs: dict[str, FieldSpec]) -> list[dict]:
+    """Two questions about one document asked together, answered field by field."""
+    by_key = {f.key: f for f in facts}
+    examples = []
+    for fact in facts:
+        if fact.value == UNKNOWN_ANSWER:
+            continue
+        for other_name in specs[fact.field].combined_with:
+            other = by_key.get(f"{fact.doc_id}::{other_name}")
+            if other is None or other.value == UNKNOWN_ANSWER or other_name not in specs:
+                continue
+            for first, second in zip(specs[fact.field].templates[:2], specs[other_name].templates[:2]):
+                question = f"{first.replace('{doc}', fact.title)} {second.replace('{doc}', fact.title)}"
+                answer = f"{fact.label} : {fact.value} ; {other.label} : {other.value}"
+                examples.append(make_example(question, answer, fact, "augmented", f"{fact.key}+{other_name}"))
+    return examples
+
+
+def dedupe(examples: list[dict]) -> list[dict]:
+    """Drop repeated (question, answer) pairs and any question already asked."""
+    seen: set[str] = set()
+    unique = []
+    for ex in examples:
+        question = normalise(ex["messages"][1]["content"])
+        if question in seen:
+            continue
+        seen.add(question)
+        unique.append(ex)
+    return unique
+
+
+# ---------------------------------------------------------------- llm-based
+
+LLM_INSTRUCTION = (
+    "Voici une fiche. Écris {n} paires question/réponse dont la réponse se trouve mot pour mot dans la fiche. "
+    "Format, une paire par ligne : Q: <question> || R: <réponse>\n\nFiche :\n{chunk}"
+)
+PAIR_LINE = re.compile(r"Q\s*:\s*(?P<q>.+?)\s*\|\|\s*R\s*:\s*(?P<a>.+)")
+
+
+def llm_examples(chunks: list[Chunk], config: GenerateConfig, pairs_per_chunk: int = 4) -> tuple[list[dict], int]:
+    """(examples, number of pairs dropped as unsupported by their chunk)."""
+    from tqdm import tqdm
+
+    ask = _endpoint_writer(config) if config.llm_url else _local_writer(config)
+    examples, dropped = [], 0
+    for chunk in tqdm(chunks, desc="llm-based generation", unit="chunk"):
+        reply = ask(LLM_INSTRUCTION.format(n=pairs_per_chunk, chunk=chunk.content))
+        for match in PAIR_LINE.finditer(reply):
+            question, answer = match.group("q").strip(), match.group("a").strip()
+            if not answer or normalise(answer) not in normalise(chunk.content) or len(normalise(answer)) < 2:
+                dropped += 1
+                continue
+            fact = Fact(chunk.doc_id, chunk.title, "llm", "", answer, chunk.id)
+            examples.append(make_example(question, answer, fact, "llm-based", f"{chunk.id}::{normalise(answer)}"))
+    return examples, dropped
+
+
+def _local_writer(config: GenerateConfig) -> Callable[[str], str]:
+    from dyag_mlops.systems import load_predictor
+
+    predictor = load_predictor("base", base_model=config.llm_model, max_new_tokens=256)
+    return lambda prompt: predictor.answer_raw([prompt])[0]
+
+
+def _endpoint_writer(config: GenerateConfig) -> Callable[[str], str]:
+    """An OpenAI-compatible chat endpoint; the key comes from an environment
+    variable and is never logged."""
+    import urllib.request
+
+    key = os.environ.get(config.llm_api_key_env, "")
+    url = config.llm_url.rstrip("/") + "/chat/completions"
+
+    def ask(prompt: str) -> str:
+        body = json.dumps(
+            {"model": config.llm_model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        ).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.load(response)["choices"][0]["message"]["content"]
+        except Exception as exc:  # network, HTTP or JSON error: name the endpoint, not the key
+            raise DyagError(f"--llm-url {config.llm_url}: request failed ({exc})") from None
+
+    return ask
+
+
+# ---------------------------------------------------------------- split
+
+
+def split_examples(
+    examples: list[dict], val_ratio: float, test_ratio: float, seed: int
+) -> dict[str, list[dict]]:
+    """Train/val/test so that every val/test fact keeps a phrasing in train."""
+    rng = random.Random(seed)
+    by_fact: dict[str, list[dict]] = defaultdict(list)
+    for ex in examples:
+        by_fact[ex["metadata"]["fact_id"]].append(ex)
+    fact_ids = sorted(by_fact)
+    rng.shuffle(fact_ids)
+    for fid in fact_ids:
+        rng.shuffle(by_fact[fid])
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    targets = {"test": round(test_ratio * len(examples)), "val": round(val_ratio * len(examples))}
+    for name in ("test", "val"):
+        # Round-robin over facts, one phrasing each, so held-out phrasings spread
+        # over as many facts as possible; a fact always keeps one for train.
+        while targets[name] > 0:
+            moved = False
+            for fid in fact_ids:
+                if targets[name] == 0:
+                    break
+                if len(by_fact[fid]) >= 2:
+                    splits[name].append(by_fact[fid].pop())
+                    targets[name] -= 1
+                    moved = True
+            if not moved:
+                break
+    for fid in fact_ids:
+        splits["train"].extend(by_fact[fid])
+    for name in splits:
+        rng.shuffle(splits[name])
+    return splits
+
+
+def manifest_for(splits: dict[str, list[dict]], requested: int, produced: int, dropped: int) -> dict:
+    def facts(rows: list[dict]) -> set[str]:
+        return {r["metadata"]["fact_id"] for r in rows}
+
+    train_facts = facts(splits.get("train", []))
+    manifest: dict[str, Any] = {"requested": requested, "produced": produced, "dropped_unsupported": dropped, "splits": {}}
+    for name, rows in splits.items():
+        held = facts(rows)
+        manifest["splits"][name] = {
+            "examples": len(rows),
+            "facts": len(held),
+            "per_field": dict(sorted(Counter(r["metadata"]["field"] for r in rows).items())),
+            # share of this split's facts that the training split also teaches
+            "fact_coverage_by_train": round(len(held & train_facts) / len(held), 4) if held else None,
+        }
+    return manifest
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_dataset(path: str | Path) -> list[str]:
+    """Problems in a chat dataset, each naming file and line; empty if valid."""
+    problems = []
+    count = 0
+    try:
+        rows = list(read_jsonl(path))
+    except DyagError as exc:
+        return [str(exc)]
+    for lineno, obj in rows:
+        count += 1
+        where = f"{path}:{lineno}"
+        messages = obj.get("messages")
+        if not isinstance(messages, list) or not messages:
+            problems.append(f"{where}: 'messages' must be a non-empty list")
+            continue
+        roles = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+                problems.append(f"{where}: message {i} has no valid role (system, user or assistant)")
+            elif not isinstance(m.get("content"), str) or not m["content"].strip():
+                problems.append(f"{where}: message {i} ({m['role']}) has empty content")
+            else:
+                roles.append(m["role"])
+        if "user" not in roles or "assistant" not in roles:
+            problems.append(f"{where}: needs at least one user and one assistant turn")
+    if count == 0:
+        problems.append(f"{path}: the dataset is empty")
+    return problems
+
+
+# ---------------------------------------------------------------- stage
+
+
+@dataclass
+class GenerateResult:
+    files: dict[str, str]
+    counts: dict[str, int]
+    manifest: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_paths(output: str, split: bool) -> dict[str, Path]:
+    out = Path(output)
+    stem = out.with_suffix("") if out.suffix == ".jsonl" else out
+    paths = {"manifest": Path(f"{stem}_manifest.json")}
+    if split:
+        paths.update({name: Path(f"{stem}_{name}.jsonl") for name in ("train", "val", "test")})
+    else:
+        paths["all"] = Path(f"{stem}.jsonl")
+    return paths
+
+
+def run(config: GenerateConfig, tracker: NullTracker = NullTracker()) -> GenerateResult:
+    paths = output_paths(config.output, config.split)
+    refuse_overwrite(list(paths.values()), config.overwrite)
+    chunks = load_corpus(config.corpus)
+    warnings: list[str] = []
+    dropped = 0
+    if config.method == "llm-based":
+        examples, dropped = llm_examples(chunks, config)
+        if not examples:
+            raise DyagError(f"llm-based: every generated pair was unsupported by its chunk ({dropped} dropped)")
+    else:
+        schema = load_schema(config.schema)
+        facts, aliases = extract_facts(chunks, schema)
+        if not facts:
+            raise DyagError(
+                f"no field found in {config.corpus or 'the demo corpus'} with schema {config.schema!r}; "
+                f"it looks for lines 'Label : value' with labels: {', '.join(schema.all_labels())}"
+            )
+        facts += missing_facts(facts, chunks, schema)
+        examples = rule_based_examples(facts, schema, aliases, augmented=config.method == "augmented")
+    examples = dedupe(examples)
+    available = len(examples)
+    if config.count and config.count < available:
+        examples = random.Random(config.seed).sample(examples, config.count)
+    elif config.count > available:
+        warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
+
+    splits = (
+        split_examples(examples, config.val_ratio, config.test_ratio, config.seed)
+        if config.split
+        else {"all": examples}
+    )
+    manifest = manifest_for(splits, config.count, len(examples), dropped)
+    manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
+    for name, rows in splits.items():
+        atomic_write_jsonl(paths[name], rows)
+    atomic_write_json(paths["manifest"], manifest)
+
+    for name in splits:
+        tracker.log_dataset(paths[name], context=name)
+        tracker.log_artifact(paths[name], "datasets")
+    tracker.log_artifact(paths["manifest"], "datasets")
+    counts = {f"examples_{name}": len(rows) for name, rows in splits.items()}
+    counts.update({"examples_total": len(examples), "corpus_chunks": len(chunks), "dropped_unsupported": dropped})
+    tracker.log_metrics(counts)
+    return GenerateResult({k: str(v) for k, v in paths.items()}, counts, manifest, warnings)

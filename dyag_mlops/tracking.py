@@ -1,0 +1,194 @@
+"""MLflow tracking behind one small interface.
+
+`stage_run(stage, config)` opens (or joins) an MLflow run, tags it, logs the
+resolved config as params and as `config.yaml`, and yields a `Tracker`. Stage
+cores only ever talk to a Tracker; `NullTracker` has the same methods and does
+nothing, so code paths that run without MLflow need no "is logging on?" branch.
+
+Tracking URI: `MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db` in the
+working directory. Experiment: `MLFLOW_EXPERIMENT_NAME`, default `dyag-mlops`.
+Inside `mlflow run`, the run given by `MLFLOW_RUN_ID` is joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from dyag_mlops.files import file_digest
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "dyag-mlops"
+SECRET_MARKERS = ("token", "api_key", "apikey", "secret", "password")
+
+
+def configure() -> str:
+    """Set the tracking URI (env or sqlite default) and return it."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (the package's own checkout), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_params(config: Any) -> dict[str, str]:
+    """Config as flat string params; fields that look like secrets are left out."""
+    params = {}
+    for key, value in dataclasses.asdict(config).items():
+        if any(marker in key.lower() for marker in SECRET_MARKERS) and not key.endswith("_env"):
+            continue
+        params[key] = str(value)
+    return params
+
+
+def config_hash(stage: str, config: Any) -> str:
+    """Stable digest of a stage's parameters: a finished run with the same hash
+    and commit can be reused by the pipeline instead of run again."""
+    payload = json.dumps({"stage": stage, **config_params(config)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class NullTracker:
+    """Same methods as Tracker; does nothing. For runs without MLflow."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, data: dict, artifact_file: str) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> str:
+        return file_digest(path)
+    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
+        return None
+
+
+class Tracker(NullTracker):
+    """Logs to the active MLflow run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        # `mlflow run` has already logged the entry point's parameters as typed
+        # on the command line ("2e-4"); logging "0.0002" again under the same key
+        # fails with "Changing param values is not allowed". Keep what is there.
+        existing = mlflow.get_run(self.run_id).data.params
+        fresh = {k: str(v) for k, v in params.items() if k not in existing}
+        if fresh:
+            mlflow.log_params(fresh)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifacts(str(path), artifact_path)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_table(data=data, artifact_file=artifact_file)
+
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> str:
+        """Log a JSONL file as an MLflow dataset input (context train/val/test/eval/corpus)."""
+        import mlflow
+        import pandas as pd
+
+        path = Path(path)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        frame = pd.DataFrame({"record": [json.dumps(r, ensure_ascii=False) for r in rows]})
+        digest = file_digest(path)
+        dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name or path.name, digest=digest)
+        mlflow.log_input(dataset, context=context)
+        return digest
+
+    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
+        import mlflow
+
+        info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
+        return info.model_uri
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    config: Any,
+    *,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+    run_name: str | None = None,
+) -> Iterator[Tracker]:
+    """Open the MLflow run of one stage and yield its Tracker.
+
+    Joins the run named by MLFLOW_RUN_ID (how `mlflow run` calls an entry
+    point); with `nested`, opens a child of the active run (the pipeline).
+    The run ends FAILED if the body raises.
+    """
+    import mlflow
+
+    configure()
+    joined = os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None and not nested
+    if not joined and not nested and mlflow.active_run() is None:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    # start_run() picks up MLFLOW_RUN_ID by itself when it is set.
+    with mlflow.start_run(nested=nested, run_name=run_name or (None if joined else stage)) as run:
+        tracker = Tracker(run.info.run_id)
+        tracker.set_tags(
+            {
+                "dyag.stage": stage,
+                "dyag.git_commit": git_commit(),
+                "dyag.config_hash": config_hash(stage, config),
+                **(tags or {}),
+            }
+        )
+        tracker.log_params(config_params(config))
+        tracker.log_dict(config_params(config), "config.yaml")
+        yield tracker
