@@ -181,3 +181,31 @@ def as_dict(config: Any) -> dict[str, Any]:
 
 def field_help(config_cls: type, name: str) -> str:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}[name]
+
+
+def from_strings(config_cls: type, values: dict[str, str]) -> Any:
+    """Build a config from string values (MLproject parameters), converting each
+    to its field's type; unknown names are an error naming them."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) for {config_cls.__name__}: {', '.join(sorted(unknown))}")
+    converted: dict[str, Any] = {}
+    for name, raw in values.items():
+        kind = str(fields[name].type)
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"parameter {name}: expected true or false, got {raw!r}")
+            converted[name] = raw.lower() in ("true", "1", "yes")
+        elif kind == "int":
+            converted[name] = int(float(raw))
+        elif kind == "float":
+            converted[name] = float(raw)
+        else:
+            converted[name] = raw
+    return config_cls(**converted)
+
+
+def mlproject_type(config_cls: type, name: str) -> str:
+    kind = str({f.name: f for f in dataclasses.fields(config_cls)}[name].type)
+    return {"int": "float", "float": "float"}.get(kind, "string")

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,18 +32,11 @@ from dyag_mlops.corpus import Chunk, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, atomic_write_jsonl, read_jsonl, refuse_overwrite
 from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages
+from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
 RULE_BASED_PHRASINGS = 4
 UNKNOWN_FIELD = "unknown"
-
-
-def normalise(text: str) -> str:
-    """Lowercase, no accents, punctuation as spaces, single spaces."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------- schema

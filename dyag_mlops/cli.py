@@ -1,0 +1,359 @@
+"""`dyag`: one thin command per stage.
+
+Options are generated from each stage's config dataclass (its defaults and
+help texts), a command parses them, opens the stage's MLflow run and calls the
+stage's `run(config, tracker)`. Heavy libraries are imported inside commands so
+`dyag --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from dyag_mlops.config import (
+    CompareConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    IndexConfig,
+    PipelineConfig,
+)
+from dyag_mlops.errors import DyagError
+
+
+def config_options(config_cls: type, skip: tuple[str, ...] = ()) -> Callable:
+    """Click options for every field of a config (except `skip`), with the
+    config's defaults and help: the dataclass stays the only copy."""
+
+    def decorate(func: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(config_cls)):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if f.type in ("bool", bool):
+                func = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default, show_default=True, help=help_text)(func)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                func = click.option(flag, f.name, type=kind, default=f.default, show_default=True, help=help_text)(func)
+        return func
+
+    return decorate
+
+
+def make_config(config_cls: type, **kwargs: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    try:
+        return config_cls(**{k: v for k, v in kwargs.items() if k in names})
+    except ValueError as exc:
+        raise DyagError(str(exc)) from None
+
+
+def friendly(func: Callable) -> Callable:
+    """A DyagError becomes one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DyagError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def echo_json(data: Any) -> None:
+    import json
+
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dyag-mlops")
+def main() -> None:
+    """Build small LLMs that answer questions about a corpus (LoRA fine-tuning,
+    RAG or both) and decide with evidence which is best, tracked in MLflow."""
+
+
+# ---------------------------------------------------------------- models
+
+
+@main.command()
+def models() -> None:
+    """List the base-model shortcuts."""
+    from dyag_mlops.config import DEFAULT_BASE_MODEL
+    from dyag_mlops.models import SHORTCUTS
+
+    click.echo(f"{'shortcut':<14} {'Hugging Face model':<38} {'params':>6} {'min VRAM':>8}  access")
+    for name, info in SHORTCUTS.items():
+        access = "gated (HF_TOKEN)" if info.gated else "open"
+        default = "  (default, bundled offline)" if name == DEFAULT_BASE_MODEL else ""
+        click.echo(f"{name:<14} {info.hub_id:<38} {info.parameters:>6} {info.min_vram_gb:>6g} GB  {access}{default}")
+
+
+# ---------------------------------------------------------------- generate-training
+
+
+@main.command("generate-training")
+@click.argument("corpus", required=False, default="")
+@config_options(GenerateConfig, skip=("corpus",))
+@click.option("--validate", "validate_file", default="", help="Only check this dataset file and report problems by line.")
+@friendly
+def generate_training(corpus: str, validate_file: str, **options: Any) -> None:
+    """Generate train/val/test chat datasets from CORPUS (default: the demo corpus)."""
+    from dyag_mlops import generate
+    from dyag_mlops.tracking import stage_run
+
+    if validate_file:
+        problems = generate.validate_dataset(validate_file)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            sys.exit(1)
+        click.echo(f"{validate_file}: valid")
+        return
+    config = make_config(GenerateConfig, corpus=corpus, **options)
+    with stage_run("generate_training", config) as tracker:
+        result = generate.run(config, tracker)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    for name, path in result.files.items():
+        click.echo(f"{name:>8}: {path}")
+    click.echo(", ".join(f"{k}={v}" for k, v in result.counts.items()))
+
+
+# ---------------------------------------------------------------- finetune
+
+
+@main.command()
+@config_options(FinetuneConfig)
+@friendly
+def finetune(**options: Any) -> None:
+    """Train a LoRA adapter on a chat dataset."""
+    from dyag_mlops import finetune as stage
+    from dyag_mlops.tracking import stage_run
+
+    config = make_config(FinetuneConfig, **options)
+    with stage_run("finetune", config, tags={"dyag.base_model": config.base_model}) as tracker:
+        result = stage.run(config, tracker)
+    click.echo(f"adapter: {result.adapter_dir}")
+    click.echo(", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+    if result.model_uri:
+        click.echo(f"model: {result.model_uri}")
+
+
+# ---------------------------------------------------------------- query
+
+
+def chat_loop(predictor: Any) -> None:
+    """Interactive chat with history; answers streamed; /exit or Ctrl-D ends it."""
+    history: list[dict] = []
+    click.echo("Ask a question (/exit or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if question in ("/exit", "/quit"):
+            return
+        if not question:
+            continue
+        parts = []
+        for piece in predictor.stream(history, question):
+            parts.append(piece)
+            click.echo(piece, nl=False)
+        click.echo()
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(parts).strip()}]
+        history = history[-8:]  # keep the prompt short for small models
+
+
+def query_options(func: Callable) -> Callable:
+    for option in reversed(
+        [
+            click.option("--base-model", default="", help="Base model (default: the adapter's recorded base, else smollm2:135m)."),
+            click.option("--temperature", type=float, default=EvaluateConfig.temperature, show_default=True, help="0: greedy."),
+            click.option("--max-tokens", type=int, default=EvaluateConfig.max_new_tokens, show_default=True, help="Maximum tokens per answer."),
+            click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def answer_or_chat(predictor: Any, question: str) -> None:
+    if question:
+        answer = predictor.answer([question])[0]
+        if answer.error:
+            raise DyagError(f"generation failed: {answer.error}")
+        click.echo(answer.text)
+        if answer.sources:
+            click.echo(f"[sources: {', '.join(answer.sources)}]", err=True)
+    else:
+        chat_loop(predictor)
+
+
+@main.command("query-finetuned")
+@click.argument("question", required=False, default="")
+@click.option("--model", required=True, help="Adapter directory, runs:/ or models:/ URI.")
+@query_options
+@friendly
+def query_finetuned(question: str, model: str, base_model: str, temperature: float, max_tokens: int, device: str) -> None:
+    """Ask a fine-tuned model QUESTION (interactive chat without one)."""
+    from dyag_mlops.systems import load_predictor
+
+    system = "finetuned"
+    if model.startswith("models:/"):
+        system = _registered_system(model)
+    predictor = load_predictor(system, model=model, base_model=base_model, max_new_tokens=max_tokens, temperature=temperature, device=device)
+    answer_or_chat(predictor, question)
+
+
+def _registered_system(uri: str) -> str:
+    """A registered model may be any system; its spec says which."""
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    from dyag_mlops.tracking import configure
+
+    configure()
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    spec = next(local.rglob("system.json"), None)
+    return json.loads(spec.read_text())["system"] if spec else "finetuned"
+
+
+@main.command("query-rag")
+@click.argument("question", required=False, default="")
+@click.option("--index", required=True, help="Index directory built by `dyag index-rag`.")
+@click.option("--top-k", type=int, default=EvaluateConfig.top_k, show_default=True, help="Chunks retrieved per question.")
+@click.option("--model", default="", help="Adapter for hybrid answering (optional).")
+@query_options
+@friendly
+def query_rag(question: str, index: str, top_k: int, model: str, base_model: str, temperature: float, max_tokens: int, device: str) -> None:
+    """Ask QUESTION with retrieved context (interactive chat without one)."""
+    from dyag_mlops.systems import load_predictor
+
+    predictor = load_predictor(
+        "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
+        max_new_tokens=max_tokens, temperature=temperature, device=device,
+    )
+    answer_or_chat(predictor, question)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate_command(system: str) -> Callable:
+    skip = ("eval_file", "system") + (("model",) if system in ("base", "rag") else ()) + (("index", "top_k") if system in ("base", "finetuned") else ())
+
+    @click.argument("eval_file", required=False, default="")
+    @config_options(EvaluateConfig, skip=skip)
+    @friendly
+    def command(eval_file: str, **options: Any) -> None:
+        from dyag_mlops import evaluate
+        from dyag_mlops.tracking import stage_run
+
+        config = make_config(EvaluateConfig, eval_file=eval_file, system=system, **options)
+        with stage_run("evaluate", config, tags={"dyag.system": system}, run_name=f"evaluate-{system}") as tracker:
+            result = evaluate.run(config, tracker)
+        click.echo(f"results: {result.output}")
+        for name, value in result.metrics.items():
+            click.echo(f"{name:>22}: {value:.4f}")
+
+    command.__doc__ = f"Evaluate the {system} system on EVAL_FILE (default: the bundled hand-written set)."
+    return command
+
+
+for _system in ("base", "finetuned", "rag", "hybrid"):
+    main.command(f"evaluate-{_system}")(evaluate_command(_system))
+
+
+# ---------------------------------------------------------------- RAG index
+
+
+@main.command("index-rag")
+@click.argument("corpus", required=False, default="")
+@config_options(IndexConfig, skip=("corpus",))
+@friendly
+def index_rag(corpus: str, **options: Any) -> None:
+    """Index CORPUS (default: the demo corpus) into a ChromaDB collection."""
+    from dyag_mlops import rag
+    from dyag_mlops.tracking import stage_run
+
+    config = make_config(IndexConfig, corpus=corpus, **options)
+    with stage_run("index_rag", config) as tracker:
+        result = rag.run(config, tracker)
+    echo_json(dataclasses.asdict(result))
+
+
+# ---------------------------------------------------------------- compare and registry
+
+
+@main.command("compare-models")
+@config_options(CompareConfig)
+@friendly
+def compare_models(**options: Any) -> None:
+    """Compare evaluated systems from the tracking store; register the winner."""
+    from dyag_mlops import compare
+    from dyag_mlops.tracking import stage_run
+
+    config = make_config(CompareConfig, **options)
+    with stage_run("compare", config) as tracker:
+        report = compare.run(config, tracker)
+    click.echo((__import__("pathlib").Path(config.output_dir) / "comparison.md").read_text("utf-8"))
+    click.echo(f"winner: {report['winner']}")
+
+
+@main.group()
+def registry() -> None:
+    """Registered models: versions, aliases, rollback."""
+
+
+@registry.command("show")
+@click.option("--name", default=CompareConfig.registered_model, show_default=True)
+@friendly
+def registry_show(name: str) -> None:
+    """List versions and aliases of a registered model."""
+    from dyag_mlops.compare import registry_listing
+
+    for v in registry_listing(name):
+        aliases = ",".join(v["aliases"]) or "-"
+        click.echo(f"v{v['version']:<4} {aliases:<20} system={v['system']:<10} correct={v['correct']:<8} run={v['source_run']}")
+
+
+@registry.command("rollback")
+@click.option("--name", default=CompareConfig.registered_model, show_default=True)
+@friendly
+def registry_rollback(name: str) -> None:
+    """Move alias champion back to the previous champion."""
+    from dyag_mlops.compare import rollback
+
+    result = rollback(name)
+    click.echo(f"{name}: champion is now version {result['champion']} (version {result['demoted']} demoted)")
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+@main.command()
+@config_options(PipelineConfig)
+@friendly
+def pipeline(**options: Any) -> None:
+    """Run the whole pipeline: generate, finetune, index, evaluate x4, compare."""
+    from dyag_mlops import pipeline as stage
+
+    config = make_config(PipelineConfig, **options)
+    report = stage.run(config)
+    click.echo(f"winner: {report['winner']}")
+
+
+if __name__ == "__main__":
+    main()

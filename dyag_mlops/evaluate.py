@@ -1,0 +1,286 @@
+"""Stage evaluate: one system answers an eval set; metrics, table, results JSON.
+
+    dyag evaluate-finetuned data/dataset_test.jsonl --model outputs/adapter
+
+Metrics, per question and averaged, with the same names for every system:
+
+- exact_match          normalised prediction == normalised expected answer
+                       (case, accents, punctuation and whitespace ignored)
+- token_f1             SQuAD-style token overlap F1 on normalised text
+- rouge_l              ROUGE-L F-measure (rouge-score) on normalised text
+- contains             the normalised expected answer appears in the prediction
+- semantic_similarity  cosine of all-MiniLM-L6-v2 embeddings
+- correct              the decision rule below
+
+`correct` rule: when the expected answer is "Je ne sais pas", the prediction
+must say it does not know (see UNKNOWN_MARKERS). Otherwise it is correct when
+it is an exact match, or has token_f1 >= 0.8, or contains the expected answer
+while being at most twice as long (plus 8 tokens) — so dumping a whole chunk
+that happens to contain the value does not count.
+
+The seed's figures are kept: success_rate (questions answered without error and
+with a non-empty answer), exact_match_rate, avg_time_seconds, avg_tokens,
+total_tokens, plus questions_per_second. A failed question counts as wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dyag_mlops.config import EvaluateConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl, refuse_overwrite
+from dyag_mlops.prompts import UNKNOWN_ANSWER, split_messages
+from dyag_mlops.text import normalise
+from dyag_mlops.tracking import NullTracker
+
+QUALITY_METRICS = ("exact_match", "token_f1", "rouge_l", "contains", "semantic_similarity", "correct")
+UNKNOWN_MARKERS = (
+    "je ne sais pas",
+    "pas disponible",
+    "n est pas indique",
+    "n est pas precise",
+    "aucune information",
+    "i don t know",
+    "not available",
+)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    question: str
+    expected: str
+    doc_id: str | None
+    lineno: int
+
+
+def demo_eval_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("dyag_mlops") / "resources" / "demo_eval_handwritten.jsonl"))
+
+
+def load_eval_set(path: str | Path) -> list[EvalItem]:
+    """Chat `messages` or {question, expected_answer} (aliases query, answer)."""
+    path = Path(path) if path else demo_eval_path()
+    items = []
+    for lineno, obj in read_jsonl(path):
+        meta = obj.get("metadata") or {}
+        if "messages" in obj:
+            if not isinstance(obj["messages"], list):
+                raise DyagError(f"{path}:{lineno}: 'messages' must be a list")
+            question, expected = split_messages(obj["messages"])
+        else:
+            question = obj.get("question", obj.get("query", ""))
+            expected = obj.get("expected_answer", obj.get("answer", ""))
+        if not isinstance(question, str) or not question.strip():
+            raise DyagError(f"{path}:{lineno}: no question (need messages with a user turn, or 'question'/'query')")
+        if not isinstance(expected, str) or not expected.strip():
+            raise DyagError(f"{path}:{lineno}: empty expected answer (need an assistant turn, or 'expected_answer'/'answer')")
+        items.append(EvalItem(question.strip(), expected.strip(), meta.get("doc_id"), lineno))
+    if not items:
+        raise DyagError(f"{path}: no usable question in the eval file")
+    return items
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def token_f1(prediction: str, expected: str) -> float:
+    pred, gold = normalise(prediction).split(), normalise(expected).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def says_unknown(prediction: str) -> bool:
+    text = normalise(prediction)
+    return any(marker in text for marker in UNKNOWN_MARKERS)
+
+
+def question_scores(prediction: str, expected: str, rouge: Any) -> dict[str, float]:
+    """Every metric but semantic similarity (computed in one batch) and correct."""
+    pred, gold = normalise(prediction), normalise(expected)
+    contains = bool(gold) and f" {gold} " in f" {pred} "
+    return {
+        "exact_match": float(pred == gold),
+        "token_f1": token_f1(prediction, expected),
+        "rouge_l": rouge.score(gold, pred)["rougeL"].fmeasure if pred and gold else float(pred == gold),
+        "contains": float(contains),
+    }
+
+
+def is_correct(prediction: str, expected: str, scores: dict[str, float]) -> bool:
+    if normalise(expected) == normalise(UNKNOWN_ANSWER):
+        return says_unknown(prediction)
+    if scores["exact_match"] or scores["token_f1"] >= 0.8:
+        return True
+    pred_len, gold_len = len(normalise(prediction).split()), len(normalise(expected).split())
+    return bool(scores["contains"]) and pred_len <= max(2 * gold_len, gold_len + 8)
+
+
+def semantic_similarities(predictions: list[str], expected: list[str]) -> list[float]:
+    """Cosine similarity with the bundled all-MiniLM-L6-v2; raises if unavailable
+    (a missing expected metric fails the run rather than vanishing)."""
+    from dyag_mlops.rag import load_embedder
+
+    model = load_embedder("all-minilm-l6-v2")
+    a = model.encode(predictions, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
+    b = model.encode(expected, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
+    return [float(max(0.0, min(1.0, (x * y).sum()))) for x, y in zip(a, b)]
+
+
+def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
+    from rouge_score import rouge_scorer
+
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    similarities = semantic_similarities([a.text or "" for a in answers], [i.expected for i in items])
+    rows = []
+    for item, answer, similarity in zip(items, answers, similarities):
+        scores = question_scores(answer.text, item.expected, rouge)
+        scores["semantic_similarity"] = similarity
+        scores["correct"] = float(is_correct(answer.text, item.expected, scores))
+        if answer.error:  # a failed question is wrong on every metric, never skipped
+            scores = {k: 0.0 for k in scores}
+        rows.append(
+            {
+                "question": item.question,
+                "expected_answer": item.expected,
+                "generated_answer": answer.text,
+                "success": answer.error is None and bool(answer.text.strip()),
+                **scores,
+                "time_seconds": answer.seconds,
+                "tokens": answer.tokens,
+                "sources": answer.sources,
+                "doc_id": item.doc_id,
+                "error": answer.error,
+            }
+        )
+    return rows
+
+
+def aggregate(rows: list[dict], wall_seconds: float) -> dict[str, float]:
+    n = len(rows)
+    metrics = {name: sum(r[name] for r in rows) / n for name in QUALITY_METRICS}
+    total_tokens = sum(r["tokens"] for r in rows)
+    metrics.update(
+        {
+            "success_rate": sum(r["success"] for r in rows) / n,
+            "exact_match_rate": metrics["exact_match"],
+            "avg_time_seconds": sum(r["time_seconds"] for r in rows) / n,
+            "avg_tokens": total_tokens / n,
+            "total_tokens": float(total_tokens),
+            "questions_per_second": n / wall_seconds if wall_seconds > 0 else 0.0,
+            "num_questions": float(n),
+        }
+    )
+    return metrics
+
+
+# ---------------------------------------------------------------- stage
+
+
+@dataclass
+class EvaluateResult:
+    output: str
+    metrics: dict[str, float]
+    rows: list[dict]
+    model_uri: str | None
+
+
+def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor: Any = None) -> EvaluateResult:
+    """Evaluate one system. `predictor` may be passed in (the pipeline reuses a
+    loaded model); otherwise it is built from the config."""
+    from dyag_mlops.systems import load_predictor, log_system_model
+
+    output = Path(config.output or f"outputs/results_{config.system}.json")
+    refuse_overwrite([output], config.overwrite)
+    eval_path = Path(config.eval_file) if config.eval_file else demo_eval_path()
+    items = load_eval_set(eval_path)
+    if config.limit:
+        items = items[: config.limit]
+    if predictor is None:
+        predictor = load_predictor(
+            config.system,
+            model=config.model,
+            base_model=config.base_model,
+            index=config.index,
+            top_k=config.top_k,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            device=config.device,
+        )
+    from tqdm import tqdm
+
+    began = time.perf_counter()
+    answers = []
+    step = config.batch_size * 4
+    with tqdm(total=len(items), desc=f"evaluate {config.system}", unit="q") as bar:
+        for start in range(0, len(items), step):
+            answers += predictor.answer([i.question for i in items[start : start + step]])
+            bar.update(min(step, len(items) - start))
+    wall = time.perf_counter() - began
+    rows = score_answers(items, answers)
+    metrics = aggregate(rows, wall)
+    metrics.update(retrieval_scores(predictor, items, answers, config.top_k))
+    if config.verbose:
+        for row in rows:
+            mark = "OK " if row["correct"] else "NO "
+            print(f"{mark}Q: {row['question']}\n    expected: {row['expected_answer']}\n    answer:   {row['generated_answer']}")
+
+    digest = file_digest(eval_path)
+    results = {
+        "metadata": {
+            "system": config.system,
+            "model": config.model,
+            "base_model": predictor.base_model,
+            "index": config.index,
+            "eval_file": str(eval_path),
+            "eval_digest": digest,
+            "num_questions": len(rows),
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "config": {k: v for k, v in vars(config).items()},
+        },
+        "metrics": metrics,
+        "results": rows,
+    }
+    atomic_write_json(output, results)
+
+    tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model})
+    tracker.log_dataset(eval_path, context="eval")
+    tracker.log_metrics(metrics)
+    tracker.log_table(
+        {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k != "error"},
+        "eval_results.json",
+    )
+    tracker.log_artifact(output, "results")
+    model_uri = log_system_model(
+        tracker,
+        output.parent,
+        system=config.system,
+        base_model=predictor.base_model,
+        adapter_dir=predictor.adapter_dir,
+        index_dir=predictor.index_dir,
+        top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens,
+    )
+    return EvaluateResult(str(output), metrics, rows, model_uri)
+
+
+def retrieval_scores(predictor: Any, items: list[EvalItem], answers: list[Any], top_k: int) -> dict[str, float]:
+    """recall_at_k and mrr when the system retrieves and the eval set names documents."""
+    if predictor.retriever is None or not any(i.doc_id for i in items):
+        return {}
+    from dyag_mlops.rag import retrieval_metrics
+
+    return retrieval_metrics([a.retrieved for a in answers], [i.doc_id for i in items], top_k)

@@ -1,0 +1,323 @@
+"""Stage finetune: LoRA / QLoRA training with peft through trl's SFTTrainer.
+
+    dyag finetune --dataset data/dataset_train.jsonl --val data/dataset_val.jsonl --output outputs/adapter
+
+Examples are rendered by `prompts.render_example` (the base model's chat
+template, or the fallback saved with the adapter) and tokenised here, so the
+prompt the model is trained on is byte for byte the one it gets at inference;
+the loss covers the answer and its end-of-turn token only (completion mask).
+Checkpoints every `save_steps`; `--resume` continues from the latest one
+(optimizer, scheduler, step and data order), also after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dyag_mlops.config import FinetuneConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
+from dyag_mlops.prompts import render_example
+from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
+from dyag_mlops.tracking import NullTracker
+
+
+@dataclass
+class FinetuneResult:
+    adapter_dir: str
+    metrics: dict[str, float]
+    model_uri: str | None
+
+
+def resolve_dataset(location: str) -> Path:
+    """A local JSONL path for a file or a runs:/RUN_ID/path URI of a generate run."""
+    if location.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
+        import mlflow
+
+        from dyag_mlops.tracking import configure
+
+        configure()
+        try:
+            return Path(mlflow.artifacts.download_artifacts(location))
+        except Exception as exc:
+            raise DyagError(f"{location}: cannot download dataset ({exc})") from None
+    path = Path(location)
+    if not path.is_file():
+        raise DyagError(f"{location}: dataset not found")
+    return path
+
+
+def load_examples(path: Path) -> list[list[dict]]:
+    """Chat message lists; the file:line of the first malformed example is named."""
+    examples = []
+    for lineno, obj in read_jsonl(path):
+        messages = obj.get("messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str) for m in messages)
+            or messages[-1]["role"] != "assistant"
+            or not messages[-1]["content"].strip()
+        ):
+            raise DyagError(
+                f"{path}:{lineno}: expected {{\"messages\": [...]}} with system/user/assistant turns, "
+                "ending with a non-empty assistant turn"
+            )
+        examples.append(messages)
+    if not examples:
+        raise DyagError(f"{path}: the dataset is empty")
+    return examples
+
+
+def tokenize_examples(tokenizer: Any, examples: list[list[dict]], max_length: int, where: str) -> tuple[Any, int]:
+    """(datasets.Dataset of input_ids + completion_mask, number truncated)."""
+    from datasets import Dataset
+
+    rows = {"input_ids": [], "completion_mask": []}
+    truncated = 0
+    for messages in examples:
+        prompt, completion = render_example(tokenizer, messages)
+        # trl appends EOS to a completion that does not end with it; the
+        # template's trailing newline after the end-of-turn token is dropped so
+        # the completion ends exactly on EOS and nothing is added twice.
+        if tokenizer.eos_token and completion.rstrip("\n").endswith(tokenizer.eos_token):
+            completion = completion.rstrip("\n")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = (prompt_ids + completion_ids)[:max_length]
+        mask = ([0] * len(prompt_ids) + [1] * len(completion_ids))[:max_length]
+        if len(prompt_ids) + len(completion_ids) > max_length:
+            truncated += 1
+        if sum(mask) == 0:
+            continue  # the answer was cut off entirely: nothing to learn from it
+        rows["input_ids"].append(ids)
+        rows["completion_mask"].append(mask)
+    if not rows["input_ids"]:
+        raise DyagError(
+            f"{where}: every example is longer than --max-length {max_length} before its answer starts; "
+            "raise --max-length"
+        )
+    return Dataset.from_dict(rows), truncated
+
+
+class TrackingCallback:
+    """Forwards the Trainer's logs to our Tracker (the Trainer's own MLflow
+    callback is off: it would log params that clash with ours)."""
+
+    def __new__(cls, tracker: NullTracker):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def __init__(self):
+                self.history: list[dict] = []
+                self._last = (time.perf_counter(), 0)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                logs = dict(logs or {})
+                now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
+                if "loss" in logs and tokens > self._last[1]:
+                    logs["tokens_per_second"] = (tokens - self._last[1]) / max(now - self._last[0], 1e-9)
+                    self._last = (now, tokens)
+                numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+                numeric.pop("epoch", None)
+                if numeric:
+                    tracker.log_metrics(numeric, step=state.global_step)
+                    self.history.append({"step": state.global_step, "epoch": state.epoch, **numeric})
+
+        return _Callback()
+
+
+def prepare_output(config: FinetuneConfig) -> Path:
+    out = Path(config.output)
+    if out.exists() and any(out.iterdir()) and not config.resume:
+        if not config.overwrite:
+            raise DyagError(f"--output {out} is not empty (pass --resume to continue it or --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def base_digest(source: str) -> str:
+    """Identity of the base weights: file digest for a local directory, the Hub id otherwise."""
+    weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    return ",".join(file_digest(w) for w in weights) if weights else f"hub:{source}"
+
+
+def plot_loss(history: list[dict], path: Path) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Fine-tuning loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def build_model(config: FinetuneConfig, device: str) -> tuple[Any, Any, str]:
+    """Base model wrapped with a trainable LoRA (new or continued) adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from dyag_mlops.models import load_base_model, load_tokenizer
+
+    base_name = config.base_model
+    if config.init_adapter:
+        init_dir = locate_adapter(config.init_adapter)
+        check_base_matches(init_dir, base_name)
+    model, tokenizer, source = load_base_model(base_name, device=device, quantize=config.quantize)
+    if config.quantize == "4bit":
+        model = prepare_model_for_kbit_training(model)
+    if config.init_adapter:
+        model = PeftModel.from_pretrained(model, str(init_dir), is_trainable=True)
+        tokenizer = load_tokenizer(str(init_dir))
+    else:
+        targets = config.target_modules
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+            use_dora=config.dora,
+            task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise DyagError(f"--target-modules {targets}: {exc}") from None
+    return model, tokenizer, source
+
+
+def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
+    from trl import SFTConfig, SFTTrainer
+
+    from dyag_mlops.models import detect_device
+
+    out = prepare_output(config)
+    train_path = resolve_dataset(config.dataset)
+    val_path = resolve_dataset(config.val) if config.val else None
+    train_examples = load_examples(train_path)
+    val_examples = load_examples(val_path) if val_path else None
+    device = detect_device(config.device)
+    if config.quantize == "4bit" and device != "cuda":
+        raise DyagError("--quantize 4bit (QLoRA) needs a CUDA GPU; on CPU/MPS train without quantisation")
+
+    model, tokenizer, source = build_model(config, device)
+    train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
+    val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None
+    tracker.log_dataset(train_path, context="train")
+    if val_path:
+        tracker.log_dataset(val_path, context="val")
+    trainable, total = model.get_nb_trainable_parameters()
+    tracker.set_tags({"dyag.base_model": config.base_model})
+    tracker.log_metrics({"train_examples": len(train_ds), "truncated_examples": truncated, "trainable_parameters": trainable, "total_parameters": total})
+
+    bf16 = device == "cuda" and __import__("torch").cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(out),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="epoch" if val_ds is not None else "no",
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        fp16=device == "cuda" and not bf16,
+        optim="paged_adamw_8bit" if config.quantize == "4bit" else "adamw_torch",
+        completion_only_loss=True,
+        max_length=None,  # already truncated in tokenize_examples
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    callback = TrackingCallback(tracker)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if config.resume and resume_from is None:
+        print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
+    began = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - began
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    metrics = {
+        "train_loss": float(train_output.training_loss),
+        "train_seconds": seconds,
+        "global_step": float(trainer.state.global_step),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    evals = [h["eval_loss"] for h in callback.history if "eval_loss" in h]
+    if evals:
+        metrics["final_eval_loss"] = evals[-1]
+    manifest = {
+        "base_model": config.base_model,
+        "base_model_source": source,
+        "base_model_digest": base_digest(source),
+        "datasets": {"train": file_digest(train_path), **({"val": file_digest(val_path)} if val_path else {})},
+        "config": {k: v for k, v in json.loads(json.dumps(config.__dict__)).items()},
+        "metrics": metrics,
+        "resumed_from": resume_from,
+    }
+    atomic_write_json(final / ADAPTER_MANIFEST, manifest)
+    tracker.log_metrics(metrics)
+    fig = plot_loss(callback.history, out / "loss_curve.png")
+    tracker.log_figure(fig, "loss_curve.png")
+    tracker.log_artifacts(final, "adapter")
+    model_uri = log_system_model(
+        tracker, out, system="finetuned", base_model=config.base_model, adapter_dir=str(final)
+    )
+    return FinetuneResult(str(final), metrics, model_uri)

@@ -1,0 +1,124 @@
+"""The main workflow: every stage as a child run of one parent run.
+
+    mlflow run . --env-manager local          # entry point `main`
+    dyag pipeline                             # the same, from the CLI
+
+generate_training -> finetune -> index_rag -> evaluate (base, finetuned, rag,
+hybrid) -> compare. Steps hand artifacts on by run URI (`runs:/ID/...`). A
+step that already finished with the same parameters (config hash) and the same
+code (git commit), and whose outputs are still on disk, is reused instead of
+run again (MLflow's multistep-workflow pattern).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dyag_mlops.config import (
+    CompareConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    IndexConfig,
+    PipelineConfig,
+)
+from dyag_mlops.errors import DyagError
+from dyag_mlops.tracking import config_hash, git_commit, stage_run
+
+
+def find_finished(stage: str, config: Any) -> Any:
+    """A finished run of `stage` with the same parameters and code, or None."""
+    import mlflow
+
+    commit = git_commit()
+    if commit == "unknown":
+        return None  # without a commit we cannot tell whether the code changed
+    query = (
+        f"tags.`dyag.stage` = '{stage}' and tags.`dyag.config_hash` = '{config_hash(stage, config)}' "
+        f"and tags.`dyag.git_commit` = '{commit}' and attributes.status = 'FINISHED'"
+    )
+    runs = mlflow.search_runs(filter_string=query, order_by=["attributes.start_time DESC"], max_results=1, output_format="list", search_all_experiments=True)
+    return runs[0] if runs else None
+
+
+def step(
+    stage: str, config: Any, body: Callable[[Any], Any], outputs: list[Path], reuse: bool, timings: dict, label: str = ""
+) -> str:
+    """Run one stage as a child run (or reuse a finished one); return its run id."""
+    label = label or stage
+    began = time.perf_counter()
+    if reuse:
+        previous = find_finished(stage, config)
+        if previous is not None and all(p.exists() for p in outputs):
+            print(f"[pipeline] {label}: reusing finished run {previous.info.run_id}")
+            timings[label] = 0.0
+            return previous.info.run_id
+    print(f"[pipeline] {label}: running")
+    with stage_run(stage, config, nested=True, run_name=label) as tracker:
+        body(tracker)
+        run_id = tracker.run_id
+    timings[label] = time.perf_counter() - began
+    return run_id
+
+
+def run(config: PipelineConfig) -> dict:
+    from dyag_mlops import compare, evaluate, finetune, generate, rag
+
+    work = Path(config.workdir)
+    systems = [s.strip() for s in config.systems.split(",") if s.strip()]
+    unknown = set(systems) - {"base", "finetuned", "rag", "hybrid"}
+    if unknown or len(systems) < 2:
+        raise DyagError(f"--systems {config.systems}: give at least two of base, finetuned, rag, hybrid")
+    timings: dict[str, float] = {}
+    with stage_run("main", config) as parent:
+        gen_cfg = GenerateConfig(corpus=config.corpus, method=config.method, output=str(work / "data" / "dataset.jsonl"), overwrite=True)
+        gen_files = generate.output_paths(gen_cfg.output, True)
+        gen_run = step("generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(gen_files.values()), config.reuse, timings)
+
+        adapter_uri = ""
+        if {"finetuned", "hybrid"} & set(systems):
+            ft_cfg = FinetuneConfig(
+                dataset=f"runs:/{gen_run}/datasets/{gen_files['train'].name}",
+                val=f"runs:/{gen_run}/datasets/{gen_files['val'].name}",
+                output=str(work / "adapter"),
+                base_model=config.base_model,
+                epochs=config.epochs,
+                lr=config.lr,
+                max_length=config.max_length,
+                overwrite=True,
+            )
+            ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
+            adapter_uri = f"runs:/{ft_run}/adapter"
+
+        index_dir = ""
+        if {"rag", "hybrid"} & set(systems):
+            index_dir = str(work / "rag_index")
+            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir)
+            step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
+
+        eval_runs = []
+        for system in systems:
+            ev_cfg = EvaluateConfig(
+                eval_file=config.eval_file,
+                system=system,
+                model=adapter_uri if system in ("finetuned", "hybrid") else "",
+                base_model=config.base_model,
+                index=index_dir if system in ("rag", "hybrid") else "",
+                limit=config.limit,
+                output=str(work / f"results_{system}.json"),
+            )
+            run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")
+            eval_runs.append(run_id)
+
+        # The evaluate runs of this pipeline, reused ones included (those belong
+        # to an earlier parent run), are compared by id.
+        cmp_cfg = CompareConfig(run_ids=",".join(eval_runs), registered_model=config.registered_model, output_dir=str(work / "compare"))
+        report: dict = {}
+        step("compare", cmp_cfg, lambda t: report.update(compare.run(cmp_cfg, t)), [], False, timings)
+        parent.log_metrics({f"stage_seconds.{k}": v for k, v in timings.items()})
+        parent.set_tags({"dyag.winner": report.get("winner", "")})
+        for stage, seconds in timings.items():
+            print(f"[pipeline] {stage:<20} {seconds:8.1f} s")
+    return report

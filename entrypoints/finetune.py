@@ -1,0 +1,13 @@
+"""MLproject entry point `finetune`:
+
+    mlflow run . -e finetune --env-manager local -P name=value ...
+
+Parameters and defaults: dyag_mlops.config.FinetuneConfig (MLproject mirrors it).
+"""
+
+from dyag_mlops import finetune
+from dyag_mlops.config import FinetuneConfig
+from dyag_mlops.entry import run_entrypoint
+
+if __name__ == "__main__":
+    run_entrypoint("finetune", FinetuneConfig, lambda config, tracker: finetune.run(config, tracker))

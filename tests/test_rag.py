@@ -1,0 +1,224 @@
+"""index-rag and the Retriever, on a six-chunk corpus with the bundled MiniLM."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from dyag_mlops import rag  # noqa: E402
+from dyag_mlops.config import IndexConfig  # noqa: E402
+from dyag_mlops.errors import DyagError  # noqa: E402
+from dyag_mlops.tracking import NullTracker  # noqa: E402
+
+APPS = [
+    ("app-a", "ORBITA", "Système de Suivi des Satellites", "Hébergement : Datacenter Nord\nTechnologie : Rust"),
+    ("app-b", "GéoVert", "Plateforme des Espaces Verts", "Hébergement : Cloud Nubo\nTechnologie : Python/Django"),
+    ("app-c", "e-Pass", "Passeport Numérique des Lycéens", "Hébergement : Datacenter Sud\nTechnologie : PHP"),
+    ("app-d", "MAREA", "Observatoire des Marées", "Hébergement : Cloud Nubo\nTechnologie : Java"),
+    ("app-e", "FISCA", "Gestion de la Fiscalité Locale", "Hébergement : Datacenter Nord\nTechnologie : COBOL"),
+    ("app-f", "VELO-R", "Location de Vélos Régionaux", "Hébergement : Datacenter Est\nTechnologie : Go"),
+]
+
+
+def corpus_rows() -> list[dict]:
+    return [
+        {
+            "id": app_id,
+            "content": f"Nom : {name}\nNom complet : {full}\n{body}\nStatut : En production",
+            "metadata": {"id": app_id, "nom": name},
+        }
+        for app_id, name, full, body in APPS
+    ]
+
+
+def write_corpus(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+class RecordingTracker(NullTracker):
+    def __init__(self) -> None:
+        self.metrics: dict = {}
+        self.tags: dict = {}
+        self.artifacts: list = []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((str(path), artifact_path))
+
+    def log_artifacts(self, path, artifact_path=None):
+        self.artifacts.append((str(path), artifact_path))
+
+
+@pytest.fixture()
+def built(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", corpus_rows())
+    config = IndexConfig(corpus=corpus, index=str(tmp_path / "index"))
+    tracker = RecordingTracker()
+    result = rag.run(config, tracker)
+    return config, result, tracker
+
+
+def test_build_and_retrieve_named_document(built):
+    config, result, tracker = built
+    assert (result.chunks_total, result.chunks_embedded, result.chunks_reused) == (6, 6, 0)
+    manifest = json.loads((Path(config.index) / rag.MANIFEST).read_text())
+    assert manifest["embedding_model"] == "all-minilm-l6-v2"
+    assert manifest["embedding_dimension"] == 384
+    assert manifest["chunks"] == 6 and manifest["corpus_digest"] == result.corpus_digest
+    assert tracker.metrics["chunks_embedded"] == 6 and "chunks_per_second" in tracker.metrics
+    assert tracker.tags["dyag.corpus_digest"] == result.corpus_digest
+    assert (config.index, "index") in tracker.artifacts
+
+    with rag.Retriever(config.index) as retriever:
+        # Names found from the collection itself: titles, squashed titles, full names.
+        assert retriever.named_documents("Quelle techno pour GEOVERT ?") == ["app-b"]
+        assert retriever.named_documents("epass est hébergé où") == ["app-c"]
+        assert retriever.named_documents("le Passeport numérique des lycéens, statut ?") == ["app-c"]
+        hits = retriever.retrieve(["Où est hébergé MAREA ?", "Quelle technologie utilise FISCA ?"], top_k=3)
+    assert hits[0][0].doc_id == "app-d" and hits[0][0].title == "MAREA"
+    assert hits[1][0].doc_id == "app-e"
+    assert -1.0 <= hits[0][0].score <= 1.0
+
+
+def test_unnamed_question_is_not_filtered(built):
+    config, _, _ = built
+    with rag.Retriever(config.index) as retriever:
+        hits = retriever.retrieve(["Quelle application loue des vélos ?"], top_k=3)[0]
+    assert len(hits) == 3
+    assert hits[0].doc_id == "app-f"
+
+
+def test_hybrid_lexical(built):
+    config, _, _ = built
+    with rag.Retriever(config.index, hybrid_lexical=True) as retriever:
+        hits = retriever.retrieve(["Quelle application est écrite en COBOL ?"], top_k=2)[0]
+    assert hits[0].doc_id == "app-e"
+
+
+def test_incremental_reindex(built, tmp_path):
+    config, _, _ = built
+    again = rag.run(config)
+    assert (again.chunks_embedded, again.chunks_reused, again.chunks_removed) == (0, 6, 0)
+
+    rows = corpus_rows()
+    rows[3]["content"] += "\nContacts : Jeanne Martin"
+    del rows[5]
+    write_corpus(Path(config.corpus), rows)
+    changed = rag.run(config)
+    assert (changed.chunks_total, changed.chunks_embedded, changed.chunks_reused, changed.chunks_removed) == (5, 1, 4, 1)
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.collection.count() == 5
+        assert "Jeanne Martin" in retriever.retrieve(["Contacts de MAREA"], top_k=1)[0][0].content
+    assert not list(tmp_path.glob(".index.*")), "staging copies must not be left behind"
+
+
+def test_long_chunks_are_split(tmp_path):
+    rows = corpus_rows()
+    rows[0]["content"] = "\n".join(f"Ligne {n} : valeur numéro {n}" for n in range(40))
+    config = IndexConfig(corpus=write_corpus(tmp_path / "c.jsonl", rows), index=str(tmp_path / "i"), chunk_size=200)
+    result = rag.run(config)
+    parts = rag.index_chunks(rag.load_corpus(config.corpus), 200)
+    assert result.chunks_total == len(parts) > 6
+    assert all(len(c.content) <= 200 for c in parts)
+    assert [c.id for c in parts if c.doc_id == "app-a"][:2] == ["app-a#p0", "app-a#p1"]
+
+
+def test_crash_during_reindex_keeps_previous_index(built, tmp_path, monkeypatch):
+    config, _, _ = built
+    rows = corpus_rows()
+    for row in rows:
+        row["content"] += "\nRévision : 2"
+    write_corpus(Path(config.corpus), rows)
+
+    real_embed = rag._embed
+    calls = {"n": 0}
+
+    def flaky_embed(embedder, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_embed(embedder, texts)
+
+    monkeypatch.setattr(rag, "EMBED_BATCH", 2)
+    monkeypatch.setattr(rag, "_embed", flaky_embed)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        rag.run(config)
+    monkeypatch.setattr(rag, "_embed", real_embed)
+
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.collection.count() == 6
+        hit = retriever.retrieve(["Où est hébergé ORBITA ?"], top_k=1)[0][0]
+    assert hit.doc_id == "app-a" and "Révision" not in hit.content
+    assert not list(tmp_path.glob(".index.*"))
+    # The next run picks up where things are: every chunk changed, so all re-embedded.
+    assert rag.run(config).chunks_embedded == 6
+
+
+def test_embedding_model_mismatch(built):
+    config, _, _ = built
+    rag.Retriever(config.index, embedding_model="sentence-transformers/all-MiniLM-L6-v2").close()
+    with pytest.raises(DyagError, match="built with all-minilm-l6-v2, asked for other/model"):
+        rag.Retriever(config.index, embedding_model="other/model")
+
+
+def test_missing_index(tmp_path):
+    with pytest.raises(DyagError, match="dyag index-rag"):
+        rag.Retriever(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DyagError, match="manifest missing"):
+        rag.Retriever(str(tmp_path / "empty"))
+
+
+def test_refuses_foreign_directory(tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", corpus_rows())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DyagError, match="not a dyag index"):
+        rag.run(IndexConfig(corpus=corpus, index=str(tmp_path / "mine")))
+    assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DyagError, match="empty"):
+        rag.run(IndexConfig(corpus=str(empty), index=str(tmp_path / "i")))
+
+
+def test_resolve_embedding_model():
+    bundled = rag.resolve_embedding_model("all-minilm-l6-v2")
+    assert Path(bundled).is_dir()
+    assert rag.resolve_embedding_model("sentence-transformers/all-MiniLM-L6-v2") == bundled
+    assert rag.resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+
+
+def test_retrieval_metrics():
+    def hits(*doc_ids):
+        return [rag.Retrieved(f"{d}-c", d, d, "", 0.0) for d in doc_ids]
+
+    retrieved = [hits("a", "b", "c"), hits("x", "b", "y"), hits("x", "y", "z"), hits("a")]
+    metrics = rag.retrieval_metrics(retrieved, ["a", "b", "c", None], k=3)
+    assert metrics["recall_at_k"] == pytest.approx(2 / 3)
+    assert metrics["mrr"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    # k cuts the list: "b" at rank 2 no longer counts.
+    assert rag.retrieval_metrics(retrieved, ["a", "b", "c", None], k=1)["recall_at_k"] == pytest.approx(1 / 3)
+    assert rag.retrieval_metrics(retrieved, [None] * 4, k=3) == {}
+
+
+def test_split_text():
+    text = "para un\nligne deux\n\npara deux " + "mot " * 30
+    pieces = rag.split_text(text, 40)
+    assert all(len(p) <= 40 for p in pieces)
+    assert rag.split_text("court", 40) == ["court"] and rag.split_text("x" * 50, 0) == ["x" * 50]
+    assert rag.split_text("x" * 50, 20) == ["x" * 20, "x" * 20, "x" * 10]
