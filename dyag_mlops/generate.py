@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.corpus import Chunk, field_lines, load_corpus
+from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, atomic_write_jsonl, read_jsonl, refuse_overwrite
 from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages
@@ -380,6 +380,7 @@ def run(config: GenerateConfig, tracker: NullTracker = NullTracker()) -> Generat
     paths = output_paths(config.output, config.split)
     refuse_overwrite(list(paths.values()), config.overwrite)
     chunks = load_corpus(config.corpus)
+    corpus_file = Path(config.corpus) if config.corpus else demo_corpus_path()
     warnings: list[str] = []
     dropped = 0
     if config.method == "llm-based":
@@ -414,6 +415,8 @@ def run(config: GenerateConfig, tracker: NullTracker = NullTracker()) -> Generat
         atomic_write_jsonl(paths[name], rows)
     atomic_write_json(paths["manifest"], manifest)
 
+    if corpus_file.is_file():
+        tracker.log_dataset(corpus_file, context="corpus")
     for name in splits:
         tracker.log_dataset(paths[name], context=name)
         tracker.log_artifact(paths[name], "datasets")

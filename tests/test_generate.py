@@ -1,0 +1,134 @@
+import json
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from dyag_mlops import generate
+from dyag_mlops.cli import main
+from dyag_mlops.config import GenerateConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.text import normalise
+from dyag_mlops.tracking import stage_run
+
+
+def read(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def questions(rows):
+    return {normalise(r["messages"][1]["content"]) for r in rows}
+
+
+def test_rule_based_split_holds_unseen_phrasings_of_trained_facts(tmp_path):
+    result = generate.run(GenerateConfig(output=str(tmp_path / "qa.jsonl")))
+    train, val, test = (read(result.files[s]) for s in ("train", "val", "test"))
+    assert len(train) == 8 * len(test) > 0 and len(val) == len(test)  # 80/10/10
+    assert not questions(train) & questions(test)
+    assert not questions(train) & questions(val)
+    assert not questions(val) & questions(test)
+    train_facts = {r["metadata"]["fact_id"] for r in train}
+    assert {r["metadata"]["fact_id"] for r in test} <= train_facts
+    assert result.manifest["splits"]["test"]["fact_coverage_by_train"] == 1.0
+    example = train[0]
+    assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
+    assert set(example["metadata"]) >= {"doc_id", "field", "method", "chunk_id"}
+    assert "status" in result.manifest["splits"]["train"]["per_field"]
+
+
+def test_answers_come_from_the_corpus(tmp_path):
+    result = generate.run(GenerateConfig(output=str(tmp_path / "qa.jsonl"), split=False))
+    rows = read(result.files["all"])
+    sirena = [r for r in rows if r["metadata"]["doc_id"] == "app-001" and r["metadata"]["field"] == "status"]
+    assert sirena and all(r["messages"][2]["content"] == "En production" for r in sirena)
+    assert any(r["messages"][2]["content"] == "Je ne sais pas" for r in rows)  # missing fields are taught too
+
+
+def test_augmented_never_repeats_and_reports_what_it_could_make(tmp_path):
+    rule = generate.run(GenerateConfig(output=str(tmp_path / "r.jsonl"), split=False))
+    aug = generate.run(GenerateConfig(method="augmented", count=10**6, output=str(tmp_path / "a.jsonl"), split=False))
+    rows = read(aug.files["all"])
+    pairs = [(r["messages"][1]["content"], r["messages"][2]["content"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) > rule.counts["examples_total"]
+    assert aug.warnings and "could make" in aug.warnings[0]
+    assert any(" ; " in a for _, a in pairs)  # combined questions
+
+
+def test_count_and_seed_are_repeatable(tmp_path):
+    a = generate.run(GenerateConfig(count=50, seed=7, output=str(tmp_path / "a.jsonl")))
+    b = generate.run(GenerateConfig(count=50, seed=7, output=str(tmp_path / "b.jsonl")))
+    assert a.counts["examples_total"] == 50
+    assert read(a.files["train"]) == read(b.files["train"])
+
+
+def test_malformed_jsonl_names_file_and_line_and_writes_nothing(tmp_path):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"id": "a", "content": "Statut : En production"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(DyagError, match=r"bad\.jsonl:2"):
+        generate.run(GenerateConfig(corpus=str(corpus), output=str(tmp_path / "out.jsonl")))
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_no_field_found_lists_the_labels(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "content": "Rien d'utile ici."}])
+    with pytest.raises(DyagError, match="Statut"):
+        generate.run(GenerateConfig(corpus=str(corpus), output=str(tmp_path / "o.jsonl")))
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_text("\n", encoding="utf-8")
+    with pytest.raises(DyagError, match="empty"):
+        generate.run(GenerateConfig(corpus=str(corpus), output=str(tmp_path / "o.jsonl")))
+
+
+def test_existing_outputs_are_not_overwritten_without_asking(tmp_path):
+    config = GenerateConfig(output=str(tmp_path / "qa.jsonl"))
+    generate.run(config)
+    before = (tmp_path / "qa_train.jsonl").read_text()
+    with pytest.raises(DyagError, match="--overwrite"):
+        generate.run(config)
+    generate.run(GenerateConfig(output=str(tmp_path / "qa.jsonl"), overwrite=True, seed=1))
+    assert (tmp_path / "qa_train.jsonl").read_text() != before
+
+
+def test_markdown_corpus_and_english_schema(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "billing.md").write_text("# Billing\n\nStatus: In production\nOwner: Finance team\n\n## Notes\nSome text.\n")
+    result = generate.run(GenerateConfig(corpus=str(docs), schema="en", output=str(tmp_path / "en.jsonl"), split=False))
+    rows = read(result.files["all"])
+    assert any("Billing" in r["messages"][1]["content"] and r["messages"][2]["content"] == "In production" for r in rows)
+
+
+def test_validate_reports_line_numbers(tmp_path):
+    bad = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            {"messages": [{"role": "user", "content": "q"}]},
+            {"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": ""}]},
+        ],
+    )
+    problems = generate.validate_dataset(bad)
+    assert any(":2:" in p for p in problems) and any(":3:" in p for p in problems)
+    assert not any(":1:" in p for p in problems)
+    result = CliRunner().invoke(main, ["generate-training", "--validate", str(bad)])
+    assert result.exit_code == 1
+
+
+def test_cli_error_is_one_line_and_nonzero(tmp_path):
+    result = CliRunner().invoke(main, ["generate-training", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 2
+    assert "corpus not found" in result.output
+
+
+def test_generate_run_logs_datasets_to_mlflow(tmp_path):
+    config = GenerateConfig(output=str(tmp_path / "qa.jsonl"))
+    with stage_run("generate_training", config) as tracker:
+        generate.run(config, tracker)
+    run = mlflow.get_run(tracker.run_id)
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert {"train", "val", "test", "corpus"} <= contexts
+    assert run.data.metrics["examples_train"] > 0

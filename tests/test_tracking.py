@@ -1,0 +1,43 @@
+import os
+
+import mlflow
+
+from dyag_mlops.config import GenerateConfig
+from dyag_mlops.tracking import stage_run
+
+
+def test_stage_run_tags_and_logs_config():
+    config = GenerateConfig(count=3)
+    with stage_run("generate_training", config) as tracker:
+        run_id = tracker.run_id
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dyag.stage"] == "generate_training"
+    assert "dyag.git_commit" in run.data.tags and "dyag.config_hash" in run.data.tags
+    assert run.data.params["count"] == "3"
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
+    assert "config.yaml" in artifacts
+
+
+def test_stage_run_joins_an_active_run_without_param_clash(monkeypatch):
+    """How `mlflow run` calls an entry point: the run exists (MLFLOW_RUN_ID)
+    and already holds the parameters as typed on the command line."""
+    mlflow.set_experiment("dyag-tests")
+    with mlflow.start_run() as outer:
+        mlflow.log_param("val_ratio", "1e-1")  # same value, other spelling
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
+    with stage_run("generate_training", GenerateConfig()) as tracker:
+        assert tracker.run_id == outer.info.run_id
+    run = mlflow.get_run(outer.info.run_id)
+    assert run.data.params["val_ratio"] == "1e-1"
+    assert run.data.tags["dyag.stage"] == "generate_training"
+
+
+def test_failed_stage_marks_run_failed():
+    import pytest
+
+    with pytest.raises(RuntimeError):
+        with stage_run("generate_training", GenerateConfig()) as tracker:
+            run_id = tracker.run_id
+            raise RuntimeError("boom")
+    assert mlflow.get_run(run_id).info.status == "FAILED"
