@@ -35,6 +35,7 @@ class FinetuneResult:
     adapter_dir: str
     metrics: dict[str, float]
     model_uri: str | None
+    history: list[dict]
 
 
 def resolve_dataset(location: str) -> Path:
@@ -320,4 +321,4 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     model_uri = log_system_model(
         tracker, out, system="finetuned", base_model=config.base_model, adapter_dir=str(final)
     )
-    return FinetuneResult(str(final), metrics, model_uri)
+    return FinetuneResult(str(final), metrics, model_uri, callback.history)

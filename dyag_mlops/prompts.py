@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-SYSTEM_PROMPT = (
-    "Tu es un assistant qui répond aux questions sur un inventaire d'applications. "
-    "Réponds brièvement, en recopiant la valeur exacte. "
-    "Si l'information n'est pas disponible, réponds « Je ne sais pas »."
-)
+# Short on purpose: every training example and every prompt carries it, and
+# on CPU each token of it costs training and answering time.
+SYSTEM_PROMPT = "Réponds brièvement avec la valeur exacte de l'inventaire, sinon « Je ne sais pas »."
 
 # What a system answers when the context or its training has no answer.
 UNKNOWN_ANSWER = "Je ne sais pas"

@@ -191,13 +191,18 @@ def adapter_manifest(adapter_dir: Path) -> dict:
 def check_base_matches(adapter_dir: Path, base_model: str) -> str:
     """The base model to use with an adapter: its recorded one unless the user
     names another; naming a different one is an error, not silent garbage."""
-    recorded = adapter_manifest(adapter_dir).get("base_model", "")
+    manifest = adapter_manifest(adapter_dir)
+    recorded = manifest.get("base_model", "")
     if not base_model:
         return recorded or DEFAULT_BASE_MODEL
     if recorded and base_model != recorded:
         from dyag_mlops.models import resolve
 
-        if resolve(base_model) != adapter_manifest(adapter_dir).get("base_model_source", resolve(recorded)):
+        try:
+            same = resolve(base_model) == manifest.get("base_model_source")
+        except DyagError:
+            same = False
+        if not same:
             raise DyagError(
                 f"adapter {adapter_dir} was trained on {recorded!r}, not {base_model!r}; "
                 "drop --base-model or pass the adapter's base"

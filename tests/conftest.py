@@ -63,6 +63,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True,
+        # LoRA leaves the (tied) embeddings frozen: with the default 0.02 init
+        # the logits could never move far from uniform, and nothing is learnt.
+        initializer_range=0.5,
     )
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     (out / "README.md").write_text("tiny random test model\n")

@@ -1,0 +1,131 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_jsonl
+from dyag_mlops import finetune
+from dyag_mlops.config import FinetuneConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.prompts import build_messages
+from dyag_mlops.systems import load_predictor
+
+FACTS = [
+    ("Quel est le statut de SIRENA ?", "En production"),
+    ("Où est hébergé SIRENA ?", "Datacenter Lyon"),
+    ("Quelle technologie pour GéoPlan ?", "Python"),
+    ("Qui est la MOA de HYDRA ?", "Direction Eau"),
+]
+
+
+def memorisation_set(path: Path, repeat: int = 4) -> Path:
+    return write_jsonl(path, [{"messages": build_messages(q, answer=a)} for q, a in FACTS * repeat])
+
+
+def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl")
+    config = FinetuneConfig(
+        dataset=str(data), val=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir),
+        epochs=20, batch_size=4, lr=0.05, lora_rank=8, logging_steps=1, save_steps=1000,
+    )
+    result = finetune.run(config)
+    final = Path(result.adapter_dir)
+    manifest = json.loads((final / "dyag_manifest.json").read_text())
+    assert manifest["base_model"] == str(tiny_model_dir) and manifest["datasets"]["train"]
+    assert (final / "adapter_model.safetensors").is_file() and (tmp_path / "out" / "loss_curve.png").is_file()
+    assert (final / "chat_template.jinja").is_file() or "chat_template" in (final / "tokenizer_config.json").read_text()
+    # loss finite and falling
+    assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.2, losses
+    evals = [h["eval_loss"] for h in result.history if "eval_loss" in h]
+    assert evals[-1] < evals[0]
+
+    # base weights unchanged, adapter weights changed (LoRA B starts at zero)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    adapter = load_file(final / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    predictor = load_predictor("finetuned", model=str(tmp_path / "out"), max_new_tokens=16)
+    merged_base = {k.replace("base_model.model.", ""): v for k, v in predictor.model.state_dict().items() if "lora" not in k}
+    for name, tensor in base.items():
+        key = name.replace(".weight", ".base_layer.weight") if any(name.replace(".weight", ".base_layer.weight") == k for k in merged_base) else name
+        if key in merged_base:
+            assert torch.equal(merged_base[key], tensor), name
+
+    # it generates, and generation stops by itself on a memorised answer
+    answers = predictor.answer([q for q, _ in FACTS])
+    assert all(a.error is None for a in answers)
+    assert sum(a.tokens < 16 for a in answers) >= 1
+
+
+def test_truncation_of_every_example_is_an_error(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
+    config = FinetuneConfig(dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir), max_length=8)
+    with pytest.raises(DyagError, match="max-length"):
+        finetune.run(config)
+
+
+def test_bad_dataset_names_file_and_line(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", [{"messages": build_messages("q", answer="a")}, {"question": "q"}])
+    with pytest.raises(DyagError, match=r"train\.jsonl:2"):
+        finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir)))
+
+
+def test_non_empty_output_is_refused(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    with pytest.raises(DyagError, match="--overwrite"):
+        finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir)))
+    assert (tmp_path / "out" / "keep.txt").exists()
+
+
+def test_adapter_base_mismatch_is_an_error(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
+    finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=1, batch_size=4))
+    with pytest.raises(DyagError, match="trained on"):
+        load_predictor("finetuned", model=str(tmp_path / "a"), base_model="qwen2.5:0.5b")
+    with pytest.raises(DyagError, match="trained on"):
+        finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "b"), base_model="qwen2.5:0.5b", init_adapter=str(tmp_path / "a")))
+
+
+def test_init_adapter_continues_training(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=2)
+    first = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, lr=0.01))
+    second = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "b"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, lr=0.01, init_adapter=first.adapter_dir))
+    assert second.metrics["train_loss"] < first.metrics["train_loss"]
+
+
+def test_quantize_4bit_on_cpu_is_refused(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
+    with pytest.raises(DyagError, match="CUDA"):
+        finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "o"), base_model=str(tiny_model_dir), quantize="4bit", device="cpu"))
+
+
+def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=16)  # 64 examples, 32 steps at batch 2
+    out = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "dyag_mlops.cli", "finetune", "--dataset", str(data), "--output", str(out),
+        "--base-model", str(tiny_model_dir), "--epochs", "1", "--batch-size", "2", "--save-steps", "4", "--save-total-limit", "2",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert checkpoints, "no checkpoint was written before the kill"
+    assert not (out / "final").exists(), "training finished before it could be killed"
+    subprocess.run(args + ["--resume"], env=env, check=True, capture_output=True)
+    manifest = json.loads((out / "final" / "dyag_manifest.json").read_text())
+    assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 32
