@@ -130,7 +130,7 @@ def main() -> None:
 
         questions = make_questions(rows, args.questions)
         start = time.perf_counter()
-        dense_retriever = rag.Retriever(config.index)
+        dense_retriever = rag.Retriever(config.index, hybrid_lexical=False)
         open_dense_s = time.perf_counter() - start
         dense = time_queries(dense_retriever, questions, args.top_k)
         dense_retriever.close()

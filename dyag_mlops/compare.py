@@ -131,13 +131,13 @@ def paired_bootstrap(a: list[float], b: list[float], n: int, confidence: float, 
     return float(diff.mean()), float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))
 
 
-def aligned_scores(results: list[SystemResult], column: str) -> dict[str, list[float]] | None:
-    """Per-question scores of every system on the questions they all answered."""
+def aligned_scores(results: list[SystemResult], column: str) -> list[list[float]] | None:
+    """Per-question scores of each result (in order) on the questions they all answered."""
     keyed = [{(r["question"], r["expected_answer"]): float(r[column]) for r in res.rows if column in r} for res in results]
     common = [k for k in keyed[0] if all(k in other for other in keyed[1:])]
     if not common:
         return None
-    return {res.system: [scores[k] for k in common] for res, scores in zip(results, keyed)}
+    return [[scores[k] for k in common] for scores in keyed]
 
 
 def compare_metric(results: list[SystemResult], metric: str, config: CompareConfig) -> dict:
@@ -152,9 +152,10 @@ def compare_metric(results: list[SystemResult], metric: str, config: CompareConf
     entry["difference"] = values[best] - values[second]
     if not higher and values[best] > 0:
         entry["speedup"] = values[second] / values[best]
-    scores = aligned_scores([r for r in results if r.system in (best, second)], column) if column else None
+    by_system = {r.system: r for r in results}
+    scores = aligned_scores([by_system[best], by_system[second]], column) if column else None
     if scores:
-        mean, low, high = paired_bootstrap(scores[best], scores[second], config.n_bootstrap, config.confidence, config.seed)
+        mean, low, high = paired_bootstrap(scores[0], scores[1], config.n_bootstrap, config.confidence, config.seed)
         entry["ci"] = [low, high]
         significant = low > 0 if higher else high < 0
         if not significant:
@@ -293,10 +294,9 @@ def register_winner(winner: SystemResult, config: CompareConfig, primary: str) -
         champion_run = champion.tags.get("dyag.source_run")
         if champion_run:
             previous = results_from_run(client, client.get_run(champion_run))
-            scores = aligned_scores([winner, previous], METRICS[primary][1]) if previous.system != winner.system or previous.run_id != winner.run_id else None
-            if scores and len(scores) == 2:
-                keys = list(scores)
-                _, low, _ = paired_bootstrap(scores[keys[0]], scores[keys[1]], config.n_bootstrap, config.confidence, config.seed)
+            scores = aligned_scores([winner, previous], METRICS[primary][1])
+            if scores:
+                _, low, _ = paired_bootstrap(scores[0], scores[1], config.n_bootstrap, config.confidence, config.seed)
                 promote = low > 0
             else:
                 promote = winner.metrics.get(primary, 0) > previous.metrics.get(primary, 0)

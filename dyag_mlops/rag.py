@@ -15,7 +15,10 @@ so re-running after a crash finishes the job.
 
 Retrieval: questions are embedded in one batch. A question that names a
 document (its title, or the "Nom complet : ..." line of its content) is
-searched within that document's chunks only.
+searched within that document's chunks only. Dense hits are fused with a
+BM25 ranking (reciprocal rank fusion; `hybrid_lexical=False` turns it off):
+on the bundled eval set it lifts recall@3 from 0.976 to 0.988, and from 0.838
+to 0.958 with the name filter off.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dyag_mlops.config import IndexConfig
 from dyag_mlops.corpus import Chunk, field_lines, load_corpus
@@ -98,6 +101,21 @@ def _embed(embedder: Any, texts: list[str]) -> list[list[float]]:
     """Unit-length vectors, so cosine distance is 1 - dot product."""
     vectors = embedder.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
     return vectors.tolist()
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """A few short questions gain nothing from intra-op threads, and waiting on
+    the OpenMP barrier can cost far more than the work: on a 2-core VM one
+    question took 500 ms with 2 threads and 28 ms with 1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- chunks
@@ -422,7 +440,7 @@ class Retriever:
         embedding_model: str | None = None,
         chroma_host: str = "",
         *,
-        hybrid_lexical: bool = False,
+        hybrid_lexical: bool = True,
         doc_filter: bool = True,
     ):
         self.index_dir = str(index_dir)
@@ -504,7 +522,11 @@ class Retriever:
     def retrieve(self, questions: list[str], top_k: int = 3) -> list[list[Retrieved]]:
         if not questions:
             return []
-        vectors = _embed(self.embedder, list(questions))
+        if len(questions) <= 8:
+            with _single_thread():
+                vectors = _embed(self.embedder, list(questions))
+        else:
+            vectors = _embed(self.embedder, list(questions))
         fetch = max(top_k * 4, 20) if self.hybrid_lexical else top_k
         # One Chroma query per distinct document filter (the filter is per call).
         groups: dict[tuple[str, ...], list[int]] = {}

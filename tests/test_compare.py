@@ -1,0 +1,110 @@
+import json
+import uuid
+
+import mlflow
+import pytest
+
+from dyag_mlops import compare
+from dyag_mlops.config import CompareConfig, EvaluateConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.evaluate import QUALITY_METRICS
+from dyag_mlops.systems import log_system_model
+from dyag_mlops.tracking import stage_run
+
+
+@pytest.fixture()
+def experiment(monkeypatch):
+    name = f"compare-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    return name
+
+
+def fake_evaluate_run(tmp_path, system, correct, seconds=1.0, digest="d1", model_base=None):
+    """An evaluate run with known per-question scores."""
+    rows = [
+        {"question": f"q{i}", "expected_answer": "a", "generated_answer": "a" if c else "b", "success": True,
+         **{m: float(c) for m in QUALITY_METRICS}, "time_seconds": seconds, "tokens": 3, "sources": [], "doc_id": None, "error": None}
+        for i, c in enumerate(correct)
+    ]
+    metrics = {m: sum(r[m] for r in rows) / len(rows) for m in QUALITY_METRICS}
+    metrics.update(success_rate=1.0, avg_time_seconds=seconds, avg_tokens=3.0, questions_per_second=1 / seconds)
+    path = tmp_path / f"results_{system}_{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps({"metadata": {"system": system, "eval_digest": digest, "base_model": "tiny"}, "metrics": metrics, "results": rows}))
+    with stage_run("evaluate", EvaluateConfig(system=system), tags={"dyag.system": system, "dyag.eval_digest": digest}) as tracker:
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(path, "results")
+        if model_base:
+            log_system_model(tracker, tmp_path, system="base", base_model=str(model_base), max_new_tokens=4)
+    return tracker.run_id, path
+
+
+def config(tmp_path, experiment, **kw):
+    return CompareConfig(**{"experiment": experiment, "output_dir": str(tmp_path / "cmp"), "register": False, "n_bootstrap": 500, **kw})
+
+
+def test_clear_winner_and_lower_is_better(tmp_path, experiment):
+    fake_evaluate_run(tmp_path, "rag", [1] * 45 + [0] * 5, seconds=2.0)
+    fake_evaluate_run(tmp_path, "finetuned", [1] * 15 + [0] * 35, seconds=0.5)
+    report = compare.run(config(tmp_path, experiment))
+    assert report["winner"] == "rag"
+    assert report["metrics"]["correct"]["winner"] == "rag" and report["metrics"]["correct"]["ci"][0] > 0
+    assert report["metrics"]["avg_time_seconds"]["direction"] == "lower"
+    assert report["metrics"]["avg_time_seconds"]["winner"] == "finetuned"
+    assert report["metrics"]["avg_time_seconds"]["speedup"] == pytest.approx(4.0)
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    assert "| correct |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert any("rag" in r for r in report["recommendations"])
+
+
+def test_a_difference_that_is_not_significant_is_a_tie(tmp_path, experiment):
+    fake_evaluate_run(tmp_path, "rag", [1, 0] * 10 + [1])
+    fake_evaluate_run(tmp_path, "hybrid", [0, 1] * 10 + [0])
+    report = compare.run(config(tmp_path, experiment))
+    assert report["metrics"]["correct"]["winner"] == "tie"
+    assert report["winner"] in ("rag", "hybrid")
+
+
+def test_different_eval_sets_are_refused_unless_forced(tmp_path, experiment):
+    fake_evaluate_run(tmp_path, "rag", [1, 1, 0], digest="aaa")
+    fake_evaluate_run(tmp_path, "base", [0, 1, 0], digest="bbb")
+    with pytest.raises(DyagError, match="different eval sets"):
+        compare.run(config(tmp_path, experiment))
+    assert compare.run(config(tmp_path, experiment, force=True))["winner"]
+
+
+def test_seed_json_files_are_accepted(tmp_path, experiment):
+    _, rag = fake_evaluate_run(tmp_path, "rag", [1] * 30)
+    _, ft = fake_evaluate_run(tmp_path, "finetuned", [0] * 30)
+    report = compare.run(config(tmp_path, experiment, rag_results=str(rag), finetuned_results=str(ft)))
+    assert report["winner"] == "rag"
+
+
+def test_registry_promotion_and_rollback(tmp_path, experiment, tiny_model_dir):
+    name = f"qa-{uuid.uuid4().hex[:6]}"
+    reg = dict(register=True, registered_model=name)
+    fake_evaluate_run(tmp_path, "base", [0] * 40)
+    fake_evaluate_run(tmp_path, "rag", [1] * 20 + [0] * 20, model_base=tiny_model_dir)
+    first = compare.run(config(tmp_path, experiment, **reg))
+    assert first["registry"]["promoted"]
+
+    # a challenger that is not significantly better is registered, not promoted
+    fake_evaluate_run(tmp_path, "rag", [1] * 21 + [0] * 19, model_base=tiny_model_dir)
+    second = compare.run(config(tmp_path, experiment, **reg))
+    assert not second["registry"]["promoted"]
+
+    # a clearly better one is promoted; the former champion becomes `previous`
+    fake_evaluate_run(tmp_path, "rag", [1] * 40, model_base=tiny_model_dir)
+    third = compare.run(config(tmp_path, experiment, **reg))
+    assert third["registry"]["promoted"]
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias(name, "champion").version == third["registry"]["version"]
+    assert client.get_model_version_by_alias(name, "previous").version == first["registry"]["version"]
+
+    rolled = compare.rollback(name)
+    assert rolled["champion"] == first["registry"]["version"]
+    assert client.get_model_version_by_alias(name, "champion").version == first["registry"]["version"]
+
+    # the champion loads as a pyfunc model that answers questions
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    answers = model.predict(["Quel est le statut de SIRENA ?"])
+    assert list(answers.columns) == ["answer", "sources"] and len(answers) == 1

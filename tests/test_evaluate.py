@@ -1,0 +1,95 @@
+import json
+
+import pytest
+from rouge_score import rouge_scorer
+
+from conftest import write_jsonl
+from dyag_mlops import evaluate
+from dyag_mlops.config import EvaluateConfig
+from dyag_mlops.errors import DyagError
+from dyag_mlops.evaluate import is_correct, load_eval_set, question_scores, token_f1
+
+ROUGE = rouge_scorer.RougeScorer(["rougeL"])
+
+
+def scores(pred, gold):
+    return question_scores(pred, gold, ROUGE)
+
+
+def test_exact_match_ignores_case_accents_punctuation_and_spaces():
+    assert scores("  EN PRODUCTION. ", "En production")["exact_match"] == 1.0
+    assert scores("Hébergement interne", "hebergement  interne!")["exact_match"] == 1.0
+    assert scores("En construction", "En production")["exact_match"] == 0.0
+
+
+def test_token_f1_is_squad_style():
+    assert token_f1("datacenter de Lyon", "Datacenter Lyon-Gerland") == pytest.approx(2 * (2 / 3) * (2 / 3) / (4 / 3))
+    assert token_f1("", "x") == 0.0
+
+
+def test_contains_and_the_correct_rule():
+    s = scores("Le statut est En production.", "En production")
+    assert s["contains"] == 1.0 and is_correct("Le statut est En production.", "En production", s)
+    dump = "Nom : SIRENA Statut : En production Hébergement : Datacenter Lyon-Gerland Technologie : Java " * 2
+    s = scores(dump, "En production")
+    assert s["contains"] == 1.0 and not is_correct(dump, "En production", s)  # dumping a chunk is not answering
+    s = scores("En construction", "En production")
+    assert not is_correct("En construction", "En production", s)
+
+
+def test_unknown_questions_need_an_admission():
+    assert is_correct("Je ne sais pas.", "Je ne sais pas", scores("Je ne sais pas.", "Je ne sais pas"))
+    assert is_correct("Cette information n'est pas disponible.", "Je ne sais pas", scores("x", "Je ne sais pas"))
+    assert not is_correct("En production", "Je ne sais pas", scores("En production", "Je ne sais pas"))
+
+
+def test_eval_formats_and_errors(tmp_path):
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}]}])
+    flat = write_jsonl(tmp_path / "flat.jsonl", [{"query": "Q?", "answer": "A", "metadata": {"doc_id": "d1"}}])
+    assert load_eval_set(chat)[0].expected == "A"
+    assert load_eval_set(flat)[0].doc_id == "d1"
+    empty = write_jsonl(tmp_path / "e.jsonl", [{"question": "Q?", "expected_answer": ""}])
+    with pytest.raises(DyagError, match=r"e\.jsonl:1: empty expected"):
+        load_eval_set(empty)
+    noq = write_jsonl(tmp_path / "n.jsonl", [{"expected_answer": "x"}])
+    with pytest.raises(DyagError, match=r"n\.jsonl:1: no question"):
+        load_eval_set(noq)
+    assert len(load_eval_set("")) >= 120  # the bundled hand-written set
+
+
+def test_evaluate_base_writes_seed_compatible_results(tmp_path, tiny_model_dir):
+    eval_file = write_jsonl(
+        tmp_path / "eval.jsonl",
+        [{"question": f"Quel est le statut de APP{i} ?", "expected_answer": "En production"} for i in range(5)],
+    )
+    out = tmp_path / "results.json"
+    config = EvaluateConfig(eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(out), max_new_tokens=8, batch_size=2)
+    result = evaluate.run(config)
+    data = json.loads(out.read_text())
+    assert set(data) == {"metadata", "metrics", "results"}
+    for name in ("success_rate", "exact_match_rate", "avg_time_seconds", "avg_tokens", "total_tokens", "correct", "token_f1", "rouge_l", "contains", "semantic_similarity", "questions_per_second"):
+        assert name in data["metrics"], name
+    assert len(data["results"]) == 5 and data["metadata"]["eval_digest"]
+    assert 0 <= result.metrics["semantic_similarity"] <= 1
+    assert data["metrics"]["correct"] < 1.0  # a random model does not answer
+
+
+def test_a_failed_question_counts_as_wrong(tmp_path, tiny_model_dir, monkeypatch):
+    from dyag_mlops.systems import Predictor
+
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": "Q?", "expected_answer": "A"}] * 3)
+
+    def broken(self, prompts):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Predictor, "_generate", broken)
+    config = EvaluateConfig(eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(tmp_path / "r.json"))
+    result = evaluate.run(config)
+    assert result.metrics["num_questions"] == 3
+    assert result.metrics["success_rate"] == 0.0 and result.metrics["correct"] == 0.0
+    assert all(r["error"] for r in result.rows)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DyagError, match="no such directory"):
+        evaluate.run(EvaluateConfig(system="finetuned", model=str(tmp_path / "nope"), output=str(tmp_path / "r.json")))
