@@ -41,7 +41,7 @@ from dyag_mlops.config import IndexConfig
 from dyag_mlops.corpus import Chunk, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json
-from dyag_mlops.generate import normalise
+from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"

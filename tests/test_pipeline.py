@@ -1,0 +1,78 @@
+"""The whole `main` entry point, run the way a user runs it (`mlflow run .`),
+against a real `mlflow server` over HTTP with a sqlite backend."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_model_dir, mlflow_server):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    work = tmp_path / "work"
+    cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e",
+           "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=6", "-P", f"workdir={work}",
+           "-P", "registered_model=e2e-qa"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    stages = sorted(r.data.tags.get("dyag.stage", "") for r in runs)
+    assert stages == sorted(["main", "generate_training", "finetune", "index_rag", "compare"] + ["evaluate"] * 4)
+    parent = next(r for r in runs if r.data.tags["dyag.stage"] == "main")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    systems = {r.data.tags["dyag.system"] for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
+    assert systems == {"base", "finetuned", "rag", "hybrid"}
+    champion = client.get_model_version_by_alias("e2e-qa", "champion")
+    assert champion.tags["dyag.system"] in systems
+    assert (work / "compare" / "comparison.md").is_file()
+
+    # a second run reuses the finished steps (same params, same code)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finetune: reusing finished run" in again.stdout + again.stderr
