@@ -275,6 +275,9 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         save_only_model=False,
+        # trl turns gradient checkpointing on by default; for small models it
+        # only trades compute for memory we do not need (3x slower steps on CPU).
+        gradient_checkpointing=False,
     )
     callback = TrackingCallback(tracker)
     trainer = SFTTrainer(

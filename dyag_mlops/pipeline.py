@@ -73,7 +73,7 @@ def run(config: PipelineConfig) -> dict:
         raise DyagError(f"--systems {config.systems}: give at least two of base, finetuned, rag, hybrid")
     timings: dict[str, float] = {}
     with stage_run("main", config) as parent:
-        gen_cfg = GenerateConfig(corpus=config.corpus, method=config.method, output=str(work / "data" / "dataset.jsonl"), overwrite=True)
+        gen_cfg = GenerateConfig(corpus=config.corpus, method=config.method, count=config.count, output=str(work / "data" / "dataset.jsonl"), overwrite=True)
         gen_files = generate.output_paths(gen_cfg.output, True)
         gen_run = step("generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(gen_files.values()), config.reuse, timings)
 
@@ -107,6 +107,7 @@ def run(config: PipelineConfig) -> dict:
                 base_model=config.base_model,
                 index=index_dir if system in ("rag", "hybrid") else "",
                 limit=config.limit,
+                top_k=config.top_k,
                 output=str(work / f"results_{system}.json"),
             )
             run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")

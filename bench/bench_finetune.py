@@ -1,0 +1,119 @@
+"""Training throughput: `dyag finetune` vs a plain trl SFTTrainer script.
+
+    python bench/bench_finetune.py --steps 12 --warmup 4
+
+Same base model (smollm2:135m), same data (the demo corpus's rule-based train
+split), same LoRA (r=16, alpha=32, all-linear), batch size, learning rate and
+seed, same number of optimizer steps, one after the other in this process.
+The plain script is what a user would write from trl's documentation: a
+conversational prompt-completion dataset and trl's defaults. Steady-state
+tokens/s is measured between step `warmup` and the last step (the first
+steps are slower). Prints both, and the ratio dyag / plain (target >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dyag_mlops import finetune, generate  # noqa: E402
+from dyag_mlops.config import FinetuneConfig, GenerateConfig  # noqa: E402
+
+
+def steady_callback(warmup: int):
+    from transformers import TrainerCallback
+
+    class Steady(TrainerCallback):
+        start = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                self.start = (time.perf_counter(), state.num_input_tokens_seen)
+            self.end = (time.perf_counter(), state.num_input_tokens_seen)
+
+        def tokens_per_second(self) -> float:
+            return (self.end[1] - self.start[1]) / (self.end[0] - self.start[0])
+
+    return Steady()
+
+
+def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_dropout: float) -> float:
+    """The plain trl way, straight from its documentation."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from dyag_mlops.models import load_base_model
+
+    model, tokenizer, _ = load_base_model("smollm2:135m")
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+    steady = steady_callback(warmup)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
+            lr_scheduler_type="cosine", report_to="none", use_cpu=True, save_strategy="no", seed=42,
+            include_num_input_tokens_seen="non_padding", logging_steps=1000,
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM"),
+        callbacks=[steady],
+    )
+    trainer.train()
+    return steady.tokens_per_second()
+
+
+def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int) -> float:
+    from transformers import Trainer
+
+    steady = steady_callback(warmup)
+    original = Trainer.__init__
+
+    def with_steady(self, *a, **kw):  # add the measuring callback, change nothing else
+        kw["callbacks"] = list(kw.get("callbacks") or []) + [steady]
+        original(self, *a, **kw)
+
+    Trainer.__init__ = with_steady
+    try:
+        # epochs chosen so that the run lasts `steps` optimizer steps
+        n = sum(1 for _ in train.open())
+        finetune.run(FinetuneConfig(dataset=str(train), output=str(out), epochs=steps * batch / n, batch_size=batch, save_steps=10**6, logging_steps=1000))
+    finally:
+        Trainer.__init__ = original
+    return steady.tokens_per_second()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--plain-lora-dropout", type=float, default=0.05, help="trl docs' usual 0.05")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = generate.run(GenerateConfig(output=str(tmp / "qa.jsonl"))).files
+        train = Path(files["train"])
+        ours = dyag(train, tmp / "dyag", args.steps, args.warmup, args.batch_size)
+        shutil.rmtree(tmp / "dyag", ignore_errors=True)
+        plain = plain_trl(train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.plain_lora_dropout)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"plain trl SFTTrainer : {plain:7.1f} tokens/s (steady state, steps {args.warmup}-{args.steps})")
+    print(f"dyag finetune        : {ours:7.1f} tokens/s")
+    print(f"ratio dyag / plain   : {ours / plain:7.2f}x   peak RSS (both runs, one process): {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
