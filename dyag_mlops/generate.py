@@ -17,6 +17,7 @@ fine-tuning is meant to learn), val likewise; no question is in two splits.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -56,11 +57,11 @@ class Schema:
     fields: tuple[FieldSpec, ...]
 
     def field_for_label(self, label: str) -> FieldSpec | None:
-        wanted = normalise(label)
-        for spec in self.fields:
-            if any(normalise(l) == wanted for l in spec.labels):
-                return spec
-        return None
+        return self._by_label.get(normalise(label))
+
+    @functools.cached_property
+    def _by_label(self) -> dict[str, FieldSpec]:
+        return {normalise(label): spec for spec in reversed(self.fields) for label in spec.labels}
 
     def all_labels(self) -> list[str]:
         return [label for spec in self.fields for label in spec.labels]

@@ -1,0 +1,78 @@
+"""query-finetuned / query-rag as a user runs them, and llm-based generation
+against a local OpenAI-compatible endpoint."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from dyag_mlops import finetune, generate
+from dyag_mlops.cli import main
+from dyag_mlops.config import FinetuneConfig, GenerateConfig
+from dyag_mlops.prompts import build_messages
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("adapter")
+    data = write_jsonl(tmp / "train.jsonl", [{"messages": build_messages("Statut de SIRENA ?", answer="En production")}] * 8)
+    return finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp / "out"), base_model=str(tiny_model_dir), epochs=1, batch_size=4)).adapter_dir
+
+
+def test_query_finetuned_direct_and_interactive(adapter):
+    runner = CliRunner()
+    direct = runner.invoke(main, ["query-finetuned", "Statut de SIRENA ?", "--model", adapter, "--max-tokens", "8"])
+    assert direct.exit_code == 0, direct.output
+    chat = runner.invoke(main, ["query-finetuned", "--model", adapter, "--max-tokens", "8"], input="Statut de SIRENA ?\nEt HYDRA ?\n/exit\n")
+    assert chat.exit_code == 0, chat.output
+    assert chat.output.count("> ") >= 3  # two questions answered, then /exit
+    eof = runner.invoke(main, ["query-finetuned", "--model", adapter, "--max-tokens", "4"], input="")
+    assert eof.exit_code == 0  # Ctrl-D ends cleanly
+
+
+def test_query_with_missing_adapter_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["query-finetuned", "Q ?", "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such directory" in result.output
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """Answers /chat/completions with one supported and one invented pair."""
+
+    seen_auth = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpenAI.seen_auth.append(self.headers.get("Authorization"))
+        sheet = body["messages"][0]["content"]
+        fields = dict(l.split(" : ", 1) for l in sheet.splitlines() if " : " in l)
+        name, status = fields["Nom"], fields["Statut"]
+        reply = f"Q: Quel est le statut de {name} ? || R: {status}\nQ: Combien coûte {name} ? || R: 12 millions de licornes"
+        payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_llm_based_generation_drops_unsupported_pairs(tmp_path, monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    corpus = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": f"a{i}", "content": f"Nom : APP{i}\nStatut : En production {i}", "metadata": {"nom": f"APP{i}"}} for i in range(6)],
+    )
+    monkeypatch.setenv("MY_KEY", "sk-secret")
+    try:
+        result = generate.run(GenerateConfig(corpus=str(corpus), method="llm-based", llm_url=f"http://127.0.0.1:{server.server_port}/v1",
+                                             llm_api_key_env="MY_KEY", output=str(tmp_path / "llm.jsonl"), split=False))
+    finally:
+        server.shutdown()
+    assert result.counts["examples_total"] == 6 and result.counts["dropped_unsupported"] == 6
+    assert FakeOpenAI.seen_auth[-1] == "Bearer sk-secret"
+    assert "sk-secret" not in json.dumps(result.manifest)
