@@ -18,6 +18,7 @@ fine-tuning is meant to learn), val likewise; no question is in two splits.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import random
@@ -378,6 +379,19 @@ def output_paths(output: str, split: bool) -> dict[str, Path]:
 
 
 def run(config: GenerateConfig, tracker: NullTracker = NullTracker()) -> GenerateResult:
+    # Hundreds of thousands of small dicts, none of them cyclic: the cyclic
+    # garbage collector would only rescan them again and again (measured: a
+    # third of the time on a 10,000-chunk corpus).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(config, tracker)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     paths = output_paths(config.output, config.split)
     refuse_overwrite(list(paths.values()), config.overwrite)
     chunks = load_corpus(config.corpus)

@@ -6,9 +6,26 @@ import re
 import unicodedata
 
 
+def _strip_accents_table() -> dict[int, str]:
+    """Accented Latin letters -> their base letters, computed once. A lookup
+    table keeps normalise() fast (it runs once per generated question)."""
+    table = {}
+    for code in range(0x00C0, 0x0250):
+        decomposed = unicodedata.normalize("NFKD", chr(code))
+        base = "".join(c for c in decomposed if not unicodedata.combining(c))
+        if base != chr(code):
+            table[code] = base
+    return table
+
+
+_ACCENTS = _strip_accents_table()
+_PUNCTUATION = re.compile(r"[^\w\s]+")
+
+
 def normalise(text: str) -> str:
     """Lowercase, accents stripped, punctuation as spaces, single spaces."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
+    if not text.isascii():
+        text = text.translate(_ACCENTS)
+        if not text.isascii():  # rarer letters (other scripts, ligatures): the slow, general way
+            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())

@@ -57,8 +57,8 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    mlflow.set_tracking_uri(mlflow_server)
-    client = mlflow.MlflowClient()
+    # a client of its own: mlflow.set_tracking_uri would leak into later tests
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
     stages = sorted(r.data.tags.get("dyag.stage", "") for r in runs)
