@@ -5,8 +5,12 @@
 Same base model (smollm2:135m), same data (the demo corpus's rule-based train
 split), same LoRA (r=16, alpha=32, all-linear), batch size, learning rate and
 seed, same number of optimizer steps, one after the other in this process.
-The plain script is what a user would write from trl's documentation: a
-conversational prompt-completion dataset and trl's defaults. Steady-state
+The plain script is what a user would write from trl's documentation (a
+conversational prompt-completion dataset, trl tokenising it), with the same
+fp32 precision and no gradient checkpointing. With `--trl-defaults` it keeps
+trl's own defaults instead (bf16 autocast and gradient checkpointing: on a CPU
+without native bf16 that is two orders of magnitude slower, measured 145 s per
+step, see docs/performance.md). Steady-state
 tokens/s is measured between step `warmup` and the last step (the first
 steps are slower). Prints both, and the ratio dyag / plain (target >= 1.0).
 """
@@ -47,7 +51,7 @@ def steady_callback(warmup: int):
     return Steady()
 
 
-def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_dropout: float) -> float:
+def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_dropout: float, trl_defaults: bool) -> float:
     """The plain trl way, straight from its documentation."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -65,6 +69,7 @@ def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_
             output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
             lr_scheduler_type="cosine", report_to="none", use_cpu=True, save_strategy="no", seed=42,
             include_num_input_tokens_seen="non_padding", logging_steps=1000,
+            **({} if trl_defaults else {"bf16": False, "gradient_checkpointing": False}),
         ),
         train_dataset=data,
         processing_class=tokenizer,
@@ -100,7 +105,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--plain-lora-dropout", type=float, default=0.05, help="trl docs' usual 0.05")
+    parser.add_argument("--plain-lora-dropout", type=float, default=0.0, help="0.0 as dyag; trl docs often use 0.05")
+    parser.add_argument("--trl-defaults", action="store_true", help="plain run with trl's bf16 and gradient checkpointing defaults")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,7 +114,7 @@ def main() -> None:
         train = Path(files["train"])
         ours = dyag(train, tmp / "dyag", args.steps, args.warmup, args.batch_size)
         shutil.rmtree(tmp / "dyag", ignore_errors=True)
-        plain = plain_trl(train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.plain_lora_dropout)
+        plain = plain_trl(train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.plain_lora_dropout, args.trl_defaults)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"plain trl SFTTrainer : {plain:7.1f} tokens/s (steady state, steps {args.warmup}-{args.steps})")
     print(f"dyag finetune        : {ours:7.1f} tokens/s")

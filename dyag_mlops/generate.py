@@ -424,6 +424,9 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         if config.split
         else {"all": examples}
     )
+    for name, rows in splits.items():
+        if not rows:
+            warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
     manifest = manifest_for(splits, config.count, len(examples), dropped)
     manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
     for name, rows in splits.items():
