@@ -110,17 +110,19 @@ def test_quantize_4bit_on_cpu_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir):
-    data = memorisation_set(tmp_path / "train.jsonl", repeat=16)  # 64 examples, 32 steps at batch 2
+    # 64 examples x 4 epochs at batch 2 = 128 steps: long enough that the kill
+    # (at the first checkpoint, step 4) lands well before the end.
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=16)
     out = tmp_path / "out"
     args = [
         sys.executable, "-m", "dyag_mlops.cli", "finetune", "--dataset", str(data), "--output", str(out),
-        "--base-model", str(tiny_model_dir), "--epochs", "1", "--batch-size", "2", "--save-steps", "4", "--save-total-limit", "2",
+        "--base-model", str(tiny_model_dir), "--epochs", "4", "--batch-size", "2", "--save-steps", "4", "--save-total-limit", "2",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     checkpoints = list(out.glob("checkpoint-*"))
@@ -128,4 +130,4 @@ def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir)
     assert not (out / "final").exists(), "training finished before it could be killed"
     subprocess.run(args + ["--resume"], env=env, check=True, capture_output=True)
     manifest = json.loads((out / "final" / "dyag_manifest.json").read_text())
-    assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 32
+    assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 128
