@@ -24,7 +24,7 @@ from typing import Any
 
 from dyag_mlops.config import FinetuneConfig
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
+from dyag_mlops.files import MLFLOW_URI_PREFIXES, atomic_write_json, download_mlflow_uri, file_digest, read_jsonl
 from dyag_mlops.prompts import render_example
 from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
 from dyag_mlops.tracking import NullTracker
@@ -40,16 +40,8 @@ class FinetuneResult:
 
 def resolve_dataset(location: str) -> Path:
     """A local JSONL path for a file or a runs:/RUN_ID/path URI of a generate run."""
-    if location.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
-        import mlflow
-
-        from dyag_mlops.tracking import configure
-
-        configure()
-        try:
-            return Path(mlflow.artifacts.download_artifacts(location))
-        except Exception as exc:
-            raise DyagError(f"{location}: cannot download dataset ({exc})") from None
+    if location.startswith(MLFLOW_URI_PREFIXES):
+        return download_mlflow_uri(location, "dataset")
     path = Path(location)
     if not path.is_file():
         raise DyagError(f"{location}: dataset not found")

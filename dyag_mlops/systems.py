@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from dyag_mlops.config import DEFAULT_BASE_MODEL
 from dyag_mlops.errors import DyagError
+from dyag_mlops.files import MLFLOW_URI_PREFIXES, download_mlflow_uri
 from dyag_mlops.prompts import build_messages, render_prompt
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
@@ -162,16 +163,8 @@ class Predictor:
 
 def locate_adapter(model: str) -> Path:
     """A local adapter directory for a directory, runs:/ or models:/ URI."""
-    if model.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
-        import mlflow
-
-        from dyag_mlops.tracking import configure
-
-        configure()
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(model))
-        except Exception as exc:
-            raise DyagError(f"--model {model}: cannot download ({exc})") from None
+    if model.startswith(MLFLOW_URI_PREFIXES):
+        local = download_mlflow_uri(model, "--model")
     else:
         local = Path(model).expanduser()
         if not local.exists():
