@@ -22,14 +22,14 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file through a temp file + rename: never a half-written output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -37,12 +37,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object per line, UTF-8 unescaped. orjson, not json: datasets
+    run to hundreds of thousands of rows, and json.dumps was most of the time
+    of generate-training on a large corpus (docs/performance.md)."""
+    import orjson
+
+    atomic_write_bytes(path, b"".join(orjson.dumps(r) + b"\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
