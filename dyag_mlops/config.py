@@ -34,9 +34,17 @@ class GenerateConfig:
     llm_model: str = _f(DEFAULT_BASE_MODEL, "llm-based: model that writes the pairs (shortcut, Hub id or directory).")
     llm_url: str = _f("", "llm-based: base URL of an OpenAI-compatible endpoint (instead of a local model).")
     llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
+    with_context: str = _f("", "RAFT: RAG index whose retrieved chunks go into each prompt (empty: closed-book questions).")
+    context_k: int = _f(1, "RAFT: chunks per prompt (use the top-k the rag/hybrid systems will answer with).")
+    oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer 'Je ne sais pas'.")
+    context_share: float = _f(1.0, "RAFT: share of examples given a context (the rest stay closed-book).")
     overwrite: bool = _f(False, "Replace existing output files.")
 
     def __post_init__(self) -> None:
+        if self.context_k < 1:
+            raise ValueError("--context-k must be >= 1")
+        if not (0 <= self.oracle_share <= 1 and 0 <= self.context_share <= 1):
+            raise ValueError("--oracle-share and --context-share must be between 0 and 1")
         if self.method not in ("rule-based", "augmented", "llm-based"):
             raise ValueError(f"--method must be rule-based, augmented or llm-based, not {self.method!r}")
         if self.count < 0:
@@ -159,6 +167,7 @@ class PipelineConfig:
     base_model: str = _f(DEFAULT_BASE_MODEL, "Base model for every system.")
     method: str = _f("rule-based", "generate-training method.")
     count: int = _f(400, "Examples generated (80 % train); 0: all. Sized so the pipeline fits 15 min on 2 CPU cores.")
+    context_share: float = _f(1.0, "Share of training examples that hold retrieved chunks (RAFT); 0: closed-book training only.")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
     lr: float = _f(0.0005, "Fine-tuning learning rate.")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")

@@ -13,6 +13,13 @@ Methods:
 Split: each *fact* (document, field, value) keeps at least one phrasing in
 train; the test split holds other phrasings of facts that train covers (what
 fine-tuning is meant to learn), val likewise; no question is in two splits.
+
+Context-grounded examples (RAFT, `--with-context INDEX`): the prompt holds
+the chunks the retriever returns for the question, exactly as the rag and
+hybrid systems will see them at answering time (same retriever, same prompt
+builder). In a share of examples the right chunk is replaced by distractors
+only and the answer becomes "Je ne sais pas", so the model learns to copy the
+value from its context and to admit when the context does not have it.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dyag_mlops.config import GenerateConfig
 from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, atomic_write_jsonl, read_jsonl, refuse_overwrite
-from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages
+from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
@@ -104,8 +111,9 @@ class Fact:
     value: str
     chunk_id: str
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        # Cached: one string shared by every phrasing of the fact, hashed once.
         return f"{self.doc_id}::{self.field}"
 
 
@@ -356,6 +364,51 @@ def validate_dataset(path: str | Path) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- RAFT contexts
+
+
+def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]:
+    """Put retrieved chunks into the prompt of `config.context_share` of the
+    examples (in place); returns counts of each kind of context."""
+    from dyag_mlops.rag import Retriever
+
+    rng = random.Random(config.seed + 1)
+    chosen = [ex for ex in examples if rng.random() < config.context_share]
+    counts = {"context_oracle": 0, "context_distractors_only": 0, "context_oracle_inserted": 0}
+    if not chosen:
+        return counts
+    k = config.context_k
+    with Retriever(config.with_context) as retriever:
+        questions = [split_messages(ex["messages"])[0] for ex in chosen]
+        as_asked = retriever.retrieve(questions, top_k=k)
+        # Distractors come from the whole index, not only the named document.
+        wider = retriever.retrieve(questions, top_k=k + 4, doc_filter=False)
+        for ex, question, hits, others in zip(chosen, questions, as_asked, wider):
+            meta = ex["metadata"]
+            answer = split_messages(ex["messages"])[1]
+            distractors = [h for h in hits + others if h.doc_id != meta["doc_id"]]
+            distractors = list({h.chunk_id: h for h in distractors}.values())
+            if rng.random() < config.oracle_share or not distractors:
+                context = hits
+                if not any(h.doc_id == meta["doc_id"] for h in hits):
+                    # Retrieval missed the document: the answer would not be
+                    # supported, so the document's own chunk takes the last place.
+                    own = retriever.chunks_of(meta["doc_id"])
+                    holding = [c for c in own if answer in c.content] or own
+                    context = (hits[: k - 1] + holding[:1]) if holding else hits
+                    counts["context_oracle_inserted"] += 1
+                counts["context_oracle"] += 1
+                meta["context"] = "oracle"
+            else:
+                context = distractors[:k]
+                answer = UNKNOWN_ANSWER
+                counts["context_distractors_only"] += 1
+                meta["context"] = "distractors"
+            meta["context_ids"] = [h.chunk_id for h in context]
+            ex["messages"] = build_messages(question, [h.content for h in context], answer)
+    return counts
+
+
 # ---------------------------------------------------------------- stage
 
 
@@ -418,6 +471,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         examples = random.Random(config.seed).sample(examples, config.count)
     elif config.count > available:
         warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
+    context_counts = add_contexts(examples, config) if config.with_context else {}
 
     splits = (
         split_examples(examples, config.val_ratio, config.test_ratio, config.seed)
@@ -429,6 +483,8 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
             warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
     manifest = manifest_for(splits, config.count, len(examples), dropped)
     manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
+    if config.with_context:
+        manifest["contexts"] = {"index": config.with_context, "top_k": config.context_k, **context_counts}
     for name, rows in splits.items():
         atomic_write_jsonl(paths[name], rows)
     atomic_write_json(paths["manifest"], manifest)
@@ -441,5 +497,6 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     tracker.log_artifact(paths["manifest"], "datasets")
     counts = {f"examples_{name}": len(rows) for name, rows in splits.items()}
     counts.update({"examples_total": len(examples), "corpus_chunks": len(chunks), "dropped_unsupported": dropped})
+    counts.update(context_counts)
     tracker.log_metrics(counts)
     return GenerateResult({k: str(v) for k, v in paths.items()}, counts, manifest, warnings)

@@ -519,7 +519,19 @@ class Retriever:
         kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
         return sorted({doc_id for name in kept for doc_id in self.names[name]})
 
-    def retrieve(self, questions: list[str], top_k: int = 3) -> list[list[Retrieved]]:
+    def chunks_of(self, doc_id: str) -> list[Retrieved]:
+        """Every stored chunk of one document, in id order."""
+        page = self.collection.get(where={"doc_id": doc_id}, include=["metadatas", "documents"])
+        found = [
+            Retrieved(cid, doc_id, (m or {}).get("title", ""), d or "", 0.0)
+            for cid, m, d in zip(page["ids"], page["metadatas"], page["documents"])
+        ]
+        return sorted(found, key=lambda hit: hit.chunk_id)
+
+    def retrieve(self, questions: list[str], top_k: int = 3, doc_filter: bool | None = None) -> list[list[Retrieved]]:
+        """Top-k chunks per question. `doc_filter` overrides the retriever's
+        setting (restrict to the documents a question names)."""
+        doc_filter = self.doc_filter if doc_filter is None else doc_filter
         if not questions:
             return []
         if len(questions) <= 8:
@@ -531,7 +543,7 @@ class Retriever:
         # One Chroma query per distinct document filter (the filter is per call).
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, question in enumerate(questions):
-            docs = tuple(self.named_documents(question)) if self.doc_filter else ()
+            docs = tuple(self.named_documents(question)) if doc_filter else ()
             groups.setdefault(docs, []).append(i)
         results: list[list[Retrieved]] = [[] for _ in questions]
         for docs, indices in groups.items():

@@ -132,3 +132,34 @@ def test_generate_run_logs_datasets_to_mlflow(tmp_path):
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert {"train", "val", "test", "corpus"} <= contexts
     assert run.data.metrics["examples_train"] > 0
+
+
+def test_with_context_builds_raft_examples_from_the_index(tmp_path):
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, split_messages
+
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    config = GenerateConfig(count=80, with_context=index, oracle_share=0.7, output=str(tmp_path / "qa.jsonl"), split=False)
+    result = generate.run(config)
+    rows = read(result.files["all"])
+    chunks = {c.id: c.content for c in load_corpus("")}
+    oracle = [r for r in rows if r["metadata"]["context"] == "oracle"]
+    distractors = [r for r in rows if r["metadata"]["context"] == "distractors"]
+    assert len(oracle) + len(distractors) == len(rows) == 80
+    assert 0.5 < len(oracle) / len(rows) < 0.9 and distractors
+    assert result.manifest["contexts"]["context_oracle"] == len(oracle)
+    for row in rows:
+        question, answer = split_messages(row["messages"])[0], row["messages"][-1]["content"]
+        meta = row["metadata"]
+        assert len(meta["context_ids"]) == 1
+        # the one prompt builder that serves query and evaluation built it
+        bare_question = question.rsplit("Question : ", 1)[1]
+        assert row["messages"] == build_messages(bare_question, [chunks[i] for i in meta["context_ids"]], answer)
+        if meta["context"] == "oracle":
+            assert meta["doc_id"] in meta["context_ids"]
+            assert answer == UNKNOWN_ANSWER or answer in question  # the answer is in the context
+        else:
+            assert meta["doc_id"] not in meta["context_ids"] and answer == UNKNOWN_ANSWER
