@@ -265,6 +265,9 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
         completion_only_loss=True,
         max_length=None,  # already truncated in tokenize_examples
         include_num_input_tokens_seen="non_padding",
+        # Batches of similar lengths: less padding. RAFT prompts run from 120 to
+        # 300 tokens; padding every batch to its longest wasted ~15 % of a step.
+        train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         save_only_model=False,
         # trl turns gradient checkpointing on by default; for small models it

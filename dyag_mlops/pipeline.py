@@ -3,8 +3,8 @@
     mlflow run . --env-manager local          # entry point `main`
     dyag pipeline                             # the same, from the CLI
 
-generate_training -> finetune -> index_rag -> evaluate (base, finetuned, rag,
-hybrid) -> compare. Steps hand artifacts on by run URI (`runs:/ID/...`). A
+index_rag -> generate_training (RAFT examples with retrieved chunks) ->
+finetune -> evaluate (base, finetuned, rag, hybrid) -> compare. Steps hand artifacts on by run URI (`runs:/ID/...`). A
 step that already finished with the same parameters (config hash) and the same
 code (git commit), and whose outputs are still on disk, is reused instead of
 run again (MLflow's multistep-workflow pattern).
@@ -73,7 +73,23 @@ def run(config: PipelineConfig) -> dict:
         raise DyagError(f"--systems {config.systems}: give at least two of base, finetuned, rag, hybrid")
     timings: dict[str, float] = {}
     with stage_run("main", config) as parent:
-        gen_cfg = GenerateConfig(corpus=config.corpus, method=config.method, count=config.count, output=str(work / "data" / "dataset.jsonl"), overwrite=True)
+        # The index comes first: RAFT training examples hold retrieved chunks.
+        index_dir = ""
+        if {"rag", "hybrid"} & set(systems) or config.context_share > 0:
+            index_dir = str(work / "rag_index")
+            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir)
+            step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
+
+        gen_cfg = GenerateConfig(
+            corpus=config.corpus,
+            method=config.method,
+            count=config.count,
+            output=str(work / "data" / "dataset.jsonl"),
+            with_context=index_dir if config.context_share > 0 else "",
+            context_k=config.top_k,
+            context_share=config.context_share,
+            overwrite=True,
+        )
         gen_files = generate.output_paths(gen_cfg.output, True)
         gen_run = step("generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(gen_files.values()), config.reuse, timings)
 
@@ -91,12 +107,6 @@ def run(config: PipelineConfig) -> dict:
             )
             ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
             adapter_uri = f"runs:/{ft_run}/adapter"
-
-        index_dir = ""
-        if {"rag", "hybrid"} & set(systems):
-            index_dir = str(work / "rag_index")
-            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir)
-            step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
 
         eval_runs = []
         for system in systems:

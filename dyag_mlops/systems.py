@@ -238,7 +238,10 @@ def load_predictor(
 
         from dyag_mlops.models import load_tokenizer
 
-        lm = PeftModel.from_pretrained(lm, str(adapter_dir))
+        # Merged into the base weights: answering never trains, and an unmerged
+        # LoRA adds two small matmuls to every linear layer (hybrid answering
+        # measured 1.25x faster merged, docs/performance.md).
+        lm = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
     return Predictor(
         system,

@@ -1,6 +1,7 @@
 """The whole `main` entry point, run the way a user runs it (`mlflow run .`),
 against a real `mlflow server` over HTTP with a sqlite backend."""
 
+import json
 import os
 import socket
 import subprocess
@@ -71,6 +72,9 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     champion = client.get_model_version_by_alias("e2e-qa", "champion")
     assert champion.tags["dyag.system"] in systems
     assert (work / "compare" / "comparison.md").is_file()
+    # the index is built before the training data, whose prompts hold retrieved chunks (RAFT)
+    train = [json.loads(line) for line in open(work / "data" / "dataset_train.jsonl", encoding="utf-8")]
+    assert train and all(r["metadata"]["context_ids"] and "Contexte :" in r["messages"][1]["content"] for r in train)
 
     # a second run reuses the finished steps (same params, same code)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
