@@ -163,3 +163,9 @@ def test_with_context_builds_raft_examples_from_the_index(tmp_path):
             assert answer == UNKNOWN_ANSWER or answer in question  # the answer is in the context
         else:
             assert meta["doc_id"] not in meta["context_ids"] and answer == UNKNOWN_ANSWER
+
+
+@pytest.mark.parametrize("template", ["Quel est le statut de {doc} ?", "l'{doc} est où ?", "{doc}", "Où est {doc}s ?", "Le {doc}-bis et {doc} ?", "X{doc}"])
+@pytest.mark.parametrize("name", ["SIRENA", "e-Subv", "GéoPlan", "sig-eau", "A.B.", "Ærø café", "_x_"])
+def test_question_key_is_normalise_of_the_question(template, name):
+    assert generate.question_key(template, name, normalise(name)) == normalise(template.replace("{doc}", name))
