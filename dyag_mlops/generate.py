@@ -431,6 +431,11 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
                     # Retrieval missed the document: the answer would not be
                     # supported, so the document's own chunk takes the last place.
                     own = retriever.chunks_of(meta["doc_id"])
+                    if not own:
+                        raise DyagError(
+                            f"--with-context {config.with_context}: the index holds no chunk of document "
+                            f"{meta['doc_id']!r} of the corpus; build it from the same corpus (dyag index-rag)"
+                        )
                     holding = [c for c in own if answer in c.content] or own
                     context = (hits[: k - 1] + holding[:1]) if holding else hits
                     counts["context_oracle_inserted"] += 1

@@ -169,3 +169,15 @@ def test_with_context_builds_raft_examples_from_the_index(tmp_path):
 @pytest.mark.parametrize("name", ["SIRENA", "e-Subv", "GéoPlan", "sig-eau", "A.B.", "Ærø café", "_x_"])
 def test_question_key_is_normalise_of_the_question(template, name):
     assert generate.question_key(template, name, normalise(name)) == normalise(template.replace("{doc}", name))
+
+
+def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x-1", "content": "Nom : ORBITA\nStatut : En test", "metadata": {"nom": "ORBITA"}}])
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(corpus=str(other), index=index))
+    with pytest.raises(DyagError, match="holds no chunk of document"):
+        generate.run(GenerateConfig(count=20, with_context=index, output=str(tmp_path / "qa.jsonl")))
+    assert not (tmp_path / "qa_train.jsonl").exists()  # nothing written
