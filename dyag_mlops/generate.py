@@ -437,7 +437,7 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
                             f"{meta['doc_id']!r} of the corpus; build it from the same corpus (dyag index-rag)"
                         )
                     holding = [c for c in own if answer in c.content] or own
-                    context = (hits[: k - 1] + holding[:1]) if holding else hits
+                    context = hits[: k - 1] + holding[:1]
                     counts["context_oracle_inserted"] += 1
                 counts["context_oracle"] += 1
                 meta["context"] = "oracle"
