@@ -166,7 +166,10 @@ def plot_loss(history: list[dict], path: Path) -> Any:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title("Fine-tuning loss")
-    ax.legend()
+    if train or val:
+        ax.legend()
+    else:  # a run shorter than --logging-steps logs no loss
+        ax.text(0.5, 0.5, "no loss logged: fewer steps than --logging-steps", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

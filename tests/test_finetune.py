@@ -35,7 +35,7 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     base_digest_before = file_digest(tiny_model_dir / "model.safetensors")
     config = FinetuneConfig(
         dataset=str(data), val=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir),
-        epochs=20, batch_size=4, lr=0.05, lora_rank=8, logging_steps=1, save_steps=1000,
+        epochs=20, batch_size=4, grad_accum=1, lr=0.05, lora_rank=8, logging_steps=1, save_steps=1000,
     )
     result = finetune.run(config)
     final = Path(result.adapter_dir)
@@ -92,7 +92,7 @@ def test_non_empty_output_is_refused(tmp_path, tiny_model_dir):
 
 def test_adapter_base_mismatch_is_an_error(tmp_path, tiny_model_dir):
     data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
-    finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=1, batch_size=4))
+    finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=1, batch_size=4, grad_accum=1))
     with pytest.raises(DyagError, match="trained on"):
         load_predictor("finetuned", model=str(tmp_path / "a"), base_model="qwen2.5:0.5b")
     with pytest.raises(DyagError, match="trained on"):
@@ -101,8 +101,8 @@ def test_adapter_base_mismatch_is_an_error(tmp_path, tiny_model_dir):
 
 def test_init_adapter_continues_training(tmp_path, tiny_model_dir):
     data = memorisation_set(tmp_path / "train.jsonl", repeat=2)
-    first = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, lr=0.01))
-    second = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "b"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, lr=0.01, init_adapter=first.adapter_dir))
+    first = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "a"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, grad_accum=1, lr=0.01))
+    second = finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "b"), base_model=str(tiny_model_dir), epochs=2, batch_size=4, grad_accum=1, lr=0.01, init_adapter=first.adapter_dir))
     assert second.metrics["train_loss"] < first.metrics["train_loss"]
 
 
@@ -119,7 +119,7 @@ def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir)
     out = tmp_path / "out"
     args = [
         sys.executable, "-m", "dyag_mlops.cli", "finetune", "--dataset", str(data), "--output", str(out),
-        "--base-model", str(tiny_model_dir), "--epochs", "4", "--batch-size", "2", "--save-steps", "4", "--save-total-limit", "2",
+        "--base-model", str(tiny_model_dir), "--epochs", "4", "--batch-size", "2", "--grad-accum", "1", "--save-steps", "4", "--save-total-limit", "2",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

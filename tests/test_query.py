@@ -19,7 +19,7 @@ from dyag_mlops.prompts import build_messages
 def adapter(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("adapter")
     data = write_jsonl(tmp / "train.jsonl", [{"messages": build_messages("Statut de SIRENA ?", answer="En production")}] * 8)
-    return finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp / "out"), base_model=str(tiny_model_dir), epochs=1, batch_size=4)).adapter_dir
+    return finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp / "out"), base_model=str(tiny_model_dir), epochs=1, batch_size=4, grad_accum=1)).adapter_dir
 
 
 def test_query_finetuned_direct_and_interactive(adapter):
