@@ -243,3 +243,29 @@ def load_base_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source
+
+
+# A decode step asks the LM head for the logits of one position per sequence,
+# i.e. a few rows times a tall (vocabulary x hidden) matrix. On CPU,
+# `linear(x, W)` with 2-16 rows is ~2.5x slower than `W @ x.T` (49152 x 576,
+# 8 rows: 34 ms vs 13 ms, a fifth of the whole decode step); with one row or
+# many rows both are alike, so the plain path is kept there.
+TALL_HEAD_MAX_ROWS = 32
+
+
+def speed_up_lm_head(model: Any) -> None:
+    """Compute the LM head of a CPU model as W @ x.T for small batches of rows."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
+        return
+    plain = head.forward
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if not 1 < rows.shape[0] <= TALL_HEAD_MAX_ROWS or torch.is_grad_enabled():
+            return plain(hidden)
+        return torch.mm(head.weight, rows.t()).t().reshape(*hidden.shape[:-1], head.out_features)
+
+    head.forward = forward

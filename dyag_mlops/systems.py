@@ -216,7 +216,7 @@ def load_predictor(
     device: str = "auto",
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
-    from dyag_mlops.models import load_base_model
+    from dyag_mlops.models import load_base_model, speed_up_lm_head
 
     adapter_dir = None
     if system in ("finetuned", "hybrid"):
@@ -243,6 +243,7 @@ def load_predictor(
         # measured 1.25x faster merged, docs/performance.md).
         lm = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
+    speed_up_lm_head(lm)
     return Predictor(
         system,
         lm,

@@ -93,3 +93,22 @@ def test_a_failed_question_counts_as_wrong(tmp_path, tiny_model_dir, monkeypatch
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(DyagError, match="no such directory"):
         evaluate.run(EvaluateConfig(system="finetuned", model=str(tmp_path / "nope"), output=str(tmp_path / "r.json")))
+
+
+def test_fast_lm_head_gives_the_plain_logits_and_answers(tiny_model_dir):
+    import torch
+
+    from dyag_mlops.models import load_base_model, speed_up_lm_head
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    ids = torch.randint(0, model.config.vocab_size, (8, 12))
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        plain_gen = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    speed_up_lm_head(model)
+    with torch.inference_mode():
+        fast = model(input_ids=ids, logits_to_keep=1).logits  # 8 rows: the W @ x.T path
+        fast_gen = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert fast.shape == (8, 1, model.config.vocab_size)
+    torch.testing.assert_close(fast, plain[:, -1:], rtol=1e-4, atol=1e-5)
+    assert torch.equal(fast_gen, plain_gen)
