@@ -1,6 +1,10 @@
 """Training throughput: `dyag finetune` vs a plain trl SFTTrainer script.
 
-    python bench/bench_finetune.py --steps 12 --warmup 4
+    python bench/bench_finetune.py --steps 12 --warmup 4 [--raft]
+
+Each run happens in its own (forked) process, so each reports its own peak
+RSS; `--raft` trains on context-grounded examples (a retrieved sheet in every
+prompt, ~260 tokens, what the pipeline trains on) instead of closed-book ones.
 
 Same base model (smollm2:135m), same data (the demo corpus's rule-based train
 split), same LoRA (r=16, alpha=32, all-linear), batch size, learning rate and
@@ -21,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -30,8 +33,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import finetune, generate  # noqa: E402
-from dyag_mlops.config import FinetuneConfig, GenerateConfig  # noqa: E402
+from dyag_mlops import finetune, generate, rag  # noqa: E402
+from dyag_mlops.config import FinetuneConfig, GenerateConfig, IndexConfig  # noqa: E402
 
 
 def steady_callback(warmup: int):
@@ -51,7 +54,7 @@ def steady_callback(warmup: int):
     return Steady()
 
 
-def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_dropout: float, trl_defaults: bool) -> float:
+def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, accum: int, lora_dropout: float, trl_defaults: bool) -> float:
     """The plain trl way, straight from its documentation."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -66,7 +69,7 @@ def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(
-            output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
+            output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, learning_rate=5e-4,
             lr_scheduler_type="cosine", report_to="none", use_cpu=True, save_strategy="no", seed=42,
             include_num_input_tokens_seen="non_padding", logging_steps=1000,
             **({} if trl_defaults else {"bf16": False, "gradient_checkpointing": False}),
@@ -80,7 +83,7 @@ def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, lora_
     return steady.tokens_per_second()
 
 
-def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int) -> float:
+def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int, accum: int) -> float:
     from transformers import Trainer
 
     steady = steady_callback(warmup)
@@ -94,31 +97,62 @@ def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int) -> float:
     try:
         # epochs chosen so that the run lasts `steps` optimizer steps
         n = sum(1 for _ in train.open())
-        finetune.run(FinetuneConfig(dataset=str(train), output=str(out), epochs=steps * batch / n, batch_size=batch, save_steps=10**6, logging_steps=1000))
+        finetune.run(FinetuneConfig(
+            dataset=str(train), output=str(out), epochs=steps * batch * accum / n, batch_size=batch, grad_accum=accum,
+            save_steps=10**6, logging_steps=1000,
+        ))
     finally:
         Trainer.__init__ = original
     return steady.tokens_per_second()
 
 
+def _measured(queue, fn, args) -> None:
+    value = fn(*args)
+    queue.put((value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def in_child(fn, *args) -> tuple[float, float]:
+    """Run fn in a fresh process: (its return value, its peak RSS in MB)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh: nothing inherited from this process
+    queue = ctx.Queue()
+    child = ctx.Process(target=_measured, args=(queue, fn, args))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
 def main() -> None:
+    defaults = FinetuneConfig()
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
+    parser.add_argument("--raft", action="store_true", help="context-grounded examples (the pipeline's)")
     parser.add_argument("--plain-lora-dropout", type=float, default=0.0, help="0.0 as dyag; trl docs often use 0.05")
     parser.add_argument("--trl-defaults", action="store_true", help="plain run with trl's bf16 and gradient checkpointing defaults")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = generate.run(GenerateConfig(output=str(tmp / "qa.jsonl"))).files
+        context = ""
+        if args.raft:
+            context = str(tmp / "index")
+            rag.run(IndexConfig(index=context))
+        files = generate.run(GenerateConfig(output=str(tmp / "qa.jsonl"), with_context=context, context_k=1, count=400 if args.raft else 0)).files
         train = Path(files["train"])
-        ours = dyag(train, tmp / "dyag", args.steps, args.warmup, args.batch_size)
-        shutil.rmtree(tmp / "dyag", ignore_errors=True)
-        plain = plain_trl(train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.plain_lora_dropout, args.trl_defaults)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"plain trl SFTTrainer : {plain:7.1f} tokens/s (steady state, steps {args.warmup}-{args.steps})")
-    print(f"dyag finetune        : {ours:7.1f} tokens/s")
-    print(f"ratio dyag / plain   : {ours / plain:7.2f}x   peak RSS (both runs, one process): {peak:.0f} MB")
+        ours, ours_rss = in_child(dyag, train, tmp / "dyag", args.steps, args.warmup, args.batch_size, args.grad_accum)
+        plain, plain_rss = in_child(
+            plain_trl, train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.grad_accum,
+            args.plain_lora_dropout, args.trl_defaults,
+        )
+    setting = f"batch {args.batch_size} x accumulation {args.grad_accum}, {'RAFT' if args.raft else 'closed-book'} examples"
+    print(f"{setting}; steady state = steps {args.warmup}-{args.steps}")
+    print(f"plain trl SFTTrainer : {plain:7.1f} tokens/s   peak RSS {plain_rss:6.0f} MB")
+    print(f"dyag finetune        : {ours:7.1f} tokens/s   peak RSS {ours_rss:6.0f} MB")
+    print(f"ratio dyag / plain   : {ours / plain:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -154,18 +154,29 @@ def missing_facts(facts: list[Fact], chunks: list[Chunk], schema: Schema) -> lis
 # ---------------------------------------------------------------- examples
 
 
-def make_example(question: str, answer: str, fact: Fact, method: str, fact_id: str | None = None) -> dict:
+def make_metadata(fact: Fact, method: str, fact_id: str | None = None) -> dict:
     return {
-        "messages": build_messages(question, answer=answer),
-        "metadata": {
-            "doc_id": fact.doc_id,
-            "title": fact.title,
-            "field": fact.field,
-            "method": method,
-            "chunk_id": fact.chunk_id,
-            "fact_id": fact_id or fact.key,
-        },
+        "doc_id": fact.doc_id,
+        "title": fact.title,
+        "field": fact.field,
+        "method": method,
+        "chunk_id": fact.chunk_id,
+        "fact_id": fact_id or fact.key,
     }
+
+
+def make_example(question: str, answer: str, fact: Fact, method: str, fact_id: str | None = None) -> dict:
+    return {"messages": build_messages(question, answer=answer), "metadata": make_metadata(fact, method, fact_id)}
+
+
+def fact_examples(fact: Fact, questions: list[str], method: str) -> list[dict]:
+    """One example per phrasing of a fact, equal to make_example's. They share
+    the system and answer messages and the metadata, which are therefore
+    read-only (add_contexts copies before it changes one): on a large corpus
+    that is a million small dicts fewer to build and free."""
+    system, _, answer = build_messages("", answer=fact.value)
+    metadata = make_metadata(fact, method)
+    return [{"messages": [system, {"role": "user", "content": q}, answer], "metadata": metadata} for q in questions]
 
 
 def _is_word_char(c: str) -> bool:
@@ -208,11 +219,13 @@ def rule_based_examples(
         names = [fact.title]
         if augmented:
             names += [aliases.get(fact.doc_id, {}).get("full_name", fact.title), fact.title.lower()]
+        questions = []
         for name in dict.fromkeys(names):
             normalised_name = normalise(name)
             for template in templates:
-                examples.append(make_example(template.replace("{doc}", name), fact.value, fact, method))
+                questions.append(template.replace("{doc}", name))
                 keys.append(question_key(template, name, normalised_name))
+        examples += fact_examples(fact, questions, method)
     if augmented:
         combined = combined_examples(facts, specs)
         examples += combined
@@ -421,7 +434,7 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
         # Distractors come from the whole index, not only the named document.
         wider = retriever.retrieve(questions, top_k=k + 4, doc_filter=False)
         for ex, question, hits, others in zip(chosen, questions, as_asked, wider):
-            meta = ex["metadata"]
+            meta = ex["metadata"] = dict(ex["metadata"])  # shared by a fact's phrasings: copy before changing
             answer = split_messages(ex["messages"])[1]
             distractors = [h for h in hits + others if h.doc_id != meta["doc_id"]]
             distractors = list({h.chunk_id: h for h in distractors}.values())

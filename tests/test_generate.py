@@ -181,3 +181,26 @@ def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
     with pytest.raises(DyagError, match="holds no chunk of document"):
         generate.run(GenerateConfig(count=20, with_context=index, output=str(tmp_path / "qa.jsonl")))
     assert not (tmp_path / "qa_train.jsonl").exists()  # nothing written
+
+
+def test_fact_examples_equal_make_example():
+    fact = generate.Fact("app-1", "SIRENA", "status", "Statut", "En production", "app-1")
+    questions = ["Quel est le statut de SIRENA ?", "SIRENA est-elle en service ?"]
+    assert generate.fact_examples(fact, questions, "rule-based") == [
+        generate.make_example(q, fact.value, fact, "rule-based") for q in questions
+    ]
+
+
+def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path):
+    """Phrasings of a fact share their metadata dict until add_contexts
+    changes one: an example left without context must not gain a context."""
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    config = GenerateConfig(count=0, with_context=index, context_share=0.3, output=str(tmp_path / "qa.jsonl"), split=False)
+    rows = read(generate.run(config).files["all"])
+    with_context = [r for r in rows if "Contexte :" in r["messages"][1]["content"]]
+    assert 0.2 < len(with_context) / len(rows) < 0.4
+    assert all(("context" in r["metadata"]) == (r in with_context) for r in rows)
