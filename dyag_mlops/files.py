@@ -45,13 +45,14 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
-def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """One JSON object per line, UTF-8 unescaped. orjson, not json: datasets
+def jsonl_lines(rows: list[dict]) -> list[bytes]:
+    """Each row as one JSON line, UTF-8 unescaped. orjson, not json: datasets
     run to hundreds of thousands of rows, and json.dumps was most of the time
     of generate-training on a large corpus (docs/performance.md)."""
     import orjson
 
-    atomic_write_bytes(path, b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return [orjson.dumps(r) + b"\n" for r in rows]
+
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:

@@ -80,3 +80,39 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finetune: reusing finished run" in again.stdout + again.stderr
+
+    # the champion answers over HTTP, served the way the README says
+    port = free_port()
+    serve = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/e2e-qa@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        answers = ask_scoring_server(port, ["Quel est le statut de SIRENA ?", "Qui est le responsable de GéoPlan ?"])
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    assert [list(a) for a in answers] == [["answer", "sources"]] * 2, answers
+    assert all(isinstance(a["answer"], str) for a in answers)
+
+
+def ask_scoring_server(port: int, questions: list[str], wait_s: float = 180) -> list[dict]:
+    """POST questions to an `mlflow models serve` server once it answers /ping."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/ping", timeout=5):
+                break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.time() > deadline:
+                pytest.fail("mlflow models serve did not start")
+            time.sleep(1)
+    body = json.dumps({"dataframe_records": [{"question": q} for q in questions]}).encode()
+    request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)["predictions"]
