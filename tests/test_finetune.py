@@ -134,3 +134,27 @@ def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir)
     subprocess.run(args + ["--resume"], env=env, check=True, capture_output=True)
     manifest = json.loads((out / "final" / "dyag_manifest.json").read_text())
     assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 128
+
+
+def test_scoring_only_answer_tokens_on_cpu_gives_the_same_loss(tiny_model_dir):
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dyag_mlops.models import load_base_model
+
+    model, _, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    labels = ids.clone()
+    labels[:, :11] = -100  # a prompt, then a 5-token answer
+    original = trl_utils._use_triton
+    try:
+        every_position = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        finetune.score_only_answer_tokens_on_cpu()
+        assert trl_utils._use_triton(torch.device("cpu"))
+        answers_only = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    finally:
+        trl_utils._use_triton = original
+    torch.testing.assert_close(answers_only.loss, every_position.loss)
+    torch.testing.assert_close(answers_only.log_probs, every_position.log_probs)
