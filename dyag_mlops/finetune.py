@@ -254,6 +254,9 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     if config.quantize == "4bit" and device != "cuda":
         raise DyagError("--quantize 4bit (QLoRA) needs a CUDA GPU; on CPU/MPS train without quantisation")
 
+    from transformers import set_seed
+
+    set_seed(config.seed)  # before the LoRA weights are initialised: same seed, same adapter
     model, tokenizer, source = build_model(config, device)
     train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
     val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None

@@ -35,7 +35,7 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     base_digest_before = file_digest(tiny_model_dir / "model.safetensors")
     config = FinetuneConfig(
         dataset=str(data), val=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir),
-        epochs=20, batch_size=4, grad_accum=1, lr=0.05, lora_rank=8, logging_steps=1, save_steps=1000,
+        epochs=20, batch_size=4, grad_accum=1, lr=0.02, lora_rank=8, logging_steps=1, save_steps=1000,
     )
     result = finetune.run(config)
     final = Path(result.adapter_dir)
@@ -66,6 +66,9 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     answers = predictor.answer([q for q, _ in FACTS])
     assert all(a.error is None for a in answers)
     assert sum(a.tokens < 16 for a in answers) >= 1
+    # and at least one memorised answer comes back word for word (lr 0.05 left
+    # the loss near 4 and none did: the test had passed on a lucky LoRA init)
+    assert any(a.text == answer for a, (_, answer) in zip(answers, FACTS)), [a.text for a in answers]
 
 
 def test_truncation_of_every_example_is_an_error(tmp_path, tiny_model_dir):
