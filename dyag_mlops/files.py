@@ -54,7 +54,6 @@ def jsonl_lines(rows: list[dict]) -> list[bytes]:
     return [orjson.dumps(r) + b"\n" for r in rows]
 
 
-
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a malformed line is
     a DyagError naming the file and line."""

@@ -232,7 +232,9 @@ def rule_based_examples(
             names.append(aliases.get(fact.doc_id, {}).get("full_name", fact.title))
         questions = []
         for name in dict.fromkeys(names):
-            normalised_name = normalised_names.get(name) or normalised_names.setdefault(name, normalise(name))
+            if name not in normalised_names:
+                normalised_names[name] = normalise(name)
+            normalised_name = normalised_names[name]
             for template in templates:
                 questions.append(template.replace("{doc}", name))
                 keys.append(question_key(template, name, normalised_name))
