@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from dyag_mlops.config import GenerateConfig
 from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_bytes, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
+from dyag_mlops.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
 from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
@@ -177,14 +177,97 @@ def make_example(question: str, answer: str, fact: Fact, method: str, fact_id: s
     return {"messages": build_messages(question, answer=answer), "metadata": make_metadata(fact, method, fact_id)}
 
 
-def fact_examples(fact: Fact, questions: list[str], method: str) -> list[dict]:
-    """One example per phrasing of a fact, equal to make_example's. They share
-    the system and answer messages and the metadata, which are therefore
-    read-only (add_contexts copies before it changes one): on a large corpus
-    that is a million small dicts fewer to build and free."""
-    system, _, answer = build_messages("", answer=fact.value)
-    metadata = make_metadata(fact, method)
-    return [{"messages": [system, {"role": "user", "content": q}, answer], "metadata": metadata} for q in questions]
+@dataclass
+class Examples:
+    """Generated examples as columns. The phrasings of one fact share its
+    answer and metadata (a *group*), so an example is a question and a group
+    number: on a 10,000-chunk corpus, building, shuffling and serialising two
+    million example dicts was most of the time (issue 3). `example(i)` gives
+    the usual dict."""
+
+    questions: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # each question normalised: the dedupe key
+    group_of: list[int] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)  # per group
+    metadata: list[dict] = field(default_factory=list)  # per group; shared, so read-only
+    _tails: list[bytes | None] = field(default_factory=list, repr=False)  # per group: see jsonl()
+
+    def add(self, questions: list[str], keys: list[str], answer: str, metadata: dict) -> None:
+        """The phrasings of one fact."""
+        self.group_of += [len(self.answers)] * len(questions)
+        self.answers.append(answer)
+        self.metadata.append(metadata)
+        self.questions += questions
+        self.keys += keys
+
+    @classmethod
+    def from_dicts(cls, rows: list[dict]) -> Examples:
+        examples = cls()
+        for row in rows:
+            question, answer = split_messages(row["messages"])
+            examples.add([question], [normalise(question)], answer, row["metadata"])
+        return examples
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def example(self, i: int) -> dict:
+        group = self.group_of[i]
+        return {"messages": build_messages(self.questions[i], answer=self.answers[group]), "metadata": self.metadata[group]}
+
+    def codes(self, keys: tuple[str, ...], positions: list[int]) -> list[tuple[Any, list[str]]]:
+        """For each key: each example's metadata[key] as codes (numpy array)
+        into a list of the distinct values."""
+        import numpy as np
+
+        groups = np.asarray(self.group_of, dtype=np.int64)[positions]
+        coded = []
+        for key in keys:
+            index: dict[str, int] = {}
+            group_codes = np.array([index.setdefault(m[key], len(index)) for m in self.metadata], dtype=np.int64)
+            coded.append((group_codes[groups], list(index)))
+        return coded
+
+    def jsonl(self, positions: Iterable[int]) -> Iterator[bytes]:
+        """The JSON line of each example at `positions`, byte for byte what
+        `files.jsonl_lines` writes for `example(i)`, without building it: an
+        example serialised with markers in place of its question, answer and
+        metadata gives the text around them, and a line is that text with the
+        three serialised in their places (answer and metadata once per group)."""
+        import orjson
+
+        dumps = orjson.dumps
+        marked = {"messages": build_messages(_MARK["question"], answer=_MARK["answer"]), "metadata": _MARK["metadata"]}
+        pieces = _split_on(dumps(marked) + b"\n", [dumps(_MARK[k]) for k in ("question", "answer", "metadata")])
+        if pieces is None:  # a system prompt holding a marker: the plain way
+            yield from jsonl_lines([self.example(i) for i in positions])
+            return
+        head, between, before_metadata, end = pieces
+        if len(self._tails) != len(self.answers):
+            self._tails = [None] * len(self.answers)
+        tails, questions, group_of = self._tails, self.questions, self.group_of
+        for i in positions:
+            group = group_of[i]
+            tail = tails[group]
+            if tail is None:
+                tail = tails[group] = between + dumps(self.answers[group]) + before_metadata + dumps(self.metadata[group]) + end
+            yield head + dumps(questions[i]) + tail
+
+
+# Strings no data holds, serialised in place of an example's question, answer
+# and metadata to cut its JSON line into the text around them.
+_MARK = {k: f"\x00dyag-{k}\x00" for k in ("question", "answer", "metadata")}
+
+
+def _split_on(text: bytes, separators: list[bytes]) -> list[bytes] | None:
+    """text cut at each separator in turn; None unless each occurs exactly once, in order."""
+    pieces = []
+    for sep in separators:
+        if text.count(sep) != 1:
+            return None
+        piece, _, text = text.partition(sep)
+        pieces.append(piece)
+    return pieces + [text]
 
 
 def _is_word_char(c: str) -> bool:
@@ -192,64 +275,65 @@ def _is_word_char(c: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _normalised_parts(template: str) -> tuple[str, str] | None:
-    """normalise() of the text before and after {doc}, when {doc} stands alone
-    (no letter or digit touching it): then normalise(question) is those parts
-    joined with normalise(name), and half a million questions need not be
-    normalised one by one. None when the shortcut would not be exact."""
+def _template_parts(template: str) -> tuple[str, str, str, str] | None:
+    """(text before {doc}, text after, and the same normalised, with the
+    space that joins them to a name) when {doc} appears once and stands alone
+    (no letter or digit touching it). Then a question is before + name +
+    after, and its normalised form is the normalised parts around the
+    normalised name: millions of questions need not be normalised one by
+    one. None when that shortcut would not be exact."""
     before, sep, after = template.partition("{doc}")
     if not sep or "{doc}" in after:
         return None
     if (before and _is_word_char(before[-1])) or (after and _is_word_char(after[0])):
         return None
-    return normalise(before), normalise(after)
+    key_before, key_after = normalise(before), normalise(after)
+    return before, after, key_before + " " if key_before else "", " " + key_after if key_after else ""
 
 
 def question_key(template: str, name: str, normalised_name: str) -> str:
     """normalise(template with {doc} replaced by name), computed from parts."""
-    parts = _normalised_parts(template)
-    if parts is None:
+    parts = _template_parts(template)
+    if parts is None or not normalised_name:
         return normalise(template.replace("{doc}", name))
-    return " ".join(p for p in (parts[0], normalised_name, parts[1]) if p)
+    return parts[2] + normalised_name + parts[3]
 
 
-def rule_based_examples(
-    facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool
-) -> tuple[list[dict], list[str]]:
-    """Examples, and each one's normalised question (the dedupe key)."""
-    specs = {s.name: s for s in schema.fields}
+def rule_based_examples(facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool) -> Examples:
     method = "augmented" if augmented else "rule-based"
-    examples: list[dict] = []
-    keys: list[str] = []
-    normalised_names: dict[str, str] = {}  # a document's name serves all its facts
+    examples = Examples()
+    templates_of = {s.name: s.templates if augmented else s.templates[:RULE_BASED_PHRASINGS] for s in schema.fields}
+    parts_of = {name: [_template_parts(t) for t in templates] for name, templates in templates_of.items()}
+    names_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # a document's names serve all its facts
     for fact in facts:
-        spec = specs[fact.field]
-        templates = spec.templates if augmented else spec.templates[:RULE_BASED_PHRASINGS]
-        names = [fact.title]
-        if augmented:
-            # Not the lowercased title as well: its questions normalise to the
-            # title's, so dedupe dropped every one of them (a third of the work).
-            names.append(aliases.get(fact.doc_id, {}).get("full_name", fact.title))
-        questions = []
-        for name in dict.fromkeys(names):
-            if name not in normalised_names:
-                normalised_names[name] = normalise(name)
-            normalised_name = normalised_names[name]
-            for template in templates:
-                questions.append(template.replace("{doc}", name))
-                keys.append(question_key(template, name, normalised_name))
-        examples += fact_examples(fact, questions, method)
+        templates, parts = templates_of[fact.field], parts_of[fact.field]
+        names = names_of.get((fact.doc_id, fact.title))
+        if names is None:
+            raw = [fact.title]
+            if augmented:
+                # Not the lowercased title as well: its questions normalise to the
+                # title's, so dedupe dropped every one of them (a third of the work).
+                raw.append(aliases.get(fact.doc_id, {}).get("full_name", fact.title))
+            names = names_of[(fact.doc_id, fact.title)] = [(name, normalise(name)) for name in dict.fromkeys(raw)]
+        questions: list[str] = []
+        keys: list[str] = []
+        for name, normalised_name in names:
+            if normalised_name and None not in parts:
+                questions += [p[0] + name + p[1] for p in parts]  # type: ignore[index]
+                keys += [p[2] + normalised_name + p[3] for p in parts]  # type: ignore[index]
+            else:
+                questions += [t.replace("{doc}", name) for t in templates]
+                keys += [question_key(t, name, normalised_name) for t in templates]
+        examples.add(questions, keys, fact.value, make_metadata(fact, method))
     if augmented:
-        combined = combined_examples(facts, specs)
-        examples += combined
-        keys += [normalise(ex["messages"][1]["content"]) for ex in combined]
-    return examples, keys
+        add_combined_examples(examples, facts, {s.name: s for s in schema.fields})
+    return examples
 
 
-def combined_examples(facts: list[Fact], specs: dict[str, FieldSpec]) -> list[dict]:
+def add_combined_examples(examples: Examples, facts: list[Fact], specs: dict[str, FieldSpec]) -> None:
     """Two questions about one document asked together, answered field by field."""
     by_key = {f.key: f for f in facts}
-    examples = []
+    normalised_titles: dict[str, str] = {}
     for fact in facts:
         if fact.value == UNKNOWN_ANSWER:
             continue
@@ -257,25 +341,29 @@ def combined_examples(facts: list[Fact], specs: dict[str, FieldSpec]) -> list[di
             other = by_key.get(f"{fact.doc_id}::{other_name}")
             if other is None or other.value == UNKNOWN_ANSWER or other_name not in specs:
                 continue
+            if fact.title not in normalised_titles:
+                normalised_titles[fact.title] = normalise(fact.title)
+            name = normalised_titles[fact.title]
+            questions, keys = [], []
             for first, second in zip(specs[fact.field].templates[:2], specs[other_name].templates[:2]):
-                question = f"{first.replace('{doc}', fact.title)} {second.replace('{doc}', fact.title)}"
-                answer = f"{fact.label} : {fact.value} ; {other.label} : {other.value}"
-                examples.append(make_example(question, answer, fact, "augmented", f"{fact.key}+{other_name}"))
-    return examples
+                questions.append(f"{first.replace('{doc}', fact.title)} {second.replace('{doc}', fact.title)}")
+                # normalise() works character by character and joins words with
+                # single spaces, so two questions joined by a space normalise
+                # to their keys joined by a space (when neither is empty).
+                halves = question_key(first, fact.title, name), question_key(second, fact.title, name)
+                keys.append(" ".join(halves) if all(halves) else normalise(questions[-1]))
+            answer = f"{fact.label} : {fact.value} ; {other.label} : {other.value}"
+            metadata = make_metadata(fact, "augmented", f"{fact.key}+{other_name}")
+            examples.add(questions, keys, answer, metadata)
 
 
-def dedupe(examples: list[dict], keys: list[str] | None = None) -> list[dict]:
-    """Drop repeated (question, answer) pairs and any question already asked.
-    `keys`: each example's normalised question, when already known."""
-    seen: set[str] = set()
-    unique = []
-    for i, ex in enumerate(examples):
-        question = keys[i] if keys is not None else normalise(ex["messages"][1]["content"])
-        if question in seen:
-            continue
-        seen.add(question)
-        unique.append(ex)
-    return unique
+def first_occurrences(keys: list[str]) -> list[int]:
+    """Positions of the first example of each distinct key (dedupe), in order."""
+    if len(set(keys)) == len(keys):  # the usual case, and the cheapest test
+        return list(range(len(keys)))
+    # dict(zip(...)) runs in C: later keys overwrite earlier ones, so going
+    # backwards leaves each key with its first position.
+    return sorted(dict(zip(reversed(keys), range(len(keys) - 1, -1, -1))).values())
 
 
 # ---------------------------------------------------------------- llm-based
@@ -339,60 +427,104 @@ def _endpoint_writer(config: GenerateConfig) -> Callable[[str], str]:
 # ---------------------------------------------------------------- split
 
 
-def split_positions(fact_ids: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list[int]]:
-    """Positions of the examples (whose facts are `fact_ids`) in train/val/test,
-    so that every val/test fact keeps a phrasing in train."""
+def split_positions(fact_codes: Any, fact_names: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list[int]]:
+    """Positions of the examples in train/val/test, so that every val/test fact
+    keeps a phrasing in train. `fact_codes`: each example's fact, as an index
+    into `fact_names`.
+
+    The rule: examples in random order, grouped by fact; facts in random
+    order; the test split takes one phrasing per fact, fact after fact, round
+    after round (so held-out phrasings spread over as many facts as
+    possible), never a fact's last one, until it holds its share; then val
+    the same way; train keeps the rest. Computed with numpy sorts rather than
+    a Python loop over the rounds: two million examples on a large corpus.
+
+    Each split comes in that random order: train fact by fact (a fact's
+    phrasings together, which trainers shuffle anyway), val and test round by
+    round (one phrasing of each fact, then a second...). Shuffling every
+    example on its own made writing two million lines a third slower, each
+    line then read from a random place in memory."""
     import numpy as np
 
-    # numpy permutations, not random.shuffle: shuffling half a million
-    # examples in pure Python took 2 s of a 10,000-chunk run.
     rng = np.random.default_rng(seed)
+    codes = np.asarray(fact_codes, dtype=np.int64)
+    n = len(codes)
+    # Examples grouped by fact, each fact's in random order: one sort on the
+    # fact with a random tie-break. Cheap, because examples mostly come fact
+    # by fact already (timsort merges such runs in near-linear time).
+    by_fact = np.argsort(codes * (n + 1) + rng.permutation(n), kind="stable")
+    fact_of = codes[by_fact]
+    starts = np.flatnonzero(np.r_[True, fact_of[1:] != fact_of[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    facts = len(starts)  # below, a fact is its number in 0..facts-1, in order of code
+    # Facts in random order (drawn over the facts sorted by name, so the order
+    # does not depend on how the codes were numbered).
+    by_name = np.argsort(np.array([fact_names[c] for c in fact_of[starts]], dtype=object), kind="stable")
+    place = np.empty(facts, dtype=np.int64)
+    place[by_name[rng.permutation(facts)]] = np.arange(facts)
 
-    def shuffled(items: list) -> list:
-        return [items[i] for i in rng.permutation(len(items)).tolist()]
+    left = sizes.copy()  # phrasings of each fact not yet held out: its first `left` in by_fact
+    held: dict[str, Any] = {}
+    for name, ratio in (("test", test_ratio), ("val", val_ratio)):
+        taken = _round_robin(left, place, round(ratio * n))
+        # Round r takes from a fact the last phrasing it has left.
+        fact = np.repeat(np.arange(facts), taken)
+        round_ = np.arange(len(fact)) - np.repeat(np.cumsum(taken) - taken, taken)
+        positions = starts[fact] + left[fact] - 1 - round_
+        held[name] = by_fact[positions[np.argsort(round_ * facts + place[fact])]]  # by round, then fact
+        left = left - taken
+    in_order = np.argsort(place)
+    lengths = left[in_order]
+    train = by_fact[np.repeat(starts[in_order] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())]
+    return {"train": train.tolist(), "val": held["val"].tolist(), "test": held["test"].tolist()}
 
-    # Positions in random order, grouped by fact: each fact's phrasings in random order.
-    by_fact: dict[str, list[int]] = defaultdict(list)
-    for i in rng.permutation(len(fact_ids)).tolist():
-        by_fact[fact_ids[i]].append(i)
-    facts = shuffled(sorted(by_fact))
-    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    targets = {"test": round(test_ratio * len(fact_ids)), "val": round(val_ratio * len(fact_ids))}
-    for name in ("test", "val"):
-        # Round-robin over facts, one phrasing each, so held-out phrasings spread
-        # over as many facts as possible; a fact always keeps one for train.
-        while targets[name] > 0:
-            moved = False
-            for fid in facts:
-                if targets[name] == 0:
-                    break
-                if len(by_fact[fid]) >= 2:
-                    splits[name].append(by_fact[fid].pop())
-                    targets[name] -= 1
-                    moved = True
-            if not moved:
-                break
-    for fid in facts:
-        splits["train"].extend(by_fact[fid])
-    return {name: shuffled(positions) for name, positions in splits.items()}
+
+def _round_robin(left: Any, place: Any, count: int) -> Any:
+    """How many phrasings each fact gives when `count` are taken one per fact
+    per round, facts in `place` order, never a fact's last one."""
+    import numpy as np
+
+    capacity = np.maximum(left - 1, 0)
+    count = min(count, int(capacity.sum()))
+    # Full rounds: the most rounds R with sum(min(capacity, R)) <= count.
+    low, high = 0, int(capacity.max(initial=0))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if int(np.minimum(capacity, middle).sum()) <= count:
+            low = middle
+        else:
+            high = middle - 1
+    taken = np.minimum(capacity, low)
+    extra = count - int(taken.sum())
+    if extra:  # round `low`, partly: the first facts (by place) that can still give one
+        can = np.flatnonzero(capacity > low)
+        taken[can[np.argsort(place[can])[:extra]]] += 1
+    return taken
 
 
 def manifest_for(
-    splits: dict[str, list[int]], fact_ids: list[str], fields: list[str], requested: int, dropped: int
+    splits: dict[str, list[int]], fact_codes: Any, field_codes: Any, field_names: list[str], requested: int, dropped: int
 ) -> dict:
     """Counts per split and per field, and fact coverage; `splits` holds
-    positions into `fact_ids` / `fields` (each example's)."""
-    facts = {name: {fact_ids[i] for i in positions} for name, positions in splits.items()}
-    train_facts = facts.get("train", set())
-    manifest: dict[str, Any] = {"requested": requested, "produced": len(fact_ids), "dropped_unsupported": dropped, "splits": {}}
+    positions into `fact_codes` / `field_codes` (each example's, as codes;
+    fields named by `field_names`)."""
+    import numpy as np
+
+    fact_codes, field_codes = np.asarray(fact_codes, dtype=np.int64), np.asarray(field_codes, dtype=np.int64)
+    facts_count = int(fact_codes.max()) + 1 if len(fact_codes) else 0
+    # Which facts each split holds, as a boolean per fact.
+    holds = {name: np.bincount(fact_codes[positions], minlength=facts_count) > 0 for name, positions in splits.items()}
+    in_train = holds.get("train", np.zeros(facts_count, dtype=bool))
+    manifest: dict[str, Any] = {"requested": requested, "produced": len(fact_codes), "dropped_unsupported": dropped, "splits": {}}
     for name, positions in splits.items():
-        held = facts[name]
+        held = int(holds[name].sum())
+        per_field = np.bincount(field_codes[positions], minlength=len(field_names))
         manifest["splits"][name] = {
             "examples": len(positions),
-            "facts": len(held),
-            "per_field": dict(sorted(Counter(fields[i] for i in positions).items())),
+            "facts": held,
+            "per_field": {f: int(c) for f, c in sorted(zip(field_names, per_field)) if c},
             # share of this split's facts that the training split also teaches
-            "fact_coverage_by_train": round(len(held & train_facts) / len(held), 4) if held else None,
+            "fact_coverage_by_train": round(int((holds[name] & in_train).sum()) / held, 4) if held else None,
         }
     return manifest
 
@@ -523,10 +655,10 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     warnings: list[str] = []
     dropped = 0
     if config.method == "llm-based":
-        examples, dropped = llm_examples(chunks, config)
-        keys = None
-        if not examples:
+        rows, dropped = llm_examples(chunks, config)
+        if not rows:
             raise DyagError(f"llm-based: every generated pair was unsupported by its chunk ({dropped} dropped)")
+        examples = Examples.from_dicts(rows)
     else:
         schema = load_schema(config.schema)
         facts, aliases = extract_facts(chunks, schema)
@@ -536,36 +668,37 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
                 f"it looks for lines 'Label : value' with labels: {', '.join(schema.all_labels())}"
             )
         facts += missing_facts(facts, chunks, schema)
-        examples, keys = rule_based_examples(facts, schema, aliases, augmented=config.method == "augmented")
-    examples = dedupe(examples, keys)
-    available = len(examples)
+        examples = rule_based_examples(facts, schema, aliases, augmented=config.method == "augmented")
+    kept = first_occurrences(examples.keys)  # never the same question twice
+    available = len(kept)
     if config.count and config.count < available:
-        examples = random.Random(config.seed).sample(examples, config.count)
+        kept = random.Random(config.seed).sample(kept, config.count)
     elif config.count > available:
         warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
-    context_counts = add_contexts(examples, config) if config.with_context else {}
-
-    # Everything below works on positions into `examples`, which are read once,
-    # in the order they were built: after a shuffle, every pass over half a
-    # million dicts scattered in memory cost about a second.
-    metadata = [ex["metadata"] for ex in examples]
-    fact_ids = [m["fact_id"] for m in metadata]
-    fields = [m["field"] for m in metadata]
+    (fact_codes, fact_names), (field_codes, field_names) = examples.codes(("fact_id", "field"), kept)
     splits = (
-        split_positions(fact_ids, config.val_ratio, config.test_ratio, config.seed)
+        split_positions(fact_codes, fact_names, config.val_ratio, config.test_ratio, config.seed)
         if config.split
-        else {"all": list(range(len(examples)))}
+        else {"all": list(range(len(kept)))}
     )
     for name, positions in splits.items():
         if not positions:
             warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
-    manifest = manifest_for(splits, fact_ids, fields, config.count, dropped)
+    manifest = manifest_for(splits, fact_codes, field_codes, field_names, config.count, dropped)
     manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
+
+    context_counts: dict[str, int] = {}
     if config.with_context:
+        # Each example gets its own prompt: serialised as dicts.
+        rows = [examples.example(i) for i in kept]
+        context_counts = add_contexts(rows, config)
         manifest["contexts"] = {"index": config.with_context, "top_k": config.context_k, **context_counts}
-    lines = jsonl_lines(examples)
-    for name, positions in splits.items():
-        atomic_write_bytes(paths[name], b"".join([lines[i] for i in positions]))
+        lines = jsonl_lines(rows)
+        for name, positions in splits.items():
+            atomic_write_chunks(paths[name], [lines[p] for p in positions])
+    else:
+        for name, positions in splits.items():
+            atomic_write_chunks(paths[name], examples.jsonl([kept[p] for p in positions]))
     atomic_write_json(paths["manifest"], manifest)
 
     if corpus_file.is_file():
@@ -575,7 +708,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         tracker.log_artifact(paths[name], "datasets")
     tracker.log_artifact(paths["manifest"], "datasets")
     counts = {f"examples_{name}": len(positions) for name, positions in splits.items()}
-    counts.update({"examples_total": len(examples), "corpus_chunks": len(chunks), "dropped_unsupported": dropped})
+    counts.update({"examples_total": len(kept), "corpus_chunks": len(chunks), "dropped_unsupported": dropped})
     counts.update(context_counts)
     tracker.log_metrics(counts)
     return GenerateResult({k: str(v) for k, v in paths.items()}, counts, manifest, warnings)

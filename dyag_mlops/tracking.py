@@ -79,8 +79,7 @@ class NullTracker:
     def log_dict(self, data: dict, artifact_file: str) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
-    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> str:
-        return file_digest(path)
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> None: ...
     def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
         return None
 
@@ -137,7 +136,7 @@ class Tracker(NullTracker):
 
         mlflow.log_table(data=data, artifact_file=artifact_file)
 
-    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> str:
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> None:
         """Log a JSONL file as an MLflow dataset input (context train/val/test/eval/corpus)."""
         import mlflow
         import pandas as pd
@@ -148,7 +147,6 @@ class Tracker(NullTracker):
         digest = file_digest(path)
         dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name or path.name, digest=digest)
         mlflow.log_input(dataset, context=context)
-        return digest
 
     def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
         import mlflow

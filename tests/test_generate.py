@@ -183,12 +183,80 @@ def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
     assert not (tmp_path / "qa_train.jsonl").exists()  # nothing written
 
 
-def test_fact_examples_equal_make_example():
-    fact = generate.Fact("app-1", "SIRENA", "status", "Statut", "En production", "app-1")
-    questions = ["Quel est le statut de SIRENA ?", "SIRENA est-elle en service ?"]
-    assert generate.fact_examples(fact, questions, "rule-based") == [
-        generate.make_example(q, fact.value, fact, "rule-based") for q in questions
-    ]
+def demo_examples(augmented=True, titles=None):
+    from dyag_mlops.corpus import load_corpus
+
+    chunks = load_corpus(None)
+    schema = generate.load_schema("fr")
+    facts, aliases = generate.extract_facts(chunks, schema)
+    if titles:  # the same facts under awkward document names
+        facts = [generate.Fact(f.doc_id, titles[i % len(titles)], f.field, f.label, f.value, f.chunk_id) for i, f in enumerate(facts)]
+    facts += generate.missing_facts(facts, chunks, schema)
+    return generate.rule_based_examples(facts, schema, aliases, augmented=augmented)
+
+
+@pytest.mark.parametrize("titles", [None, ["ΣΟΦΙΑ", "Ærø", "A.B.", "ﬁchier", "e-Subv", "_x_", "Quel"]])
+def test_keys_are_normalised_questions_and_lines_are_the_example_dicts(titles):
+    """The shortcuts of generation give what the plain way would: each dedupe
+    key is normalise(question) (combined questions included), each JSON line
+    is the example dict serialised, and each example is make_example's."""
+    from dyag_mlops.files import jsonl_lines
+
+    examples = demo_examples(titles=titles)
+    assert any(" ; " in a for a in examples.answers)  # combined questions are there
+    assert examples.keys == [normalise(q) for q in examples.questions]
+    positions = list(range(len(examples)))[::-1]  # any order, groups revisited
+    assert list(examples.jsonl(positions)) == jsonl_lines([examples.example(i) for i in positions])
+    i = examples.group_of.index(1)
+    meta = examples.metadata[1]
+    fact = generate.Fact(meta["doc_id"], meta["title"], meta["field"], "", examples.answers[1], meta["chunk_id"])
+    assert examples.example(i) == generate.make_example(examples.questions[i], fact.value, fact, "augmented")
+
+
+def test_first_occurrences_keeps_the_first_of_each_key():
+    assert generate.first_occurrences(["a", "b", "c"]) == [0, 1, 2]
+    assert generate.first_occurrences(["a", "b", "a", "c", "b"]) == [0, 1, 3]
+    assert generate.first_occurrences([]) == []
+
+
+def reference_split(codes, names, val_ratio, test_ratio, seed):
+    """split_positions' rule written as the plain loop it replaces, on the same
+    random grouping and fact order."""
+    import numpy as np
+    from collections import defaultdict
+
+    rng = np.random.default_rng(seed)
+    by_fact = defaultdict(list)
+    for i in np.argsort(np.asarray(codes) * (len(codes) + 1) + rng.permutation(len(codes)), kind="stable").tolist():
+        by_fact[codes[i]].append(i)
+    present = sorted(by_fact, key=lambda c: names[c])
+    facts = [present[j] for j in rng.permutation(len(present))]
+    splits = {"train": [], "val": [], "test": []}
+    for name, ratio in (("test", test_ratio), ("val", val_ratio)):
+        target = round(ratio * len(codes))
+        while target:  # one phrasing per fact and round, never a fact's last
+            takers = [f for f in facts if len(by_fact[f]) >= 2][:target]
+            if not takers:
+                break
+            splits[name] += [by_fact[f].pop() for f in takers]
+            target -= len(takers)
+    for f in facts:
+        splits["train"] += by_fact[f]
+    return splits
+
+
+def test_split_positions_follows_the_round_robin_rule():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        facts, n = int(rng.integers(1, 30)), int(rng.integers(0, 150))
+        codes = rng.integers(0, facts, n).tolist()
+        names = [f"fact-{x}" for x in rng.permutation(facts)]
+        val_ratio, test_ratio = float(rng.choice([0.0, 0.1, 0.3])), float(rng.choice([0.0, 0.1, 0.6]))
+        assert generate.split_positions(codes, names, val_ratio, test_ratio, trial) == reference_split(
+            codes, names, val_ratio, test_ratio, trial
+        ), trial
 
 
 def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path):
