@@ -30,10 +30,9 @@ import json
 import os
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
