@@ -2,10 +2,11 @@
 
     dyag finetune --dataset data/dataset_train.jsonl --val data/dataset_val.jsonl --output outputs/adapter
 
-Examples are rendered by `prompts.render_example` (the base model's chat
+Examples are rendered by `prompts.render_turns` (the base model's chat
 template, or the fallback saved with the adapter) and tokenised here, so the
 prompt the model is trained on is byte for byte the one it gets at inference;
-the loss covers the answer and its end-of-turn token only (completion mask).
+the loss covers the answers (every assistant turn) and their end-of-turn
+tokens only (completion mask).
 Checkpoints every `save_steps`; `--resume` continues from the latest one
 (optimizer, scheduler, step and data order), also after a kill.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from dyag_mlops.config import FinetuneConfig
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import MLFLOW_URI_PREFIXES, atomic_write_json, download_mlflow_uri, file_digest, read_jsonl
-from dyag_mlops.prompts import render_example
+from dyag_mlops.prompts import render_turns
 from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
 from dyag_mlops.tracking import NullTracker
 
@@ -77,18 +78,25 @@ def tokenize_examples(tokenizer: Any, examples: list[list[dict]], max_length: in
     rows = {"input_ids": [], "completion_mask": []}
     truncated = 0
     for messages in examples:
-        prompt, completion = render_example(tokenizer, messages)
-        # trl appends EOS to a completion that does not end with it; the
-        # template's trailing newline after the end-of-turn token is dropped so
-        # the completion ends exactly on EOS and nothing is added twice.
-        if tokenizer.eos_token and completion.rstrip("\n").endswith(tokenizer.eos_token):
-            completion = completion.rstrip("\n")
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        ids = (prompt_ids + completion_ids)[:max_length]
-        mask = ([0] * len(prompt_ids) + [1] * len(completion_ids))[:max_length]
-        if len(prompt_ids) + len(completion_ids) > max_length:
+        ids, mask = [], []
+        carry = ""
+        for prompt, completion in render_turns(tokenizer, messages):
+            prompt = carry + prompt
+            # trl appends EOS to a completion that does not end with it; the
+            # template's newline after the end-of-turn token is moved out of
+            # the answer (to the next turn's prompt, or dropped at the end) so
+            # each answer ends exactly on EOS and nothing is added twice.
+            carry = ""
+            if tokenizer.eos_token and completion.rstrip("\n").endswith(tokenizer.eos_token):
+                stripped = completion.rstrip("\n")
+                carry, completion = completion[len(stripped):], stripped
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            ids += prompt_ids + completion_ids
+            mask += [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if len(ids) > max_length:
             truncated += 1
+        ids, mask = ids[:max_length], mask[:max_length]
         if sum(mask) == 0:
             continue  # the answer was cut off entirely: nothing to learn from it
         rows["input_ids"].append(ids)

@@ -15,6 +15,9 @@ from typing import Any, Sequence
 # on CPU each token of it costs training and answering time.
 SYSTEM_PROMPT = "Réponds brièvement avec la valeur exacte de l'inventaire, sinon « Je ne sais pas »."
 
+# Between the retrieved chunks and the question in a user turn.
+QUESTION_MARK = "\n\nQuestion : "
+
 # What a system answers when the context or its training has no answer.
 UNKNOWN_ANSWER = "Je ne sais pas"
 
@@ -33,7 +36,7 @@ def user_content(question: str, context: Sequence[str] | None = None) -> str:
     if not context:
         return question
     blocks = "\n\n".join(f"[{i}] {chunk.strip()}" for i, chunk in enumerate(context, start=1))
-    return f"Contexte :\n{blocks}\n\nQuestion : {question}"
+    return f"Contexte :\n{blocks}{QUESTION_MARK}{question}"
 
 
 def build_messages(question: str, context: Sequence[str] | None = None, answer: str | None = None) -> list[dict]:
@@ -63,18 +66,28 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
-def render_example(tokenizer: Any, messages: Sequence[dict]) -> tuple[str, str]:
-    """(prompt, completion) texts for training: the completion is exactly what
-    the template writes after the prompt for the last assistant turn, end of
-    turn marker included, so the model learns to stop."""
+def render_turns(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, str]]:
+    """The conversation cut into (text before an answer, the answer) pairs,
+    one per assistant turn; joined in order they give the whole rendered
+    conversation. An answer is exactly what the template writes for that
+    assistant turn, end-of-turn marker included, so the model learns to stop;
+    a one-question example gives one pair. Training puts its loss on the
+    answers only."""
     ensure_chat_template(tokenizer)
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("a training example must end with an assistant turn")
-    prompt = render_prompt(tokenizer, messages)
-    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
-    return prompt, full[len(prompt):]
+    pairs: list[tuple[str, str]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render_prompt(tokenizer, messages[: i + 1])
+        full = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("the chat template does not render each turn as a prefix of the conversation")
+        pairs.append((prompt[len(done):], full[len(prompt):]))
+        done = full
+    return pairs
 
 
 def split_messages(messages: Sequence[dict]) -> tuple[str, str]:

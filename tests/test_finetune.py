@@ -161,3 +161,31 @@ def test_scoring_only_answer_tokens_on_cpu_gives_the_same_loss(tiny_model_dir):
         trl_utils._use_triton = original
     torch.testing.assert_close(answers_only.loss, every_position.loss)
     torch.testing.assert_close(answers_only.log_probs, every_position.log_probs)
+
+
+def test_every_answer_of_a_conversation_is_trained_and_nothing_else(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    single = build_messages("Quel est le statut de SIRENA ?", ["Statut : En production"], "En production")
+    conversation = single + [
+        {"role": "user", "content": "Et son hébergement ?"},
+        {"role": "assistant", "content": "Datacenter Lyon"},
+    ]
+    dataset, truncated = finetune.tokenize_examples(tokenizer, [single, conversation], 512, "test")
+    assert truncated == 0
+    for row, answers in zip(dataset, (["En production"], ["En production", "Datacenter Lyon"])):
+        ids, mask = row["input_ids"], row["completion_mask"]
+        # The tokens put back together are the whole conversation, less the
+        # newline after the last end-of-turn marker.
+        assert tokenizer.decode(ids) + "\n" == tokenizer.apply_chat_template(conversation if len(answers) == 2 else single, tokenize=False)
+        # The masked spans are exactly the answers, each with its end-of-turn token.
+        spans, current = [], []
+        for token, trained in zip(ids, mask):
+            if trained:
+                current.append(token)
+            elif current:
+                spans.append(current)
+                current = []
+        spans += [current] if current else []
+        assert [tokenizer.decode(s) for s in spans] == [a + tokenizer.eos_token for a in answers]
