@@ -219,6 +219,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
             device=config.device,
+            grounded=config.grounded,
         )
     from tqdm import tqdm
 
@@ -273,6 +274,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         index_dir=predictor.index_dir,
         top_k=config.top_k,
         max_new_tokens=config.max_new_tokens,
+        grounded=predictor.grounded,
     )
     return EvaluateResult(str(output), metrics, rows, model_uri)
 

@@ -57,6 +57,7 @@ class Predictor:
         base_model: str = DEFAULT_BASE_MODEL,
         adapter_dir: str = "",
         index_dir: str = "",
+        grounded: bool = False,
     ):
         self.system = system
         self.model = model.eval()
@@ -69,6 +70,9 @@ class Predictor:
         self.base_model = base_model
         self.adapter_dir = adapter_dir
         self.index_dir = index_dir
+        # Answers constrained to spans of the retrieved chunks (grounding.py);
+        # only systems that retrieve have something to be grounded in.
+        self.grounded = grounded and retriever is not None
 
     # -- prompts
 
@@ -94,7 +98,8 @@ class Predictor:
             batch = order[start : start + self.batch_size]
             began = time.perf_counter()
             try:
-                texts, counts = self._generate([prompts[i] for i in batch])
+                contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
+                texts, counts = self._generate([prompts[i] for i in batch], contexts)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -123,14 +128,21 @@ class Predictor:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int]]:
+    def _generate(self, prompts: list[str], contexts: list[list[str]] | None = None) -> tuple[list[str], list[int]]:
+        """Answers to rendered prompts; with `contexts` (the chunks each
+        prompt holds), each answer is a span of its own chunks."""
         import torch
 
         self.tokenizer.padding_side = "left"  # decoder-only: pad on the left for batched generation
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        kwargs = self._generation_kwargs()
+        if contexts is not None:
+            from dyag_mlops.grounding import span_constraint
+
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1])
         with torch.inference_mode():
-            out = self.model.generate(**enc, **self._generation_kwargs())
+            out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
         texts, counts = [], []
         eos = self.tokenizer.eos_token_id
@@ -147,12 +159,18 @@ class Predictor:
 
         from transformers import TextIteratorStreamer
 
-        messages, _ = self.messages_for([question])
+        messages, hits = self.messages_for([question])
         turns = messages[0][:1] + history + messages[0][1:]
         prompt = render_prompt(self.tokenizer, turns)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        thread = threading.Thread(target=self.model.generate, kwargs={**enc, **self._generation_kwargs(), "streamer": streamer})
+        kwargs = {**enc, **self._generation_kwargs(), "streamer": streamer}
+        if self.grounded:
+            from dyag_mlops.grounding import span_constraint
+
+            contexts = [[h.content for h in hits[0]]]
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1])
+        thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer
         thread.join()
@@ -214,6 +232,7 @@ def load_predictor(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     device: str = "auto",
+    grounded: bool = False,
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
     from dyag_mlops.models import load_base_model, speed_up_lm_head
@@ -256,6 +275,7 @@ def load_predictor(
         base_model=base_model,
         adapter_dir=str(adapter_dir or ""),
         index_dir=index,
+        grounded=grounded,
     )
 
 
@@ -280,6 +300,7 @@ def pyfunc_model() -> Any:
                 index=context.artifacts.get("index", ""),
                 top_k=spec["top_k"],
                 max_new_tokens=spec["max_new_tokens"],
+                grounded=spec.get("grounded", False),  # models logged before grounding existed
             )
 
         def predict(self, context, model_input, params=None):
@@ -310,13 +331,14 @@ def log_system_model(
     index_dir: str = "",
     top_k: int = 3,
     max_new_tokens: int = 64,
+    grounded: bool = False,
     name: str = "model",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
     base model by name (never its weights, see mlflow#23761)."""
     from dyag_mlops.files import atomic_write_json
 
-    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens}
+    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded}
     spec_path = Path(workdir) / SYSTEM_SPEC
     atomic_write_json(spec_path, spec)
     artifacts = {"system": str(spec_path)}

@@ -1,0 +1,39 @@
+import pytest
+
+from dyag_mlops.grounding import span_texts
+from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, render_prompt
+
+SHEET = "Nom : SIRENA\nStatut : En production\nTechnologie principale : Java/Spring Boot\nContacts : Marie Dupont (marie.dupont@region-exemple.fr)"
+
+
+def test_spans_start_at_words_of_one_line_and_include_unknown():
+    spans = span_texts([f"[1] {SHEET}"])
+    assert "En production" in spans and "Statut : En production" in spans
+    assert "Spring Boot" in spans  # after the slash
+    assert "marie.dupont@region-exemple.fr)" in spans  # after the parenthesis
+    assert UNKNOWN_ANSWER in spans
+    assert not any(s.startswith("[1]") or "\n" in s for s in spans)
+    assert "roduction" not in spans  # not from inside a word
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperature):
+    """A random tiny model writes gibberish; grounded, every answer (greedy or
+    sampled) is a piece of one line of its context or 'Je ne sais pas'."""
+    import torch
+
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems import Predictor
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    predictor = Predictor("rag", model, tokenizer, max_new_tokens=12, temperature=temperature)
+    contexts = [[SHEET], ["Nom : GéoPlan\nHébergement : Cloud interministériel Nubo"], [SHEET, "Site web : https://x.fr"]]
+    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks)) for i, chunks in enumerate(contexts)]
+    free, _ = predictor._generate(prompts)
+    grounded, counts = predictor._generate(prompts, contexts)
+    lines = [[line for chunk in chunks for line in chunk.splitlines()] for chunks in contexts]
+    assert not all(any(text in line for line in own) for text, own in zip(free, lines) if text)  # the test can fail
+    for text, own, count in zip(grounded, lines, counts):
+        assert text and count >= 1
+        assert text == UNKNOWN_ANSWER or any(text in line for line in own), text
