@@ -38,6 +38,7 @@ class GenerateConfig:
     context_k: int = _f(1, "RAFT: chunks per prompt (use the top-k the rag/hybrid systems will answer with).")
     oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer 'Je ne sais pas'.")
     context_share: float = _f(1.0, "RAFT: share of examples given a context (the rest stay closed-book).")
+    questions_per_example: int = _f(1, "RAFT, train split: up to N questions on one retrieved context asked in one conversation (the context's tokens are paid once).")
     overwrite: bool = _f(False, "Replace existing output files.")
 
     def __post_init__(self) -> None:
@@ -49,6 +50,10 @@ class GenerateConfig:
             raise ValueError(f"--method must be rule-based, augmented or llm-based, not {self.method!r}")
         if self.count < 0:
             raise ValueError("--count must be >= 0")
+        if self.questions_per_example < 1:
+            raise ValueError("--questions-per-example must be >= 1")
+        if self.questions_per_example > 1 and not self.with_context:
+            raise ValueError("--questions-per-example > 1 needs --with-context (questions share a retrieved context)")
         if not (0 <= self.val_ratio < 1 and 0 <= self.test_ratio < 1 and self.val_ratio + self.test_ratio < 1):
             raise ValueError("--val-ratio and --test-ratio must be in [0, 1) and sum to less than 1")
 
@@ -132,6 +137,7 @@ class EvaluateConfig:
     batch_size: int = _f(16, "Questions generated together.")
     max_new_tokens: int = _f(48, "Maximum tokens per answer.")
     temperature: float = _f(0.0, "0: greedy decoding (repeatable).")
+    grounded: bool = _f(True, "rag, hybrid: each answer is a span of the retrieved chunks or 'Je ne sais pas' (constrained decoding).")
     output: str = _f("", "Results JSON path (empty: outputs/results_SYSTEM.json).")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
     verbose: bool = _f(False, "Print each question with its answer.")
@@ -173,12 +179,15 @@ class PipelineConfig:
     method: str = _f("rule-based", "generate-training method.")
     count: int = _f(250, "Examples generated (80 % train); 0: all. RAFT examples cost ~260 tokens each: 250 keeps training near 10 min on 2 CPU cores.")
     context_share: float = _f(1.0, "Share of training examples that hold retrieved chunks (RAFT); 0: closed-book training only.")
+    questions_per_example: int = _f(1, "RAFT training: questions on one retrieved context asked in one conversation.")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
     # One short epoch (25 steps): a higher rate than finetune's 3-epoch default.
     lr: float = _f(0.001, "Fine-tuning learning rate.")
+    grad_accum: int = _f(8, "Fine-tuning examples per optimizer step (one per forward pass).")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")
+    grounded: bool = _f(True, "rag, hybrid: answers constrained to spans of the retrieved chunks.")
     systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
     workdir: str = _f("outputs/pipeline", "Where the stages write their files.")
     registered_model: str = _f("dyag-qa", "Registered model name for the winner.")

@@ -40,7 +40,7 @@ from dyag_mlops.config import GenerateConfig
 from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
-from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, split_messages
+from dyag_mlops.prompts import QUESTION_MARK, UNKNOWN_ANSWER, build_messages, split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
@@ -611,6 +611,37 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
     return counts
 
 
+def conversations(rows: list[dict], per_conversation: int) -> list[dict]:
+    """RAFT examples that share a retrieved context, asked as one conversation
+    of up to `per_conversation` questions: the first turn holds the context
+    and the first question, each later turn only a question, each answer is
+    trained. A RAFT prompt is ~200 tokens of context for ~10 of answer, so
+    this trains on several answers for the price of one context. Never two
+    phrasings of one fact in a conversation: the second answer would be a
+    copy of the first instead of a look at the context. Rows keep their order
+    (the split's random order); a conversation is named by its first row."""
+    open_by_context: dict[tuple, list[dict]] = defaultdict(list)
+    result: list[dict] = []
+    for row in rows:
+        meta = row["metadata"]
+        context = (meta.get("context"), tuple(meta.get("context_ids", ())))
+        question, answer = split_messages(row["messages"])
+        question = question.rpartition(QUESTION_MARK)[2] if QUESTION_MARK in question else question
+        target = next(
+            (c for c in open_by_context[context] if meta["fact_id"] not in c["metadata"]["fact_ids"]), None
+        )
+        if target is None:
+            target = {"messages": list(row["messages"]), "metadata": {**meta, "fact_ids": [meta["fact_id"]]}}
+            result.append(target)
+            open_by_context[context].append(target)
+        else:
+            target["messages"] += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            target["metadata"]["fact_ids"].append(meta["fact_id"])
+        if len(target["metadata"]["fact_ids"]) == per_conversation:
+            open_by_context[context].remove(target)
+    return result
+
+
 # ---------------------------------------------------------------- stage
 
 
@@ -694,7 +725,12 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         manifest["contexts"] = {"index": config.with_context, "top_k": config.context_k, **context_counts}
         lines = jsonl_lines(rows)
         for name, positions in splits.items():
-            atomic_write_chunks(paths[name], [lines[p] for p in positions])
+            if name == "train" and config.questions_per_example > 1:
+                packed = conversations([rows[p] for p in positions], config.questions_per_example)
+                context_counts["train_conversations"] = manifest["splits"]["train"]["conversations"] = len(packed)
+                atomic_write_chunks(paths[name], jsonl_lines(packed))
+            else:
+                atomic_write_chunks(paths[name], [lines[p] for p in positions])
     else:
         for name, positions in splits.items():
             atomic_write_chunks(paths[name], examples.jsonl([kept[p] for p in positions]))

@@ -88,6 +88,7 @@ def run(config: PipelineConfig) -> dict:
             with_context=index_dir if config.context_share > 0 else "",
             context_k=config.top_k,
             context_share=config.context_share,
+            questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
             overwrite=True,
         )
         gen_files = generate.output_paths(gen_cfg.output, True)
@@ -102,6 +103,7 @@ def run(config: PipelineConfig) -> dict:
                 base_model=config.base_model,
                 epochs=config.epochs,
                 lr=config.lr,
+                grad_accum=config.grad_accum,
                 max_length=config.max_length,
                 overwrite=True,
             )
@@ -118,6 +120,7 @@ def run(config: PipelineConfig) -> dict:
                 index=index_dir if system in ("rag", "hybrid") else "",
                 limit=config.limit,
                 top_k=config.top_k,
+                grounded=config.grounded,
                 output=str(work / f"results_{system}.json"),
             )
             run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")

@@ -272,3 +272,52 @@ def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path):
     with_context = [r for r in rows if "Contexte :" in r["messages"][1]["content"]]
     assert 0.2 < len(with_context) / len(rows) < 0.4
     assert all(("context" in r["metadata"]) == (r in with_context) for r in rows)
+
+
+def test_questions_on_one_context_become_one_conversation(tmp_path):
+    from collections import Counter
+
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.prompts import build_messages
+
+    chunks = {c.id: c.content for c in load_corpus("")}
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    common = dict(count=300, with_context=index, seed=3)
+    single = generate.run(GenerateConfig(output=str(tmp_path / "one.jsonl"), **common))
+    packed = generate.run(GenerateConfig(output=str(tmp_path / "conv.jsonl"), questions_per_example=4, **common))
+    single_train, conversations = read(single.files["train"]), read(packed.files["train"])
+    # val and test stay one question each, and identical
+    for name in ("val", "test"):
+        assert read(single.files[name]) == read(packed.files[name])
+    assert len(conversations) == packed.manifest["splits"]["train"]["conversations"] < len(single_train)
+
+    def pairs(rows):
+        """(context, bare question, answer) of every question asked."""
+        found = []
+        for row in rows:
+            context = tuple(row["metadata"]["context_ids"])
+            turns = row["messages"][1:]
+            first = turns[0]["content"].rsplit("Question : ", 1)[1]
+            for i in range(0, len(turns), 2):
+                found.append((context, first if i == 0 else turns[i]["content"], turns[i + 1]["content"]))
+        return Counter(found)
+
+    assert pairs(conversations) == pairs(single_train)  # nothing lost, nothing added
+    sizes = Counter(len(r["metadata"]["fact_ids"]) for r in conversations)
+    assert max(sizes) == 4 and sizes[4] > sizes[1]
+    for row in conversations:
+        meta, messages = row["metadata"], row["messages"]
+        assert len(set(meta["fact_ids"])) == len(meta["fact_ids"]) == (len(messages) - 1) // 2
+        # only the first question carries the context, built by the one prompt builder
+        first_question = messages[1]["content"].rsplit("Question : ", 1)[1]
+        assert messages[:2] == build_messages(first_question, [chunks[i] for i in meta["context_ids"]])
+        assert all("Contexte" not in m["content"] for m in messages[2:])
+    assert not generate.validate_dataset(packed.files["train"])
+
+
+def test_conversations_need_a_context():
+    with pytest.raises(ValueError, match="--questions-per-example"):
+        GenerateConfig(questions_per_example=3)
