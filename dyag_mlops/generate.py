@@ -20,6 +20,9 @@ hybrid systems will see them at answering time (same retriever, same prompt
 builder). In a share of examples the right chunk is replaced by distractors
 only and the answer becomes "Je ne sais pas", so the model learns to copy the
 value from its context and to admit when the context does not have it.
+With `--questions-per-example N` the train split asks up to N questions on
+one retrieved context as one conversation (`conversations`), so a context's
+~200 tokens are trained on once for several answers.
 """
 
 from __future__ import annotations
@@ -626,7 +629,7 @@ def conversations(rows: list[dict], per_conversation: int) -> list[dict]:
         meta = row["metadata"]
         context = (meta.get("context"), tuple(meta.get("context_ids", ())))
         question, answer = split_messages(row["messages"])
-        question = question.rpartition(QUESTION_MARK)[2] if QUESTION_MARK in question else question
+        question = question.rpartition(QUESTION_MARK)[2]  # the bare question (all of it when closed-book)
         target = next(
             (c for c in open_by_context[context] if meta["fact_id"] not in c["metadata"]["fact_ids"]), None
         )
