@@ -183,7 +183,7 @@ class PipelineConfig:
     # questions in 187 conversations, ~10 % more training time (docs/quality.md).
     questions_per_example: int = _f(4, "RAFT training: questions on one retrieved context asked in one conversation.")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
-    # One short epoch (25 steps): a higher rate than finetune's 3-epoch default.
+    # One short epoch (~190 steps): a higher rate than finetune's 3-epoch default.
     lr: float = _f(0.001, "Fine-tuning learning rate.")
     # One example per optimizer step: 200 steps learn more than 25 steps of 8
     # in the same time (hybrid 48.0 % -> 56.7 %, docs/quality.md).
