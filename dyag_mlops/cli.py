@@ -236,15 +236,20 @@ def _registered_system(uri: str) -> str:
 @click.option("--top-k", type=int, default=EvaluateConfig.top_k, show_default=True, help="Chunks retrieved per question.")
 @click.option("--model", default="", help="Adapter for hybrid answering (optional).")
 @click.option("--grounded/--free", default=EvaluateConfig.grounded, show_default=True, help="Answer with a span of the retrieved chunks (or 'Je ne sais pas') / free text.")
+@click.option("--worked-example/--no-worked-example", default=EvaluateConfig.worked_example, show_default=True, help="Without --model: show the base model a worked example first.")
 @query_options
 @friendly
-def query_rag(question: str, index: str, top_k: int, model: str, grounded: bool, base_model: str, temperature: float, max_tokens: int, device: str) -> None:
+def query_rag(
+    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool,
+    base_model: str, temperature: float, max_tokens: int, device: str,
+) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
     from dyag_mlops.systems import load_predictor
 
     predictor = load_predictor(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,
+        worked_example=worked_example,
     )
     answer_or_chat(predictor, question)
 
@@ -253,7 +258,12 @@ def query_rag(question: str, index: str, top_k: int, model: str, grounded: bool,
 
 
 def evaluate_command(system: str) -> Callable:
-    skip = ("eval_file", "system") + (("model",) if system in ("base", "rag") else ()) + (("index", "top_k", "grounded") if system in ("base", "finetuned") else ())
+    skip = (
+        ("eval_file", "system")
+        + (("model",) if system in ("base", "rag") else ())
+        + (("index", "top_k", "grounded") if system in ("base", "finetuned") else ())
+        + (("worked_example",) if system != "rag" else ())
+    )
 
     @click.argument("eval_file", required=False, default="")
     @config_options(EvaluateConfig, skip=skip)

@@ -31,6 +31,9 @@ class GenerateConfig:
     val_ratio: float = _f(0.1, "Share of facts whose phrasings go to the validation split.")
     test_ratio: float = _f(0.1, "Share of phrasings held out for the test split.")
     schema: str = _f("fr", "Field schema: fr, en or a path to a schema JSON file.")
+    phrasings: int = _f(4, "rule-based: phrasings per fact, the first N templates of its field (augmented: all of them).")
+    hurried_share: float = _f(0.0, "rule-based, augmented: share of questions rewritten as typed in a hurry (lowercase, no accents or '?', a typo).")
+    exclude: str = _f("", "Eval set (JSONL) whose questions are never generated, so none of them is trained on.")
     llm_model: str = _f(DEFAULT_BASE_MODEL, "llm-based: model that writes the pairs (shortcut, Hub id or directory).")
     llm_url: str = _f("", "llm-based: base URL of an OpenAI-compatible endpoint (instead of a local model).")
     llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
@@ -44,8 +47,10 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.context_k < 1:
             raise ValueError("--context-k must be >= 1")
-        if not (0 <= self.oracle_share <= 1 and 0 <= self.context_share <= 1):
-            raise ValueError("--oracle-share and --context-share must be between 0 and 1")
+        if not all(0 <= share <= 1 for share in (self.oracle_share, self.context_share, self.hurried_share)):
+            raise ValueError("--oracle-share, --context-share and --hurried-share must be between 0 and 1")
+        if self.phrasings < 1:
+            raise ValueError("--phrasings must be >= 1")
         if self.method not in ("rule-based", "augmented", "llm-based"):
             raise ValueError(f"--method must be rule-based, augmented or llm-based, not {self.method!r}")
         if self.count < 0:
@@ -138,6 +143,7 @@ class EvaluateConfig:
     max_new_tokens: int = _f(48, "Maximum tokens per answer.")
     temperature: float = _f(0.0, "0: greedy decoding (repeatable).")
     grounded: bool = _f(True, "rag, hybrid: each answer is a span of the retrieved chunks or 'Je ne sais pas' (constrained decoding).")
+    worked_example: bool = _f(True, "rag: a made-up sheet answered question by question comes before the question (the base model was never trained on this prompt).")
     output: str = _f("", "Results JSON path (empty: outputs/results_SYSTEM.json).")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
     verbose: bool = _f(False, "Print each question with its answer.")
@@ -182,6 +188,8 @@ class PipelineConfig:
     # Measured: hybrid 56.7 % with 207 single questions, 62.6 % with 560
     # questions in 187 conversations, ~10 % more training time (docs/quality.md).
     questions_per_example: int = _f(4, "RAFT training: questions on one retrieved context asked in one conversation.")
+    # 0: measured 56.1 % hybrid at 0.3 against 59.6 % without, same seed (docs/quality.md).
+    hurried_share: float = _f(0.0, "Share of training questions rewritten as typed in a hurry (generate-training --hurried-share).")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
     # One short epoch (~190 steps): a higher rate than finetune's 3-epoch default.
     lr: float = _f(0.001, "Fine-tuning learning rate.")
@@ -192,6 +200,7 @@ class PipelineConfig:
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")
     grounded: bool = _f(True, "rag, hybrid: answers constrained to spans of the retrieved chunks.")
+    worked_example: bool = _f(True, "rag: show the base model a worked example before each question.")
     systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
     workdir: str = _f("outputs/pipeline", "Where the stages write their files.")
     registered_model: str = _f("dyag-qa", "Registered model name for the winner.")

@@ -220,6 +220,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             temperature=config.temperature,
             device=config.device,
             grounded=config.grounded,
+            worked_example=config.worked_example,
         )
     from tqdm import tqdm
 
@@ -275,6 +276,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         top_k=config.top_k,
         max_new_tokens=config.max_new_tokens,
         grounded=predictor.grounded,
+        worked_example=predictor.worked_example,
     )
     return EvaluateResult(str(output), metrics, rows, model_uri)
 

@@ -4,7 +4,7 @@
 
 Methods:
 - rule-based: fields found through a field schema (labels -> question
-  templates); the first four phrasings of each field.
+  templates); the first `--phrasings` (4) templates of each field.
 - augmented: every phrasing, the document named by its short and full name,
   plus combined questions over two fields; never the same (question, answer) twice.
 - llm-based: a model writes question/answer pairs from each chunk; a pair whose
@@ -47,7 +47,7 @@ from dyag_mlops.prompts import QUESTION_MARK, UNKNOWN_ANSWER, build_messages, sp
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
-RULE_BASED_PHRASINGS = 4
+RULE_BASED_PHRASINGS = 4  # GenerateConfig.phrasings holds the stage's default; this one serves direct calls
 UNKNOWN_FIELD = "unknown"
 
 
@@ -301,10 +301,14 @@ def question_key(template: str, name: str, normalised_name: str) -> str:
     return parts[2] + normalised_name + parts[3]
 
 
-def rule_based_examples(facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool) -> Examples:
+def rule_based_examples(
+    facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool, phrasings: int = RULE_BASED_PHRASINGS
+) -> Examples:
+    """Each fact asked with the first `phrasings` templates of its field
+    (rule-based), or all of them (augmented)."""
     method = "augmented" if augmented else "rule-based"
     examples = Examples()
-    templates_of = {s.name: s.templates if augmented else s.templates[:RULE_BASED_PHRASINGS] for s in schema.fields}
+    templates_of = {s.name: s.templates if augmented else s.templates[:phrasings] for s in schema.fields}
     parts_of = {name: [_template_parts(t) for t in templates] for name, templates in templates_of.items()}
     names_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # a document's names serve all its facts
     for fact in facts:
@@ -366,6 +370,44 @@ def first_occurrences(keys: list[str]) -> list[int]:
     # dict(zip(...)) runs in C: later keys overwrite earlier ones, so going
     # backwards leaves each key with its first position.
     return sorted(dict(zip(reversed(keys), range(len(keys) - 1, -1, -1))).values())
+
+
+def hurried(question: str, rng: random.Random) -> str:
+    """The question as people type it in a hurry: mostly lowercase, often
+    without accents or the final question mark, sometimes a typo (a letter
+    dropped, doubled or swapped with the next in a word of five or more).
+    At least one of these where one changes something; the words and their
+    order stay."""
+    from dyag_mlops.text import strip_accents
+
+    text = question
+    for _attempt in range(8):
+        text = question
+        if rng.random() < 0.7:
+            text = text.lower()
+        if rng.random() < 0.4:
+            text = strip_accents(text)
+        if rng.random() < 0.5:
+            text = text.rstrip(" ?")
+        if rng.random() < 0.4:
+            text = _typo(text, rng)
+        if text != question:
+            break
+    return text
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    words = [(m.start(), m.end()) for m in re.finditer(r"[^\W\d_]{5,}", text)]
+    if not words:
+        return text
+    start, end = rng.choice(words)
+    at = rng.randrange(start + 1, end - 1)  # never the first or last letter
+    kind = rng.randrange(3)
+    if kind == 0:
+        return text[:at] + text[at + 1 :]
+    if kind == 1:
+        return text[:at] + text[at] + text[at:]
+    return text[:at] + text[at + 1] + text[at] + text[at + 2 :]
 
 
 # ---------------------------------------------------------------- llm-based
@@ -701,13 +743,28 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
                 f"it looks for lines 'Label : value' with labels: {', '.join(schema.all_labels())}"
             )
         facts += missing_facts(facts, chunks, schema)
-        examples = rule_based_examples(facts, schema, aliases, augmented=config.method == "augmented")
+        examples = rule_based_examples(
+            facts, schema, aliases, augmented=config.method == "augmented", phrasings=config.phrasings
+        )
     kept = first_occurrences(examples.keys)  # never the same question twice
+    excluded = 0
+    if config.exclude:
+        from dyag_mlops.evaluate import load_eval_set
+
+        held_apart = {normalise(item.question) for item in load_eval_set(config.exclude)}
+        before = len(kept)
+        kept = [i for i in kept if examples.keys[i] not in held_apart]
+        excluded = before - len(kept)
     available = len(kept)
     if config.count and config.count < available:
         kept = random.Random(config.seed).sample(kept, config.count)
     elif config.count > available:
         warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
+    if config.hurried_share and config.method != "llm-based":
+        rng = random.Random(config.seed + 2)
+        for i in kept:  # after dedupe: examples.keys keep the careful questions' keys
+            if rng.random() < config.hurried_share:
+                examples.questions[i] = hurried(examples.questions[i], rng)
     (fact_codes, fact_names), (field_codes, field_names) = examples.codes(("fact_id", "field"), kept)
     splits = (
         split_positions(fact_codes, fact_names, config.val_ratio, config.test_ratio, config.seed)
@@ -719,6 +776,8 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
             warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
     manifest = manifest_for(splits, fact_codes, field_codes, field_names, config.count, dropped)
     manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
+    if config.exclude:
+        manifest["excluded_eval_questions"] = {"file": config.exclude, "dropped": excluded}
 
     context_counts: dict[str, int] = {}
     if config.with_context:
@@ -747,6 +806,8 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     tracker.log_artifact(paths["manifest"], "datasets")
     counts = {f"examples_{name}": len(positions) for name, positions in splits.items()}
     counts.update({"examples_total": len(kept), "corpus_chunks": len(chunks), "dropped_unsupported": dropped})
+    if config.exclude:
+        counts["excluded_eval_questions"] = excluded
     counts.update(context_counts)
     tracker.log_metrics(counts)
     return GenerateResult({k: str(v) for k, v in paths.items()}, counts, manifest, warnings)

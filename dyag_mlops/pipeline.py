@@ -65,6 +65,7 @@ def step(
 
 def run(config: PipelineConfig) -> dict:
     from dyag_mlops import compare, evaluate, finetune, generate, rag
+    from dyag_mlops.evaluate import demo_eval_path
 
     work = Path(config.workdir)
     systems = [s.strip() for s in config.systems.split(",") if s.strip()]
@@ -89,6 +90,9 @@ def run(config: PipelineConfig) -> dict:
             context_k=config.top_k,
             context_share=config.context_share,
             questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
+            hurried_share=config.hurried_share,
+            # No question of the eval set is trained on, whatever the templates make.
+            exclude=config.eval_file or str(demo_eval_path()),
             overwrite=True,
         )
         gen_files = generate.output_paths(gen_cfg.output, True)
@@ -121,6 +125,7 @@ def run(config: PipelineConfig) -> dict:
                 limit=config.limit,
                 top_k=config.top_k,
                 grounded=config.grounded,
+                worked_example=config.worked_example,
                 output=str(work / f"results_{system}.json"),
             )
             run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")

@@ -31,6 +31,43 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+# A made-up sheet answered question by question, shown before the real question
+# to a base model that was never trained on this prompt (the rag system): it
+# sees how a question maps to a line of the sheet and when to say it does not
+# know. Fine-tuned adapters learnt that from their training set instead, so
+# they never get it (it would only cost prompt tokens). Measured: rag
+# 4.7 % -> 17.5 % correct on the hand-written set (docs/quality.md).
+WORKED_EXAMPLE_SHEET = """Nom : ORBIS
+Nom complet : Outil de Réservation des Bâtiments et Salles
+Statut : En production
+Hébergement : Datacenter Nantes-Est
+Technologie principale : PHP / Symfony
+Description : ORBIS permet aux agents de réserver des salles de réunion et des véhicules de service.
+MOA : Direction des Moyens Généraux
+Contacts : Julie Martin (julie.martin@exemple.fr)
+Date de mise en service : 03/05/2016
+Site web : https://orbis.exemple.fr"""
+WORKED_EXAMPLE_TURNS = (
+    ("Quel est le statut de ORBIS ?", "En production"),
+    ("qui contacter pour orbis", "Julie Martin (julie.martin@exemple.fr)"),
+    ("ORBIS a été mis en service quand ?", "03/05/2016"),
+    ("Quel est le budget annuel de ORBIS ?", UNKNOWN_ANSWER),
+    ("c'est développé avec quelle techno ?", "PHP / Symfony"),
+)
+
+
+def worked_example() -> list[dict]:
+    """The worked example as user/assistant turns (no system prompt)."""
+    (first_question, first_answer), *later = WORKED_EXAMPLE_TURNS
+    turns = [
+        {"role": "user", "content": user_content(first_question, [WORKED_EXAMPLE_SHEET])},
+        {"role": "assistant", "content": first_answer},
+    ]
+    for question, answer in later:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return turns
+
+
 def user_content(question: str, context: Sequence[str] | None = None) -> str:
     """The user turn: the question, preceded by retrieved chunks when there are some."""
     if not context:
@@ -39,12 +76,16 @@ def user_content(question: str, context: Sequence[str] | None = None) -> str:
     return f"Contexte :\n{blocks}{QUESTION_MARK}{question}"
 
 
-def build_messages(question: str, context: Sequence[str] | None = None, answer: str | None = None) -> list[dict]:
-    """System + user (+ assistant) messages for one question."""
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": user_content(question, context)},
-    ]
+def build_messages(
+    question: str, context: Sequence[str] | None = None, answer: str | None = None, *, with_worked_example: bool = False
+) -> list[dict]:
+    """System + user (+ assistant) messages for one question; with
+    `with_worked_example` (and a context), the worked example's turns come
+    between the system prompt and the question."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    if with_worked_example and context:
+        messages += worked_example()
+    messages.append({"role": "user", "content": user_content(question, context)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages

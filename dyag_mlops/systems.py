@@ -58,6 +58,7 @@ class Predictor:
         adapter_dir: str = "",
         index_dir: str = "",
         grounded: bool = False,
+        worked_example: bool = False,
     ):
         self.system = system
         self.model = model.eval()
@@ -73,6 +74,8 @@ class Predictor:
         # Answers constrained to spans of the retrieved chunks (grounding.py);
         # only systems that retrieve have something to be grounded in.
         self.grounded = grounded and retriever is not None
+        # Only for the untrained base model with a context (prompts.worked_example).
+        self.worked_example = worked_example and system == "rag" and retriever is not None
 
     # -- prompts
 
@@ -81,7 +84,10 @@ class Predictor:
         if self.retriever is None:
             return [build_messages(q) for q in questions], [[] for _ in questions]
         hits = self.retriever.retrieve(list(questions), top_k=self.top_k)
-        messages = [build_messages(q, [h.content for h in found]) for q, found in zip(questions, hits)]
+        messages = [
+            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example)
+            for q, found in zip(questions, hits)
+        ]
         return messages, hits
 
     # -- generation
@@ -160,7 +166,7 @@ class Predictor:
         from transformers import TextIteratorStreamer
 
         messages, hits = self.messages_for([question])
-        turns = messages[0][:1] + history + messages[0][1:]
+        turns = messages[0][:-1] + history + messages[0][-1:]  # earlier turns just before the question
         prompt = render_prompt(self.tokenizer, turns)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -233,6 +239,7 @@ def load_predictor(
     temperature: float = 0.0,
     device: str = "auto",
     grounded: bool = False,
+    worked_example: bool = False,
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
     from dyag_mlops.models import load_base_model, speed_up_lm_head
@@ -276,6 +283,7 @@ def load_predictor(
         adapter_dir=str(adapter_dir or ""),
         index_dir=index,
         grounded=grounded,
+        worked_example=worked_example,
     )
 
 
@@ -301,6 +309,7 @@ def pyfunc_model() -> Any:
                 top_k=spec["top_k"],
                 max_new_tokens=spec["max_new_tokens"],
                 grounded=spec.get("grounded", False),  # models logged before grounding existed
+                worked_example=spec.get("worked_example", False),
             )
 
         def predict(self, context, model_input, params=None):
@@ -332,13 +341,15 @@ def log_system_model(
     top_k: int = 3,
     max_new_tokens: int = 64,
     grounded: bool = False,
+    worked_example: bool = False,
     name: str = "model",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
     base model by name (never its weights, see mlflow#23761)."""
     from dyag_mlops.files import atomic_write_json
 
-    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded}
+    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
+            "worked_example": worked_example}
     spec_path = Path(workdir) / SYSTEM_SPEC
     atomic_write_json(spec_path, spec)
     artifacts = {"system": str(spec_path)}

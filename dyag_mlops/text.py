@@ -25,6 +25,11 @@ _PUNCTUATION = re.compile(r"[^\w\s]+")
 _ASCII_PUNCTUATION = {code: " " for code in range(128) if _PUNCTUATION.match(chr(code))}
 
 
+def strip_accents(text: str) -> str:
+    """Accented Latin letters to their base letters; case and the rest kept."""
+    return text if text.isascii() else text.translate(_ACCENTS)
+
+
 def normalise(text: str) -> str:
     """Lowercase, accents stripped, punctuation as spaces, single spaces."""
     if not text.isascii():

@@ -321,3 +321,50 @@ def test_questions_on_one_context_become_one_conversation(tmp_path):
 def test_conversations_need_a_context():
     with pytest.raises(ValueError, match="--questions-per-example"):
         GenerateConfig(questions_per_example=3)
+
+
+def test_phrasings_asks_each_fact_with_the_first_templates_of_its_field(tmp_path):
+    rows = read(generate.run(GenerateConfig(phrasings=2, output=str(tmp_path / "qa.jsonl"), split=False)).files["all"])
+    templates = {s.name: s.templates for s in generate.load_schema("fr").fields}
+    per_fact = {}
+    for r in rows:
+        per_fact.setdefault(r["metadata"]["fact_id"], []).append(r["messages"][1]["content"])
+    for fact_id, asked in per_fact.items():
+        meta = next(r["metadata"] for r in rows if r["metadata"]["fact_id"] == fact_id)
+        first_two = [t.replace("{doc}", meta["title"]) for t in templates[meta["field"]][:2]]
+        assert sorted(asked) == sorted(first_two), fact_id
+
+
+def test_hurried_questions_keep_their_words():
+    import random
+
+    rng = random.Random(0)
+    question = "Où est hébergée l'application LYCEO ?"
+    rewritten = [generate.hurried(question, rng) for _ in range(200)]
+    assert question not in rewritten
+    assert any(q == q.lower() for q in rewritten) and any(not q.endswith("?") for q in rewritten)
+    assert any("heberg" in q for q in rewritten)  # accents dropped sometimes
+    words = normalise(question).split()
+    for q in rewritten:  # same words in the same order, but for one typo
+        got = normalise(q).split()
+        assert len(got) == len(words) and sum(a != b for a, b in zip(got, words)) <= 1, q
+    assert generate.hurried("{x} ?!", rng) in ("{x} ?!", "{x} ?!".rstrip(" ?"))  # nothing to change: no endless loop
+
+
+def test_hurried_share_rewrites_that_share_of_questions(tmp_path):
+    careful = read(generate.run(GenerateConfig(count=200, output=str(tmp_path / "a.jsonl"), split=False)).files["all"])
+    rushed = read(generate.run(GenerateConfig(count=200, hurried_share=0.5, output=str(tmp_path / "b.jsonl"), split=False)).files["all"])
+    assert [r["metadata"] for r in careful] == [r["metadata"] for r in rushed]  # the same examples
+    changed = sum(a["messages"][1]["content"] != b["messages"][1]["content"] for a, b in zip(careful, rushed))
+    assert 60 < changed < 140
+
+
+def test_exclude_keeps_eval_questions_out_of_every_split(tmp_path):
+    every = read(generate.run(GenerateConfig(output=str(tmp_path / "all.jsonl"), split=False)).files["all"])
+    asked = [r["messages"][1]["content"] for r in every[:30]]
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": q.upper(), "expected_answer": "x"} for q in asked])
+    result = generate.run(GenerateConfig(exclude=str(eval_file), output=str(tmp_path / "qa.jsonl")))
+    generated = set().union(*(questions(read(result.files[s])) for s in ("train", "val", "test")))
+    assert not generated & {normalise(q) for q in asked}
+    assert result.counts["excluded_eval_questions"] == 30 == result.manifest["excluded_eval_questions"]["dropped"]
+    assert len(generated) == len(every) - 30

@@ -37,3 +37,37 @@ def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperat
     for text, own, count in zip(grounded, lines, counts):
         assert text and count >= 1
         assert text == UNKNOWN_ANSWER or any(text in line for line in own), text
+
+
+class OneSheetRetriever:
+    """Retrieves SHEET for any question."""
+
+    def retrieve(self, questions, top_k=1):
+        from types import SimpleNamespace
+
+        return [[SimpleNamespace(content=SHEET, chunk_id="app-001#0", doc_id="app-001")] for _ in questions]
+
+
+def test_only_rag_sees_the_worked_example_and_its_answers_stay_in_the_retrieved_sheet(tiny_model_dir):
+    import torch
+
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, WORKED_EXAMPLE_TURNS
+    from dyag_mlops.systems import Predictor
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+
+    def predictor(system, worked_example):
+        return Predictor(system, model, tokenizer, retriever=OneSheetRetriever(), top_k=1, max_new_tokens=8,
+                         grounded=True, worked_example=worked_example)
+
+    rag = predictor("rag", True)
+    (messages,), _ = rag.messages_for(["Quel est le statut de SIRENA ?"])
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(WORKED_EXAMPLE_TURNS) + ["user"]
+    assert WORKED_EXAMPLE_SHEET in messages[1]["content"] and SHEET in messages[-1]["content"]
+    for other in (predictor("rag", False), predictor("hybrid", True)):
+        (plain,), _ = other.messages_for(["Quel est le statut de SIRENA ?"])
+        assert plain == build_messages("Quel est le statut de SIRENA ?", [SHEET])
+    for answer in rag.answer(["Quel est le statut de SIRENA ?", "qui contacter ?"]):
+        assert answer.text == UNKNOWN_ANSWER or any(answer.text in line for line in SHEET.splitlines()), answer.text
