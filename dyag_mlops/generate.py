@@ -380,8 +380,7 @@ def hurried(question: str, rng: random.Random) -> str:
     order stay."""
     from dyag_mlops.text import strip_accents
 
-    text = question
-    for _attempt in range(8):
+    for _attempt in range(8):  # bounded: a question may offer nothing to change
         text = question
         if rng.random() < 0.7:
             text = text.lower()
