@@ -44,10 +44,9 @@ from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
 from dyag_mlops.prompts import QUESTION_MARK, UNKNOWN_ANSWER, build_messages, split_messages
-from dyag_mlops.text import normalise
+from dyag_mlops.text import normalise, strip_accents
 from dyag_mlops.tracking import NullTracker
 
-RULE_BASED_PHRASINGS = 4  # GenerateConfig.phrasings holds the stage's default; this one serves direct calls
 UNKNOWN_FIELD = "unknown"
 
 
@@ -302,7 +301,7 @@ def question_key(template: str, name: str, normalised_name: str) -> str:
 
 
 def rule_based_examples(
-    facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool, phrasings: int = RULE_BASED_PHRASINGS
+    facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool, phrasings: int = GenerateConfig.phrasings
 ) -> Examples:
     """Each fact asked with the first `phrasings` templates of its field
     (rule-based), or all of them (augmented)."""
@@ -378,8 +377,6 @@ def hurried(question: str, rng: random.Random) -> str:
     dropped, doubled or swapped with the next in a word of five or more).
     At least one of these where one changes something; the words and their
     order stay."""
-    from dyag_mlops.text import strip_accents
-
     for _attempt in range(8):  # bounded: a question may offer nothing to change
         text = question
         if rng.random() < 0.7:
