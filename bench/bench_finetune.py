@@ -62,7 +62,7 @@ def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, accum
 
     from dyag_mlops.models import load_base_model
 
-    model, tokenizer, _ = load_base_model("smollm2:135m")
+    model, tokenizer, _ = load_base_model("smollm2:135m", precision="fp32")  # what from_pretrained gives
     rows = [json.loads(line) for line in train.read_text().splitlines()]
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     steady = steady_callback(warmup)
@@ -83,7 +83,7 @@ def plain_trl(train: Path, out: Path, steps: int, warmup: int, batch: int, accum
     return steady.tokens_per_second()
 
 
-def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int, accum: int) -> float:
+def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int, accum: int, precision: str) -> float:
     from transformers import Trainer
 
     steady = steady_callback(warmup)
@@ -99,7 +99,7 @@ def dyag(train: Path, out: Path, steps: int, warmup: int, batch: int, accum: int
         n = sum(1 for _ in train.open())
         finetune.run(FinetuneConfig(
             dataset=str(train), output=str(out), epochs=steps * batch * accum / n, batch_size=batch, grad_accum=accum,
-            save_steps=10**6, logging_steps=1000,
+            save_steps=10**6, logging_steps=1000, precision=precision,
         ))
     finally:
         Trainer.__init__ = original
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
     parser.add_argument("--raft", action="store_true", help="context-grounded examples (the pipeline's)")
     parser.add_argument("--plain-lora-dropout", type=float, default=0.0, help="0.0 as dyag; trl docs often use 0.05")
+    parser.add_argument("--precision", default="fp32", help="dyag's --precision (fp32: the same as the plain run; auto: bf16 on CPUs with native bf16)")
     parser.add_argument("--trl-defaults", action="store_true", help="plain run with trl's bf16 and gradient checkpointing defaults")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,12 +144,12 @@ def main() -> None:
             rag.run(IndexConfig(index=context))
         files = generate.run(GenerateConfig(output=str(tmp / "qa.jsonl"), with_context=context, context_k=1, count=400 if args.raft else 0)).files
         train = Path(files["train"])
-        ours, ours_rss = in_child(dyag, train, tmp / "dyag", args.steps, args.warmup, args.batch_size, args.grad_accum)
+        ours, ours_rss = in_child(dyag, train, tmp / "dyag", args.steps, args.warmup, args.batch_size, args.grad_accum, args.precision)
         plain, plain_rss = in_child(
             plain_trl, train, tmp / "plain", args.steps, args.warmup, args.batch_size, args.grad_accum,
             args.plain_lora_dropout, args.trl_defaults,
         )
-    setting = f"batch {args.batch_size} x accumulation {args.grad_accum}, {'RAFT' if args.raft else 'closed-book'} examples"
+    setting = f"batch {args.batch_size} x accumulation {args.grad_accum}, {'RAFT' if args.raft else 'closed-book'} examples, dyag --precision {args.precision}"
     print(f"{setting}; steady state = steps {args.warmup}-{args.steps}")
     print(f"plain trl SFTTrainer : {plain:7.1f} tokens/s   peak RSS {plain_rss:6.0f} MB")
     print(f"dyag finetune        : {ours:7.1f} tokens/s   peak RSS {ours_rss:6.0f} MB")

@@ -16,6 +16,8 @@ from typing import Any, Callable
 import click
 
 from dyag_mlops.config import (
+    PRECISION_HELP,
+    PRECISIONS,
     CompareConfig,
     EvaluateConfig,
     FinetuneConfig,
@@ -181,6 +183,7 @@ def query_options(func: Callable) -> Callable:
             click.option("--temperature", type=float, default=EvaluateConfig.temperature, show_default=True, help="0: greedy."),
             click.option("--max-tokens", type=int, default=EvaluateConfig.max_new_tokens, show_default=True, help="Maximum tokens per answer."),
             click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu."),
+            click.option("--precision", type=click.Choice(PRECISIONS), default=EvaluateConfig.precision, show_default=True, help=PRECISION_HELP),
         ]
     ):
         func = option(func)
@@ -204,14 +207,19 @@ def answer_or_chat(predictor: Any, question: str) -> None:
 @click.option("--model", required=True, help="Adapter directory, runs:/ or models:/ URI.")
 @query_options
 @friendly
-def query_finetuned(question: str, model: str, base_model: str, temperature: float, max_tokens: int, device: str) -> None:
+def query_finetuned(
+    question: str, model: str, base_model: str, temperature: float, max_tokens: int, device: str, precision: str
+) -> None:
     """Ask a fine-tuned model QUESTION (interactive chat without one)."""
     from dyag_mlops.systems import load_predictor
 
     system = "finetuned"
     if model.startswith("models:/"):
         system = _registered_system(model)
-    predictor = load_predictor(system, model=model, base_model=base_model, max_new_tokens=max_tokens, temperature=temperature, device=device)
+    predictor = load_predictor(
+        system, model=model, base_model=base_model, max_new_tokens=max_tokens, temperature=temperature, device=device,
+        precision=precision,
+    )
     answer_or_chat(predictor, question)
 
 
@@ -241,7 +249,7 @@ def _registered_system(uri: str) -> str:
 @friendly
 def query_rag(
     question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool,
-    base_model: str, temperature: float, max_tokens: int, device: str,
+    base_model: str, temperature: float, max_tokens: int, device: str, precision: str,
 ) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
     from dyag_mlops.systems import load_predictor
@@ -249,7 +257,7 @@ def query_rag(
     predictor = load_predictor(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,
-        worked_example=worked_example,
+        worked_example=worked_example, precision=precision,
     )
     answer_or_chat(predictor, question)
 

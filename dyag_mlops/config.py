@@ -13,6 +13,14 @@ from typing import Any
 
 DEFAULT_BASE_MODEL = "smollm2:135m"
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 on older GPUs)."
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -95,9 +103,11 @@ class FinetuneConfig:
     save_total_limit: int = _f(2, "Keep the last K checkpoints.")
     logging_steps: int = _f(5, "Log metrics every N steps.")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
+    precision: str = _f("auto", PRECISION_HELP)
     overwrite: bool = _f(False, "Replace a non-empty output directory.")
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.quantize not in ("none", "4bit"):
             raise ValueError(f"--quantize must be none or 4bit, not {self.quantize!r}")
         for name in ("batch_size", "grad_accum", "lora_rank", "max_length", "save_steps", "logging_steps"):
@@ -146,10 +156,12 @@ class EvaluateConfig:
     worked_example: bool = _f(True, "rag: a made-up sheet answered question by question comes before the question (the base model was never trained on this prompt).")
     output: str = _f("", "Results JSON path (empty: outputs/results_SYSTEM.json).")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
+    precision: str = _f("auto", PRECISION_HELP)
     verbose: bool = _f(False, "Print each question with its answer.")
     overwrite: bool = _f(True, "Replace an existing results file.")
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.system not in SYSTEMS:
             raise ValueError(f"--system must be one of {', '.join(SYSTEMS)}, not {self.system!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.top_k < 1 or self.limit < 0:
@@ -201,10 +213,14 @@ class PipelineConfig:
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")
     grounded: bool = _f(True, "rag, hybrid: answers constrained to spans of the retrieved chunks.")
     worked_example: bool = _f(True, "rag: show the base model a worked example before each question.")
+    precision: str = _f("auto", PRECISION_HELP)
     systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
     workdir: str = _f("outputs/pipeline", "Where the stages write their files.")
     registered_model: str = _f("dyag-qa", "Registered model name for the winner.")
     reuse: bool = _f(True, "Reuse a finished step with the same parameters and code.")
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 STAGE_CONFIGS = {

@@ -221,6 +221,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             device=config.device,
             grounded=config.grounded,
             worked_example=config.worked_example,
+            precision=config.precision,
         )
     from tqdm import tqdm
 
@@ -241,6 +242,9 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             print(f"{mark}Q: {row['question']}\n    expected: {row['expected_answer']}\n    answer:   {row['generated_answer']}")
 
     digest = file_digest(eval_path)
+    # What auto resolved to on this machine: answers can differ by a few
+    # questions between fp32 and bf16 (docs/quality.md).
+    dtype = str(getattr(predictor.model, "dtype", "")).replace("torch.", "")
     results = {
         "metadata": {
             "system": config.system,
@@ -249,6 +253,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             "index": config.index,
             "eval_file": str(eval_path),
             "eval_digest": digest,
+            "dtype": dtype,
             "num_questions": len(rows),
             "timestamp": datetime.now(timezone.utc).isoformat(),
             "config": {k: v for k, v in vars(config).items()},
@@ -258,7 +263,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     }
     atomic_write_json(output, results)
 
-    tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model})
+    tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model, "dyag.dtype": dtype})
     tracker.log_dataset(eval_path, context="eval")
     tracker.log_metrics(metrics)
     tracker.log_table(

@@ -194,7 +194,7 @@ def peak_memory_mb(device: str) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def build_model(config: FinetuneConfig, device: str) -> tuple[Any, Any, str]:
+def build_model(config: FinetuneConfig, device: str, precision: str) -> tuple[Any, Any, str]:
     """Base model wrapped with a trainable LoRA (new or continued) adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -204,7 +204,10 @@ def build_model(config: FinetuneConfig, device: str) -> tuple[Any, Any, str]:
     if config.init_adapter:
         init_dir = locate_adapter(config.init_adapter)
         check_base_matches(init_dir, base_name)
-    model, tokenizer, source = load_base_model(base_name, device=device, quantize=config.quantize)
+    # On a GPU the weights are loaded in the compute dtype; on a CPU they stay
+    # fp32 and bf16 is autocast (Trainer bf16), as fast there and more exact.
+    weights = precision if device == "cuda" else "fp32"
+    model, tokenizer, source = load_base_model(base_name, device=device, quantize=config.quantize, precision=weights)
     if config.quantize == "4bit":
         model = prepare_model_for_kbit_training(model)
     if config.init_adapter:
@@ -251,7 +254,7 @@ def score_only_answer_tokens_on_cpu() -> None:
 def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
     from trl import SFTConfig, SFTTrainer
 
-    from dyag_mlops.models import detect_device
+    from dyag_mlops.models import detect_device, resolve_precision, torch_dtype
 
     out = prepare_output(config)
     train_path = resolve_dataset(config.dataset)
@@ -265,17 +268,17 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     from transformers import set_seed
 
     set_seed(config.seed)  # before the LoRA weights are initialised: same seed, same adapter
-    model, tokenizer, source = build_model(config, device)
+    precision = resolve_precision(config.precision, device)
+    model, tokenizer, source = build_model(config, device, precision)
     train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
     val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None
     tracker.log_dataset(train_path, context="train")
     if val_path:
         tracker.log_dataset(val_path, context="val")
     trainable, total = model.get_nb_trainable_parameters()
-    tracker.set_tags({"dyag.base_model": config.base_model})
+    tracker.set_tags({"dyag.base_model": config.base_model, "dyag.dtype": str(torch_dtype(precision)).replace("torch.", "")})
     tracker.log_metrics({"train_examples": len(train_ds), "truncated_examples": truncated, "trainable_parameters": trainable, "total_parameters": total})
 
-    bf16 = device == "cuda" and __import__("torch").cuda.is_bf16_supported()
     args = SFTConfig(
         output_dir=str(out),
         num_train_epochs=config.epochs,
@@ -294,8 +297,8 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=device == "cuda" and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         optim="paged_adamw_8bit" if config.quantize == "4bit" else "adamw_torch",
         completion_only_loss=True,
         max_length=None,  # already truncated in tokenize_examples

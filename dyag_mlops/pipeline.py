@@ -109,6 +109,7 @@ def run(config: PipelineConfig) -> dict:
                 lr=config.lr,
                 grad_accum=config.grad_accum,
                 max_length=config.max_length,
+                precision=config.precision,
                 overwrite=True,
             )
             ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
@@ -126,6 +127,7 @@ def run(config: PipelineConfig) -> dict:
                 top_k=config.top_k,
                 grounded=config.grounded,
                 worked_example=config.worked_example,
+                precision=config.precision,
                 output=str(work / f"results_{system}.json"),
             )
             run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")

@@ -240,6 +240,7 @@ def load_predictor(
     device: str = "auto",
     grounded: bool = False,
     worked_example: bool = False,
+    precision: str = "auto",
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
     from dyag_mlops.models import load_base_model, speed_up_lm_head
@@ -258,7 +259,7 @@ def load_predictor(
         from dyag_mlops.rag import Retriever
 
         retriever = Retriever(index)
-    lm, tokenizer, _ = load_base_model(base_model, device=device)
+    lm, tokenizer, _ = load_base_model(base_model, device=device, precision=precision)
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -63,9 +63,13 @@ def test_evaluate_base_writes_seed_compatible_results(tmp_path, tiny_model_dir):
         [{"question": f"Quel est le statut de APP{i} ?", "expected_answer": "En production"} for i in range(5)],
     )
     out = tmp_path / "results.json"
-    config = EvaluateConfig(eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(out), max_new_tokens=8, batch_size=2)
+    config = EvaluateConfig(
+        eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(out), max_new_tokens=8, batch_size=2,
+        precision="bf16",
+    )
     result = evaluate.run(config)
     data = json.loads(out.read_text())
+    assert data["metadata"]["dtype"] == "bfloat16"
     assert set(data) == {"metadata", "metrics", "results"}
     for name in ("success_rate", "exact_match_rate", "avg_time_seconds", "avg_tokens", "total_tokens", "correct", "token_f1", "rouge_l", "contains", "semantic_similarity", "questions_per_second"):
         assert name in data["metrics"], name
@@ -100,7 +104,7 @@ def test_fast_lm_head_gives_the_plain_logits_and_answers(tiny_model_dir):
 
     from dyag_mlops.models import load_base_model, speed_up_lm_head
 
-    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     ids = torch.randint(0, model.config.vocab_size, (8, 12))
     with torch.inference_mode():
         plain = model(input_ids=ids).logits

@@ -35,7 +35,7 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     base_digest_before = file_digest(tiny_model_dir / "model.safetensors")
     config = FinetuneConfig(
         dataset=str(data), val=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir),
-        epochs=20, batch_size=4, grad_accum=1, lr=0.02, lora_rank=8, logging_steps=1, save_steps=1000,
+        epochs=20, batch_size=4, grad_accum=1, lr=0.02, lora_rank=8, logging_steps=1, save_steps=1000, precision="fp32",
     )
     result = finetune.run(config)
     final = Path(result.adapter_dir)
@@ -58,7 +58,7 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     assert adapter and all("lora_" in k for k in adapter)
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
     # answering merges the adapter into the base weights: some of them moved
-    predictor = load_predictor("finetuned", model=str(tmp_path / "out"), max_new_tokens=16)
+    predictor = load_predictor("finetuned", model=str(tmp_path / "out"), max_new_tokens=16, precision="fp32")
     merged = predictor.model.state_dict()
     assert any(name in merged and not torch.equal(merged[name], tensor) for name, tensor in base.items())
 
@@ -69,6 +69,41 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     # and at least one memorised answer comes back word for word (lr 0.05 left
     # the loss near 4 and none did: the test had passed on a lucky LoRA init)
     assert any(a.text == answer for a, (_, answer) in zip(answers, FACTS)), [a.text for a in answers]
+
+
+def test_bf16_on_cpu_trains_a_float32_adapter_that_answers_in_bf16(tmp_path, tiny_model_dir):
+    """--precision bf16 on a CPU: weights stay fp32 and the forward pass is
+    autocast to bf16; the saved LoRA weights are fp32; answering loads the
+    base in bf16 and merges the adapter into it."""
+    data = memorisation_set(tmp_path / "train.jsonl")
+    config = FinetuneConfig(
+        dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir),
+        epochs=10, batch_size=4, grad_accum=1, lr=0.02, lora_rank=8, logging_steps=1, save_steps=1000, precision="bf16",
+    )
+    result = finetune.run(config)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 0.2, losses
+    adapter = load_file(Path(result.adapter_dir) / "adapter_model.safetensors")
+    assert {v.dtype for v in adapter.values()} == {torch.float32}
+    predictor = load_predictor("finetuned", model=result.adapter_dir, max_new_tokens=8, precision="bf16")
+    assert predictor.model.dtype == torch.bfloat16
+    answers = predictor.answer([q for q, _ in FACTS])
+    assert all(a.error is None and a.text for a in answers)
+
+
+def test_precision_auto_follows_the_device_and_fp16_needs_cuda(monkeypatch):
+    from dyag_mlops import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.resolve_precision("auto", "cpu") == "fp32"
+    assert models.resolve_precision("auto", "mps") == "fp32"
+    assert models.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(DyagError, match="fp16 needs a CUDA GPU"):
+        models.resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, fp16"):
+        FinetuneConfig(precision="half")
 
 
 def test_truncation_of_every_example_is_an_error(tmp_path, tiny_model_dir):
@@ -146,7 +181,7 @@ def test_scoring_only_answer_tokens_on_cpu_gives_the_same_loss(tiny_model_dir):
 
     from dyag_mlops.models import load_base_model
 
-    model, _, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    model, _, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     labels = ids.clone()
