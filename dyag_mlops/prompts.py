@@ -35,8 +35,12 @@ FALLBACK_CHAT_TEMPLATE = (
 # to a base model that was never trained on this prompt (the rag system): it
 # sees how a question maps to a line of the sheet and when to say it does not
 # know. Fine-tuned adapters learnt that from their training set instead, so
-# they never get it (it would only cost prompt tokens). Measured: rag
-# 4.7 % -> 17.5 % correct on the hand-written set (docs/quality.md).
+# they never get it (it would only cost prompt tokens). Each answer is the
+# whole line, label first: naming the field, then copying what follows that
+# label in the sheet, is easier for the untrained model than finding the value
+# at once; strip_field_label takes the label off again. Measured: rag 4.7 %
+# (no example) -> 17.5 % (values only) -> 22.2 % (lines) correct on the
+# hand-written set, 14.3 -> 27.9 % on 140 generated questions (docs/quality.md).
 WORKED_EXAMPLE_SHEET = """Nom : ORBIS
 Nom complet : Outil de Réservation des Bâtiments et Salles
 Statut : En production
@@ -48,12 +52,15 @@ Contacts : Julie Martin (julie.martin@exemple.fr)
 Date de mise en service : 03/05/2016
 Site web : https://orbis.exemple.fr"""
 WORKED_EXAMPLE_TURNS = (
-    ("Quel est le statut de ORBIS ?", "En production"),
-    ("qui contacter pour orbis", "Julie Martin (julie.martin@exemple.fr)"),
-    ("ORBIS a été mis en service quand ?", "03/05/2016"),
+    ("Quel est le statut de ORBIS ?", "Statut : En production"),
+    ("qui contacter pour orbis", "Contacts : Julie Martin (julie.martin@exemple.fr)"),
+    ("ORBIS a été mis en service quand ?", "Date de mise en service : 03/05/2016"),
     ("Quel est le budget annuel de ORBIS ?", UNKNOWN_ANSWER),
-    ("c'est développé avec quelle techno ?", "PHP / Symfony"),
+    ("c'est développé avec quelle techno ?", "Technologie principale : PHP / Symfony"),
 )
+
+# Between a field's label and its value on a line of a sheet ("Statut : En production").
+FIELD_SEPARATOR = " : "
 
 
 def worked_example() -> list[dict]:
@@ -66,6 +73,19 @@ def worked_example() -> list[dict]:
     for question, answer in later:
         turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return turns
+
+
+def strip_field_label(answer: str, chunks: Sequence[str]) -> str:
+    """The value of an answer written as a whole line of a chunk ("Statut : En
+    production" -> "En production"); any other answer unchanged. Only a label
+    that begins a line of one of the chunks is taken off, so a value that
+    itself holds " : " stays whole."""
+    label, separator, value = answer.partition(FIELD_SEPARATOR)
+    if not separator or not value.strip():
+        return answer
+    if any(line.startswith(label + FIELD_SEPARATOR) for chunk in chunks for line in chunk.splitlines()):
+        return value.strip()
+    return answer
 
 
 def user_content(question: str, context: Sequence[str] | None = None) -> str:

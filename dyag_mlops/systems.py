@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 from dyag_mlops.config import DEFAULT_BASE_MODEL
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import MLFLOW_URI_PREFIXES, download_mlflow_uri
-from dyag_mlops.prompts import build_messages, render_prompt
+from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
 SYSTEM_SPEC = "system.json"
@@ -113,6 +113,8 @@ class Predictor:
                 error = None
             per_question = (time.perf_counter() - began) / len(batch)
             for i, text, count in zip(batch, texts, counts):
+                if self.worked_example:  # the example answers with whole lines (prompts.WORKED_EXAMPLE_TURNS)
+                    text = strip_field_label(text, [h.content for h in hits[i]])
                 sources = [h.chunk_id for h in hits[i]]
                 results[i] = Answer(questions[i], text, per_question, count, sources, error, hits[i])
         return [r for r in results if r is not None]

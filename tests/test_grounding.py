@@ -71,3 +71,20 @@ def test_only_rag_sees_the_worked_example_and_its_answers_stay_in_the_retrieved_
         assert plain == build_messages("Quel est le statut de SIRENA ?", [SHEET])
     for answer in rag.answer(["Quel est le statut de SIRENA ?", "qui contacter ?"]):
         assert answer.text == UNKNOWN_ANSWER or any(answer.text in line for line in SHEET.splitlines()), answer.text
+        assert not any(answer.text.startswith(line.partition(" : ")[0] + " : ") for line in SHEET.splitlines())
+
+
+def test_a_whole_line_answer_loses_its_label_and_other_answers_stay_whole():
+    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, WORKED_EXAMPLE_TURNS, strip_field_label
+
+    assert strip_field_label("Statut : En production", [SHEET]) == "En production"
+    assert strip_field_label("Technologie principale : Java/Spring Boot", ["Nom : X", SHEET]) == "Java/Spring Boot"
+    assert strip_field_label("En production", [SHEET]) == "En production"
+    assert strip_field_label(UNKNOWN_ANSWER, [SHEET]) == UNKNOWN_ANSWER
+    # " : " inside a value, or a label that begins no line of the chunks: unchanged
+    assert strip_field_label("Note : voir le wiki", [SHEET]) == "Note : voir le wiki"
+    assert strip_field_label("Statut : En production", ["Nom : GéoPlan"]) == "Statut : En production"
+    assert strip_field_label("Statut : ", [SHEET]) == "Statut : "
+    # the worked example answers whole lines of its sheet (or "Je ne sais pas")
+    lines = WORKED_EXAMPLE_SHEET.splitlines()
+    assert all(answer == UNKNOWN_ANSWER or answer in lines for _, answer in WORKED_EXAMPLE_TURNS)
