@@ -57,7 +57,8 @@ def make_config(config_cls: type, **kwargs: Any) -> Any:
 
 
 def friendly(func: Callable) -> Callable:
-    """A DyagError becomes one line on stderr and exit status 2."""
+    """A DyagError becomes one line on stderr and exit status 2; an
+    interruption (Ctrl-C, SIGTERM) one line and status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,6 +67,9 @@ def friendly(func: Callable) -> Callable:
         except DyagError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: the MLflow run is marked KILLED; finetune --resume continues from its last checkpoint.", err=True)
+            sys.exit(130)
 
     return wrapper
 

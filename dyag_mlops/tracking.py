@@ -168,7 +168,8 @@ def stage_run(
 
     Joins the run named by MLFLOW_RUN_ID (how `mlflow run` calls an entry
     point); with `nested`, opens a child of the active run (the pipeline).
-    The run ends FAILED if the body raises.
+    The run ends FAILED if the body raises, KILLED if it is interrupted
+    (Ctrl-C, or SIGTERM from kill, timeout or a job scheduler).
     """
     import mlflow
 
@@ -189,4 +190,32 @@ def stage_run(
         )
         tracker.log_params(config_params(config))
         tracker.log_dict(config_params(config), "config.yaml")
-        yield tracker
+        try:
+            with sigterm_as_interrupt():
+                yield tracker
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # start_run's own exit would say FAILED
+            raise
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM unwinds like Ctrl-C (KeyboardInterrupt): the
+    run is ended and temporary files are removed, where the default action
+    would kill the process and leave its run RUNNING for ever. Only the main
+    thread can set a signal handler; elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

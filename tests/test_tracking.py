@@ -41,3 +41,33 @@ def test_failed_stage_marks_run_failed():
             run_id = tracker.run_id
             raise RuntimeError("boom")
     assert mlflow.get_run(run_id).info.status == "FAILED"
+
+
+def test_sigterm_ends_the_run_killed_and_restores_the_handler():
+    """kill, timeout or a scheduler send SIGTERM: the run must not be left
+    RUNNING for ever (the default action kills the process on the spot)."""
+    import signal
+
+    import pytest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("generate_training", GenerateConfig()) as tracker:
+            run_id = tracker.run_id
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_an_interrupted_command_exits_130_with_one_line():
+    import pytest
+
+    from dyag_mlops.cli import friendly
+
+    @friendly
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        interrupted()
+    assert exit_info.value.code == 130
