@@ -59,6 +59,21 @@ def test_sigterm_ends_the_run_killed_and_restores_the_handler():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_sigterm_in_a_pipeline_step_kills_the_step_and_the_pipeline():
+    import signal
+
+    import pytest
+
+    from dyag_mlops.config import PipelineConfig
+
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("main", PipelineConfig()) as parent:
+            with stage_run("generate_training", GenerateConfig(), nested=True) as child:
+                os.kill(os.getpid(), signal.SIGTERM)
+    assert mlflow.get_run(child.run_id).info.status == "KILLED"
+    assert mlflow.get_run(parent.run_id).info.status == "KILLED"
+
+
 def test_an_interrupted_command_exits_130_with_one_line():
     import pytest
 
