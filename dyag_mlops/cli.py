@@ -68,7 +68,7 @@ def friendly(func: Callable) -> Callable:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("Interrupted: the MLflow run is marked KILLED; finetune --resume continues from its last checkpoint.", err=True)
+            click.echo("Interrupted: an open MLflow run is marked KILLED (finetune --resume continues from its last checkpoint).", err=True)
             sys.exit(130)
 
     return wrapper
