@@ -38,5 +38,4 @@ cp "$smol"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.j
 minilm=$($PY -c "from dyag_mlops.rag import resolve_embedding_model; print(resolve_embedding_model(''))")
 (cd "$minilm" && tar cf - --exclude=model.safetensors --exclude=README.md --exclude=.gitattributes .) | tar -C .devsite/minilm -xf -
 cp outputs/pipeline/data/dataset_train.jsonl .devsite/data/
-cp scripts/device/prepare.py scripts/device/summary.py .devsite/
 du -sh .devsite

@@ -12,7 +12,7 @@ T0=$(date +%s); t() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 mkdir -p /tmp/site && tar -C /tmp/site -xJf .devsite/site.tar.xz
 export PYTHONPATH=/tmp/site:$PWD
-python3 .devsite/prepare.py || exit 1
+python3 scripts/device/prepare.py || exit 1
 export MLFLOW_TRACKING_URI=sqlite:////tmp/dev.db MLFLOW_EXPERIMENT_NAME=gpu-check
 # ~55 steps each: every run gets to save its adapter (each start costs ~20 s).
 COMMON="--dataset .devsite/data/dataset_train.jsonl --base-model /tmp/smol-random --epochs 0.3 --lr 1e-3 --grad-accum 1 --device cuda"
@@ -25,5 +25,5 @@ for precision in bf16 fp32; do
 done
 t "finetune bf16, batch 8"; timeout 50 python3 -m dyag_mlops.cli finetune $COMMON --batch-size 8 --precision bf16 --output /tmp/ft-b8; echo "rc=$?"
 t "accelerate launch"; timeout 50 accelerate launch --num_processes 1 --mixed_precision no -m dyag_mlops.cli finetune $COMMON --output /tmp/ft-acc; echo "rc=$?"
-python3 .devsite/summary.py > "$OUT/summary.json"
+python3 scripts/device/summary.py > "$OUT/summary.json"
 t done

@@ -1,8 +1,21 @@
-import json, mlflow
-runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-out = []
-for r in runs:
-    out.append({"name": r.info.run_name, "status": r.info.status, "tags": {k: v for k, v in r.data.tags.items() if k.startswith("dyag.")},
-                "params": {k: r.data.params.get(k) for k in ("precision", "quantize", "device", "limit") if k in r.data.params},
-                "metrics": {k: round(v, 4) for k, v in r.data.metrics.items() if not k.startswith("system/")}})
-print(json.dumps(out, indent=1))
+"""The GPU check's MLflow runs as JSON: status, dyag tags, the parameters that
+tell the runs apart, and every metric but system ones."""
+
+import json
+
+import mlflow
+
+PARAMS = ("precision", "quantize", "device", "batch_size", "limit")
+
+runs = []
+for run in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+    runs.append(
+        {
+            "name": run.info.run_name,
+            "status": run.info.status,
+            "tags": {k: v for k, v in run.data.tags.items() if k.startswith("dyag.")},
+            "params": {k: run.data.params[k] for k in PARAMS if k in run.data.params},
+            "metrics": {k: round(v, 4) for k, v in run.data.metrics.items() if not k.startswith("system/")},
+        }
+    )
+print(json.dumps(runs, indent=1))
