@@ -95,6 +95,10 @@ class FinetuneConfig:
     target_modules: str = _f("all-linear", "Comma-separated module names, or all-linear.")
     max_length: int = _f(512, "Maximum tokens per example (longer ones are truncated).")
     seed: int = _f(42, "Random seed.")
+    # Adapters trained alone differ by several points with the seed (LoRA init
+    # and example order); the mean of their updates answers better than any of
+    # them (docs/quality.md, 9th session).
+    soup: int = _f(1, "Train N adapters (seeds seed, seed+1, ...) and average their updates into one adapter (a model soup of LoRA rank N x r); N x the training time.")
     dora: bool = _f(False, "Use DoRA (weight-decomposed LoRA).")
     quantize: str = _f("none", "none or 4bit (QLoRA, CUDA only).")
     resume: bool = _f(False, "Resume from the latest checkpoint in --output.")
@@ -110,11 +114,13 @@ class FinetuneConfig:
         check_precision(self.precision)
         if self.quantize not in ("none", "4bit"):
             raise ValueError(f"--quantize must be none or 4bit, not {self.quantize!r}")
-        for name in ("batch_size", "grad_accum", "lora_rank", "max_length", "save_steps", "logging_steps"):
+        for name in ("batch_size", "grad_accum", "lora_rank", "max_length", "save_steps", "logging_steps", "soup"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError("--epochs and --lr must be > 0")
+        if self.soup > 1 and self.dora:
+            raise ValueError("--soup averages LoRA updates; DoRA's magnitude vectors cannot be averaged that way (use --no-dora)")
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,9 @@ class PipelineConfig:
     # One example per optimizer step: 200 steps learn more than 25 steps of 8
     # in the same time (hybrid 48.0 % -> 56.7 %, docs/quality.md).
     grad_accum: int = _f(1, "Fine-tuning examples per optimizer step (one per forward pass).")
+    # Hybrid, hand-written set: one adapter 55.0-66.1 % by seed (mean 60.8 %),
+    # the soup of those three 67.8 % (docs/quality.md, 9th session).
+    soup: int = _f(3, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")

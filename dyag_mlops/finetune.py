@@ -13,6 +13,7 @@ Checkpoints every `save_steps`; `--resume` continues from the latest one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import resource
@@ -113,7 +114,7 @@ class TrackingCallback:
     """Forwards the Trainer's logs to our Tracker (the Trainer's own MLflow
     callback is off: it would log params that clash with ours)."""
 
-    def __new__(cls, tracker: NullTracker):
+    def __new__(cls, tracker: NullTracker, metric_prefix: str = ""):
         from transformers import TrainerCallback
 
         class _Callback(TrainerCallback):
@@ -130,7 +131,7 @@ class TrackingCallback:
                 numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
                 numeric.pop("epoch", None)
                 if numeric:
-                    tracker.log_metrics(numeric, step=state.global_step)
+                    tracker.log_metrics({metric_prefix + k: v for k, v in numeric.items()}, step=state.global_step)
                     self.history.append({"step": state.global_step, "epoch": state.epoch, **numeric})
 
         return _Callback()
@@ -165,12 +166,17 @@ def plot_loss(history: list[dict], path: Path) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
+    members = sorted({h.get("member", 0) for h in history})  # a soup's members are numbered from 1
+    for member in members:
+        name = f"member {member} " if member else ""
+        train = [(h["step"], h["loss"]) for h in history if "loss" in h and h.get("member", 0) == member]
+        val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and h.get("member", 0) == member]
+        if train:
+            ax.plot(*zip(*train), label=f"{name}train loss")
+        if val:
+            ax.plot(*zip(*val), "o-", label=f"{name}validation loss")
+    train = [h for h in history if "loss" in h]
+    val = [h for h in history if "eval_loss" in h]
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title("Fine-tuning loss")
@@ -251,9 +257,19 @@ def score_only_answer_tokens_on_cpu() -> None:
     trl_utils._use_triton = compact_on_cpu
 
 
-def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
-    from trl import SFTConfig, SFTTrainer
+@dataclass
+class TrainedAdapter:
+    final: Path
+    source: str  # where the base weights were loaded from
+    metrics: dict[str, float]
+    history: list[dict]
+    resumed_from: str | None
 
+
+HISTORY_FILE = "history.json"
+
+
+def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
     from dyag_mlops.models import detect_device, resolve_precision, torch_dtype
 
     out = prepare_output(config)
@@ -264,20 +280,71 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     device = detect_device(config.device)
     if config.quantize == "4bit" and device != "cuda":
         raise DyagError("--quantize 4bit (QLoRA) needs a CUDA GPU; on CPU/MPS train without quantisation")
-
-    from transformers import set_seed
-
-    set_seed(config.seed)  # before the LoRA weights are initialised: same seed, same adapter
     precision = resolve_precision(config.precision, device)
-    model, tokenizer, source = build_model(config, device, precision)
-    train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
-    val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None
     tracker.log_dataset(train_path, context="train")
     if val_path:
         tracker.log_dataset(val_path, context="val")
-    trainable, total = model.get_nb_trainable_parameters()
     tracker.set_tags({"dyag.base_model": config.base_model, "dyag.dtype": str(torch_dtype(precision)).replace("torch.", "")})
-    tracker.log_metrics({"train_examples": len(train_ds), "truncated_examples": truncated, "trainable_parameters": trainable, "total_parameters": total})
+    datasets = (train_path, train_examples, val_path, val_examples)
+
+    if config.soup == 1:
+        trained = train_adapter(config, datasets, device, precision, out, tracker)
+        final, metrics, history = trained.final, trained.metrics, trained.history
+    else:
+        members = []
+        for i in range(config.soup):
+            member_out = out / f"member-{i + 1}"
+            if config.resume and (member_out / "final" / ADAPTER_MANIFEST).is_file():
+                members.append(finished_adapter(member_out))  # trained before an interruption
+                continue
+            member_config = dataclasses.replace(config, seed=config.seed + i, soup=1)
+            members.append(train_adapter(member_config, datasets, device, precision, member_out, tracker, f"member_{i + 1}/"))
+        final = out / "final"
+        average_adapters([m.final for m in members], final)
+        metrics = {
+            "train_loss": sum(m.metrics["train_loss"] for m in members) / len(members),
+            "train_seconds": sum(m.metrics["train_seconds"] for m in members),
+            "global_step": sum(m.metrics["global_step"] for m in members),
+            "peak_memory_mb": max(m.metrics["peak_memory_mb"] for m in members),
+        }
+        tracker.log_metrics(metrics)  # each member's were logged with its own prefix
+        for i, member in enumerate(members, 1):
+            metrics.update({f"member_{i}/{k}": v for k, v in member.metrics.items()})
+        resumed_from = next((m.resumed_from for m in members if m.resumed_from), None)
+        write_manifest(final, config, members[0].source, datasets, metrics, resumed_from)
+        history = [{**h, "member": i} for i, m in enumerate(members, 1) for h in m.history]
+
+    fig = plot_loss(history, out / "loss_curve.png")
+    tracker.log_figure(fig, "loss_curve.png")
+    tracker.log_artifacts(final, "adapter")
+    model_uri = log_system_model(
+        tracker, out, system="finetuned", base_model=config.base_model, adapter_dir=str(final)
+    )
+    return FinetuneResult(str(final), metrics, model_uri, history)
+
+
+def train_adapter(
+    config: FinetuneConfig,
+    datasets: tuple,
+    device: str,
+    precision: str,
+    out: Path,
+    tracker: NullTracker,
+    metric_prefix: str = "",
+) -> TrainedAdapter:
+    """One LoRA adapter trained into out/ (checkpoints) and out/final/; its
+    metrics are logged with `metric_prefix` (a soup member's)."""
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    train_path, train_examples, val_path, val_examples = datasets
+    set_seed(config.seed)  # before the LoRA weights are initialised: same seed, same adapter
+    model, tokenizer, source = build_model(config, device, precision)
+    train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
+    val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None
+    trainable, total = model.get_nb_trainable_parameters()
+    sizes = {"train_examples": len(train_ds), "truncated_examples": truncated, "trainable_parameters": trainable, "total_parameters": total}
+    tracker.log_metrics({metric_prefix + k: v for k, v in sizes.items()})
 
     args = SFTConfig(
         output_dir=str(out),
@@ -315,7 +382,7 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
         # only trades compute for memory we do not need (3x slower steps on CPU).
         gradient_checkpointing=False,
     )
-    callback = TrackingCallback(tracker)
+    callback = TrackingCallback(tracker, metric_prefix)
     if device == "cpu":
         score_only_answer_tokens_on_cpu()
     trainer = SFTTrainer(
@@ -345,6 +412,14 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     evals = [h["eval_loss"] for h in callback.history if "eval_loss" in h]
     if evals:
         metrics["final_eval_loss"] = evals[-1]
+    atomic_write_json(out / HISTORY_FILE, callback.history)
+    write_manifest(final, config, source, datasets, metrics, resume_from)
+    tracker.log_metrics({metric_prefix + k: v for k, v in metrics.items()})
+    return TrainedAdapter(final, source, metrics, callback.history, resume_from)
+
+
+def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: tuple, metrics: dict, resumed_from: str | None) -> None:
+    train_path, _, val_path, _ = datasets
     manifest = {
         "base_model": config.base_model,
         "base_model_source": source,
@@ -352,14 +427,56 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
         "datasets": {"train": file_digest(train_path), **({"val": file_digest(val_path)} if val_path else {})},
         "config": {k: v for k, v in json.loads(json.dumps(config.__dict__)).items()},
         "metrics": metrics,
-        "resumed_from": resume_from,
+        "resumed_from": resumed_from,
     }
     atomic_write_json(final / ADAPTER_MANIFEST, manifest)
-    tracker.log_metrics(metrics)
-    fig = plot_loss(callback.history, out / "loss_curve.png")
-    tracker.log_figure(fig, "loss_curve.png")
-    tracker.log_artifacts(final, "adapter")
-    model_uri = log_system_model(
-        tracker, out, system="finetuned", base_model=config.base_model, adapter_dir=str(final)
-    )
-    return FinetuneResult(str(final), metrics, model_uri, callback.history)
+
+
+def finished_adapter(out: Path) -> TrainedAdapter:
+    """A soup member trained to the end by an earlier, interrupted run."""
+    manifest = json.loads((out / "final" / ADAPTER_MANIFEST).read_text())
+    history_file = out / HISTORY_FILE
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    return TrainedAdapter(out / "final", manifest["base_model_source"], manifest["metrics"], history, manifest["resumed_from"])
+
+
+def average_adapters(members: list[Path], final: Path) -> None:
+    """One LoRA adapter whose update is the mean of the members' updates (a
+    uniform model soup): ranks concatenated, each member's A scaled by its
+    alpha/r and 1/n, alpha set to the new rank. These are the tensors peft's
+    `add_weighted_adapter(..., combination_type="cat")` makes, computed from
+    the adapter files alone: peft's needs the base model loaded with every
+    member in it (a test checks that both agree)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    configs = [json.loads((m / "adapter_config.json").read_text()) for m in members]
+    first = configs[0]
+    for member, c in zip(members, configs):
+        if c.get("use_dora") or c.get("rank_pattern") or c.get("alpha_pattern") or c.get("modules_to_save"):
+            raise DyagError(f"{member}: only plain LoRA adapters (no DoRA, rank or alpha patterns, saved modules) can be averaged")
+        if (c["r"], c["lora_alpha"], sorted(c["target_modules"])) != (first["r"], first["lora_alpha"], sorted(first["target_modules"])):
+            raise DyagError(f"{member}: rank, alpha or target modules differ from {members[0]}; the adapters cannot be averaged")
+    scaling = first["lora_alpha"] / (math.sqrt(first["r"]) if first.get("use_rslora") else first["r"])
+    states = [load_file(str(m / "adapter_model.safetensors")) for m in members]
+    averaged = {}
+    for key in states[0]:
+        parts = [state[key] for state in states]
+        if ".lora_A." in key or ".lora_embedding_A" in key:
+            averaged[key] = torch.cat([p * (scaling / len(parts)) for p in parts], dim=0).contiguous()
+        elif ".lora_B." in key or ".lora_embedding_B" in key:
+            averaged[key] = torch.cat(parts, dim=1).contiguous()
+        else:
+            raise DyagError(f"{members[0]}: {key} is not a LoRA A or B matrix; the adapters cannot be averaged")
+    staging = final.with_name(final.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(members[0], staging)  # tokenizer and chat template
+    (staging / ADAPTER_MANIFEST).unlink(missing_ok=True)  # the soup's own is written by run()
+    rank = first["r"] * len(members)
+    averaged_config = {**first, "r": rank, "lora_alpha": rank, "use_rslora": False}
+    atomic_write_json(staging / "adapter_config.json", averaged_config)
+    save_file(averaged, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)

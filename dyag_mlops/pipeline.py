@@ -108,6 +108,7 @@ def run(config: PipelineConfig) -> dict:
                 epochs=config.epochs,
                 lr=config.lr,
                 grad_accum=config.grad_accum,
+                soup=config.soup,
                 max_length=config.max_length,
                 precision=config.precision,
                 overwrite=True,

@@ -224,3 +224,75 @@ def test_every_answer_of_a_conversation_is_trained_and_nothing_else(tiny_model_d
                 current = []
         spans += [current] if current else []
         assert [tokenizer.decode(s) for s in spans] == [a + tokenizer.eos_token for a in answers]
+
+
+def _lora_outputs(model_dir: Path, adapter_dirs: dict[str, Path], inputs: torch.Tensor, soup_of: list[str] | None = None) -> torch.Tensor:
+    """Logits of the base model with one adapter (or peft's "cat" merge of several) active."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    names = list(adapter_dirs)
+    model = PeftModel.from_pretrained(base, str(adapter_dirs[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapter_dirs[name]), adapter_name=name)
+    if soup_of:
+        model.add_weighted_adapter(soup_of, [1 / len(soup_of)] * len(soup_of), "peft_soup", combination_type="cat")
+        model.set_adapter("peft_soup")
+    else:
+        model.set_adapter(names[0])
+    with torch.no_grad():
+        return model(inputs).logits
+
+
+def test_soup_averages_the_members_updates_as_peft_cat_does(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=2)
+    config = FinetuneConfig(
+        dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir), soup=2,
+        epochs=2, batch_size=4, grad_accum=1, lr=0.01, lora_rank=4, logging_steps=1, precision="fp32",
+    )
+    result = finetune.run(config)
+    out = tmp_path / "out"
+    members = [out / "member-1" / "final", out / "member-2" / "final"]
+    seeds = [json.loads((m / "dyag_manifest.json").read_text())["config"]["seed"] for m in members]
+    assert seeds == [42, 43]  # different LoRA inits and example orders
+    final = Path(result.adapter_dir)
+    adapter_config = json.loads((final / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and adapter_config["lora_alpha"] == 8
+    assert json.loads((final / "dyag_manifest.json").read_text())["config"]["soup"] == 2
+    assert {"member_1/train_loss", "member_2/train_loss", "train_loss"} <= set(result.metrics)
+    assert {h["member"] for h in result.history} == {1, 2}
+
+    inputs = torch.tensor([[5, 17, 42, 99, 7]])
+    ours = _lora_outputs(tiny_model_dir, {"soup": final}, inputs)
+    peft_cat = _lora_outputs(tiny_model_dir, {"a": members[0], "b": members[1]}, inputs, soup_of=["a", "b"])
+    alone = [_lora_outputs(tiny_model_dir, {"m": m}, inputs) for m in members]
+    assert torch.allclose(ours, peft_cat, atol=1e-5)
+    assert not torch.allclose(ours, alone[0], atol=1e-3) and not torch.allclose(ours, alone[1], atol=1e-3)
+
+    # the soup is an ordinary adapter: it loads and answers
+    predictor = load_predictor("finetuned", model=result.adapter_dir, max_new_tokens=8, precision="fp32")
+    assert all(a.error is None for a in predictor.answer([q for q, _ in FACTS]))
+
+
+def test_soup_resume_keeps_the_members_already_trained(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=1)
+    kwargs = dict(dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir), soup=2, epochs=1, batch_size=4, grad_accum=1, precision="fp32")
+    finetune.run(FinetuneConfig(**kwargs))
+    out = tmp_path / "out"
+    first_member = (out / "member-1" / "final" / "adapter_model.safetensors").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(out / "member-2")  # as if interrupted while training the second member
+    shutil.rmtree(out / "final")
+    result = finetune.run(FinetuneConfig(**kwargs, resume=True))
+    assert (out / "member-1" / "final" / "adapter_model.safetensors").stat().st_mtime_ns == first_member
+    assert (out / "member-2" / "final").is_dir() and Path(result.adapter_dir).is_dir()
+    assert result.metrics["member_1/train_loss"] > 0 and {h["member"] for h in result.history} == {1, 2}
+
+
+def test_soup_options_are_checked():
+    with pytest.raises(ValueError, match="--soup must be >= 1"):
+        FinetuneConfig(soup=0)
+    with pytest.raises(ValueError, match="DoRA"):
+        FinetuneConfig(soup=2, dora=True)
