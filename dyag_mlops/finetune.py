@@ -171,10 +171,11 @@ def plot_loss(history: list[dict], path: Path) -> Any:
         name = f"member {member} " if member else ""
         train = [(h["step"], h["loss"]) for h in history if "loss" in h and h.get("member", 0) == member]
         val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and h.get("member", 0) == member]
+        color = None
         if train:
-            ax.plot(*zip(*train), label=f"{name}train loss")
+            color = ax.plot(*zip(*train), label=f"{name}train loss")[0].get_color()
         if val:
-            ax.plot(*zip(*val), "o-", label=f"{name}validation loss")
+            ax.plot(*zip(*val), "o-", color=color, label=f"{name}validation loss")
     train = [h for h in history if "loss" in h]
     val = [h for h in history if "eval_loss" in h]
     ax.set_xlabel("optimizer step")
