@@ -214,9 +214,9 @@ class PipelineConfig:
     # One example per optimizer step: 200 steps learn more than 25 steps of 8
     # in the same time (hybrid 48.0 % -> 56.7 %, docs/quality.md).
     grad_accum: int = _f(1, "Fine-tuning examples per optimizer step (one per forward pass).")
-    # Hybrid, hand-written set: one adapter 55.0-66.1 % by seed (mean 60.8 %),
-    # the soup of those three 67.8 % (docs/quality.md, 9th session).
-    soup: int = _f(3, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")
+    # 1 keeps the pipeline under 15 minutes on 2 CPU cores. 3 took it to 22 min
+    # and hybrid from 55.0 % (its seed-42 member alone) to 68.4 % (docs/quality.md).
+    soup: int = _f(1, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")
