@@ -176,12 +176,10 @@ def plot_loss(history: list[dict], path: Path) -> Any:
             color = ax.plot(*zip(*train), label=f"{name}train loss")[0].get_color()
         if val:
             ax.plot(*zip(*val), "o-", color=color, label=f"{name}validation loss")
-    train = [h for h in history if "loss" in h]
-    val = [h for h in history if "eval_loss" in h]
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title("Fine-tuning loss")
-    if train or val:
+    if any("loss" in h or "eval_loss" in h for h in history):
         ax.legend()
     else:  # a run shorter than --logging-steps logs no loss
         ax.text(0.5, 0.5, "no loss logged: fewer steps than --logging-steps", ha="center", transform=ax.transAxes)
