@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,8 +282,6 @@ def test_soup_resume_keeps_the_members_already_trained(tmp_path, tiny_model_dir)
     finetune.run(FinetuneConfig(**kwargs))
     out = tmp_path / "out"
     first_member = (out / "member-1" / "final" / "adapter_model.safetensors").stat().st_mtime_ns
-    import shutil
-
     shutil.rmtree(out / "member-2")  # as if interrupted while training the second member
     shutil.rmtree(out / "final")
     result = finetune.run(FinetuneConfig(**kwargs, resume=True))
