@@ -42,7 +42,7 @@ class GenerateConfig:
     phrasings: int = _f(4, "rule-based: phrasings per fact, the first N templates of its field (augmented: all of them).")
     hurried_share: float = _f(0.0, "rule-based, augmented: share of questions rewritten as typed in a hurry (lowercase, no accents or '?', a typo).")
     exclude: str = _f("", "Eval set (JSONL) whose questions are never generated, so none of them is trained on.")
-    llm_model: str = _f(DEFAULT_BASE_MODEL, "llm-based: model that writes the pairs (shortcut, Hub id or directory).")
+    llm_model: str = _f(DEFAULT_BASE_MODEL, "llm-based: model that writes the pairs (shortcut, Hub id, directory or .gguf file).")
     llm_url: str = _f("", "llm-based: base URL of an OpenAI-compatible endpoint (instead of a local model).")
     llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
     with_context: str = _f("", "RAFT: RAG index whose retrieved chunks go into each prompt (empty: closed-book questions).")
@@ -78,7 +78,7 @@ class FinetuneConfig:
     dataset: str = _f("data/dataset_train.jsonl", "Training set (chat JSONL) or runs:/RUN_ID/path of a generate-training run.")
     val: str = _f("", "Validation set (chat JSONL or runs:/ URI); empty: none.")
     output: str = _f("outputs/adapter", "Output directory (checkpoints and final/).")
-    base_model: str = _f(DEFAULT_BASE_MODEL, "Base model: shortcut, Hub id or local directory.")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "Base model: shortcut, Hub id, local directory or .gguf file.")
     epochs: float = _f(3.0, "Number of epochs.")
     # One example per forward pass, 8 accumulated per optimizer step: on CPU a
     # forward's activations grow with its tokens (12.8 GB peak RSS for 8 RAFT

@@ -256,7 +256,7 @@ def load_base_model(
     trust_remote_code: bool = False,
     precision: str = "auto",
 ) -> tuple[Any, Any, str]:
-    """(model, tokenizer, resolved source) for a shortcut, Hub id or directory,
+    """(model, tokenizer, resolved source) for a shortcut, Hub id, directory or GGUF file,
     its weights in `precision` (see resolve_precision)."""
     from transformers import AutoModelForCausalLM
 
