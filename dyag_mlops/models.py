@@ -74,7 +74,7 @@ def resolve(name: str) -> str:
     """Where to load `name` from: a local directory or a Hub id. Errors name the way out."""
     name = name.strip()
     if not name:
-        raise DyagError("--base-model is empty: give a shortcut (see `dyag models`), a Hub id or a directory")
+        raise DyagError("--base-model is empty: give a shortcut (see `dyag models`), a Hub id, a directory or a .gguf file")
     local = Path(name).expanduser()
     if local.suffix.lower() == ".gguf":
         if not local.is_file():
@@ -88,7 +88,7 @@ def resolve(name: str) -> str:
         raise DyagError(f"{name}: no such model directory")
     info = SHORTCUTS.get(name)
     if info is None and ":" in name:
-        raise DyagError(f"unknown model shortcut {name!r}; known: {', '.join(SHORTCUTS)} (or give a Hub id or directory)")
+        raise DyagError(f"unknown model shortcut {name!r}; known: {', '.join(SHORTCUTS)} (or give a Hub id, a directory or a .gguf file)")
     hub_id = info.hub_id if info else name
     gated = info.gated if info else False
     if hub_id == SHORTCUTS[DEFAULT_SHORTCUT].hub_id and not _in_hub_cache(hub_id) and not hub_reachable():
