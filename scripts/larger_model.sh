@@ -75,5 +75,6 @@ with out.open("wb") as joined:
 PY
 echo "$sha256  $tmp/model.gguf" | sha256sum --check --quiet
 mkdir -p "$dest"
+# Copied next to its final name first (/tmp may be another file system), then renamed: never half a file.
 mv "$tmp/model.gguf" "$file.tmp" && mv "$file.tmp" "$file"
 echo "$file"
