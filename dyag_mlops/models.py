@@ -21,6 +21,7 @@ from typing import Any
 
 from dyag_mlops.config import check_precision
 from dyag_mlops.errors import DyagError
+from dyag_mlops.files import file_digest
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,6 @@ def materialise_gguf(gguf: Path, name: str = "") -> Path:
     place: two processes, or one that is killed, never leave a half-written
     model behind.
     """
-    from dyag_mlops.files import file_digest
-
     if not name:
         name = f"{gguf.stem.lower()}-{file_digest(gguf)[:12]}"
     target = dyag_home() / "models" / name
