@@ -210,7 +210,10 @@ class PipelineConfig:
     hurried_share: float = _f(0.0, "Share of training questions rewritten as typed in a hurry (generate-training --hurried-share).")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
     # One short epoch (~190 steps): a higher rate than finetune's 3-epoch default.
-    lr: float = _f(0.001, "Fine-tuning learning rate.")
+    # Tuned for smollm2:135m (5e-4: hybrid 55.7 % against 60.8 %, mean of three
+    # seeds). Larger models want less: Qwen2.5-Coder-0.5B hybrid 63.2 % at 1e-3,
+    # 79.5 % at 3e-4 (docs/quality.md).
+    lr: float = _f(0.001, "Fine-tuning learning rate (tuned for smollm2:135m; 3e-4 for 0.5B+ models).")
     # One example per optimizer step: 200 steps learn more than 25 steps of 8
     # in the same time (hybrid 48.0 % -> 56.7 %, docs/quality.md).
     grad_accum: int = _f(1, "Fine-tuning examples per optimizer step (one per forward pass).")
