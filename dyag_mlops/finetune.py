@@ -269,7 +269,7 @@ HISTORY_FILE = "history.json"
 
 
 def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
-    from dyag_mlops.models import detect_device, resolve_precision, torch_dtype
+    from dyag_mlops.models import detect_device, release_memory, resolve_precision, torch_dtype
 
     out = prepare_output(config)
     train_path = resolve_dataset(config.dataset)
@@ -298,6 +298,7 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
                 continue
             member_config = dataclasses.replace(config, seed=config.seed + i, soup=1)
             members.append(train_adapter(member_config, datasets, device, precision, member_out, tracker, f"member_{i + 1}/"))
+            release_memory()  # the member's model and optimizer, before the next member loads its own
         final = out / "final"
         average_adapters([m.final for m in members], final)
         metrics = {

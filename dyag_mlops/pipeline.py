@@ -25,6 +25,7 @@ from dyag_mlops.config import (
     PipelineConfig,
 )
 from dyag_mlops.errors import DyagError
+from dyag_mlops.models import release_memory
 from dyag_mlops.tracking import config_hash, git_commit, stage_run
 
 
@@ -59,6 +60,7 @@ def step(
     with stage_run(stage, config, nested=True, run_name=label) as tracker:
         body(tracker)
         run_id = tracker.run_id
+    release_memory()
     timings[label] = time.perf_counter() - began
     return run_id
 
@@ -100,9 +102,12 @@ def run(config: PipelineConfig) -> dict:
 
         adapter_uri = ""
         if {"finetuned", "hybrid"} & set(systems):
+            # A small --count can leave the val split empty (generate warns):
+            # train without validation rather than fail on an empty file.
+            has_val = gen_files["val"].is_file() and gen_files["val"].stat().st_size > 0
             ft_cfg = FinetuneConfig(
                 dataset=f"runs:/{gen_run}/datasets/{gen_files['train'].name}",
-                val=f"runs:/{gen_run}/datasets/{gen_files['val'].name}",
+                val=f"runs:/{gen_run}/datasets/{gen_files['val'].name}" if has_val else "",
                 output=str(work / "adapter"),
                 base_model=config.base_model,
                 epochs=config.epochs,
