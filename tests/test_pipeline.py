@@ -116,3 +116,19 @@ def ask_scoring_server(port: int, questions: list[str], wait_s: float = 180) -> 
     request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)["predictions"]
+
+
+def test_a_count_too_small_for_a_val_split_trains_without_validation(tmp_path, tiny_model_dir):
+    """40 questions over ~480 facts: no fact has a phrasing to spare for val
+    (generate warns); the pipeline trains without validation instead of
+    failing on the empty file."""
+    from dyag_mlops import pipeline
+    from dyag_mlops.config import PipelineConfig
+
+    work = tmp_path / "work"
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2,
+                            systems="finetuned,hybrid", workdir=str(work), registered_model="small-qa", reuse=False)
+    pipeline.run(config)
+    assert (work / "data" / "dataset_val.jsonl").stat().st_size == 0
+    assert (work / "adapter" / "final").is_dir()
+    assert {p.name for p in work.glob("results_*.json")} == {"results_finetuned.json", "results_hybrid.json"}
