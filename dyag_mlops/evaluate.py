@@ -119,13 +119,28 @@ def question_scores(prediction: str, expected: str, rouge: Any) -> dict[str, flo
     }
 
 
-def is_correct(prediction: str, expected: str, scores: dict[str, float]) -> bool:
+def is_correct(prediction: str, expected: str, scores: dict[str, float], question: str = "") -> bool:
     if normalise(expected) == normalise(UNKNOWN_ANSWER):
         return says_unknown(prediction)
-    if scores["exact_match"] or scores["token_f1"] >= 0.8:
+    if scores["exact_match"]:
         return True
     pred_len, gold_len = len(normalise(prediction).split()), len(normalise(expected).split())
-    return bool(scores["contains"]) and pred_len <= max(2 * gold_len, gold_len + 8)
+    if scores["contains"] and pred_len <= max(2 * gold_len, gold_len + 8):
+        return True
+    return token_f1_beyond_question(prediction, expected, question) >= 0.8
+
+
+def token_f1_beyond_question(prediction: str, expected: str, question: str) -> float:
+    """Token F1 over the words the question does not already say, on both sides:
+    "142" answers "Combien de lycées publics ... ?" whose expected answer is
+    "142 lycées publics", and "lycées publics" does not. Plain token F1 when
+    the question says none of the expected words, or all of them."""
+    said = set(normalise(question).split())
+    gold = [t for t in normalise(expected).split() if t not in said]
+    if not said or not gold:
+        return token_f1(prediction, expected)
+    pred = [t for t in normalise(prediction).split() if t not in said]
+    return token_f1(" ".join(pred), " ".join(gold))
 
 
 def semantic_similarities(predictions: list[str], expected: list[str]) -> list[float]:
@@ -148,7 +163,7 @@ def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
     for item, answer, similarity in zip(items, answers, similarities):
         scores = question_scores(answer.text, item.expected, rouge)
         scores["semantic_similarity"] = similarity
-        scores["correct"] = float(is_correct(answer.text, item.expected, scores))
+        scores["correct"] = float(is_correct(answer.text, item.expected, scores, item.question))
         if answer.error:  # a failed question is wrong on every metric, never skipped
             scores = {k: 0.0 for k in scores}
         rows.append(

@@ -116,3 +116,23 @@ def test_fast_lm_head_gives_the_plain_logits_and_answers(tiny_model_dir):
     assert fast.shape == (8, 1, model.config.vocab_size)
     torch.testing.assert_close(fast, plain[:, -1:], rtol=1e-4, atol=1e-5)
     assert torch.equal(fast_gen, plain_gen)
+
+
+def test_words_the_question_already_says_are_not_required():
+    question = "Combien de lycées publics sont recensés dans LYCEO ?"
+    assert not is_correct("142", "142 lycées publics", scores("142", "142 lycées publics"))
+    assert is_correct("142", "142 lycées publics", scores("142", "142 lycées publics"), question)
+    assert not is_correct("143", "142 lycées publics", scores("143", "142 lycées publics"), question)
+    assert not is_correct("lycées publics", "142 lycées publics", scores("lycées publics", "142 lycées publics"), question)
+    assert is_correct("142 lycées publics", "142 lycées publics", scores("142 lycées publics", "142 lycées publics"), question)
+    # when the question says none of the expected words, plain token F1
+    assert not is_correct("Synergie", "système national Synergie", scores("Synergie", "système national Synergie"), "Où vont les données ?")
+    assert is_correct("national Synergie", "système national Synergie", scores("national Synergie", "système national Synergie"), "Où vont les données ?")
+
+
+def test_scoring_an_eval_set_reads_each_question():
+    from dyag_mlops.systems import Answer
+
+    items = [evaluate.EvalItem("Combien de lycées publics sont recensés dans LYCEO ?", "142 lycées publics", "app-009", 1)]
+    rows = evaluate.score_answers(items, [Answer(items[0].question, "142", 0.1, 2)])
+    assert rows[0]["correct"] == 1.0 and rows[0]["token_f1"] == pytest.approx(0.5)
