@@ -25,7 +25,7 @@ from typing import Any
 
 from dyag_mlops.config import CompareConfig
 from dyag_mlops.errors import DyagError
-from dyag_mlops.evaluate import QUALITY_METRICS
+from dyag_mlops.evaluate import QUALITY_METRICS, is_correct
 from dyag_mlops.files import atomic_write_json, atomic_write_text
 from dyag_mlops.tracking import NullTracker, configure
 
@@ -60,9 +60,22 @@ def results_from_file(path: str, system: str) -> SystemResult:
         meta, metrics, rows = data["metadata"], data["metrics"], data["results"]
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise DyagError(f"{path}: not an evaluate results JSON ({exc})") from None
+    rescore_correct(rows, metrics)
     return SystemResult(
         meta.get("system", system), None, meta.get("eval_digest", ""), metrics, rows, None, meta.get("base_model", "")
     )
+
+
+def rescore_correct(rows: list[dict], metrics: dict) -> None:
+    """`correct` again from the stored answers, with today's rule: a run
+    evaluated before the rule changed (13th session) is compared, and
+    challenged for the registry, by the same rule as a new one."""
+    scored = [r for r in rows if {"question", "expected_answer", "generated_answer", "exact_match", "contains"} <= r.keys()]
+    if not rows or len(scored) < len(rows):
+        return  # an older or foreign results file: keep what it says
+    for r in rows:
+        r["correct"] = 0.0 if r.get("error") else float(is_correct(r["generated_answer"] or "", r["expected_answer"], r, r["question"]))
+    metrics["correct"] = sum(r["correct"] for r in rows) / len(rows)
 
 
 def results_from_run(client: Any, run: Any) -> SystemResult:

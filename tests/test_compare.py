@@ -108,3 +108,12 @@ def test_registry_promotion_and_rollback(tmp_path, experiment, tiny_model_dir):
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     answers = model.predict(["Quel est le statut de SIRENA ?"])
     assert list(answers.columns) == ["answer", "sources"] and len(answers) == 1
+
+
+def test_results_written_under_an_older_correct_rule_are_rescored(tmp_path):
+    row = {"question": "Combien de lycées publics sont recensés dans LYCEO ?", "expected_answer": "142 lycées publics",
+           "generated_answer": "142", "exact_match": 0.0, "token_f1": 0.5, "contains": 0.0, "correct": 0.0, "error": None}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"metadata": {"system": "rag"}, "metrics": {"correct": 0.0}, "results": [row, {**row, "error": "boom"}]}))
+    result = compare.results_from_file(str(path), "rag")
+    assert [r["correct"] for r in result.rows] == [1.0, 0.0] and result.metrics["correct"] == 0.5
