@@ -70,8 +70,8 @@ def rescore_correct(rows: list[dict], metrics: dict) -> None:
     """`correct` again from the stored answers, with today's rule: a run
     evaluated before the rule changed (13th session) is compared, and
     challenged for the registry, by the same rule as a new one."""
-    scored = [r for r in rows if {"question", "expected_answer", "generated_answer", "exact_match", "contains"} <= r.keys()]
-    if not rows or len(scored) < len(rows):
+    needed = {"question", "expected_answer", "generated_answer", "exact_match", "contains"}
+    if not rows or not all(needed <= r.keys() for r in rows):
         return  # an older or foreign results file: keep what it says
     for r in rows:
         r["correct"] = 0.0 if r.get("error") else float(is_correct(r["generated_answer"] or "", r["expected_answer"], r, r["question"]))
