@@ -133,11 +133,11 @@ def is_correct(prediction: str, expected: str, scores: dict[str, float], questio
 def token_f1_beyond_question(prediction: str, expected: str, question: str) -> float:
     """Token F1 over the words the question does not already say, on both sides:
     "142" answers "Combien de lycées publics ... ?" whose expected answer is
-    "142 lycées publics", and "lycées publics" does not. Plain token F1 when
-    the question says none of the expected words, or all of them."""
+    "142 lycées publics", and "lycées publics" does not. Without a question,
+    or when it says every expected word, this is the plain token F1."""
     said = set(normalise(question).split())
     gold = [t for t in normalise(expected).split() if t not in said]
-    if not said or not gold:
+    if not gold:
         return token_f1(prediction, expected)
     pred = [t for t in normalise(prediction).split() if t not in said]
     return token_f1(" ".join(pred), " ".join(gold))

@@ -125,7 +125,7 @@ def test_words_the_question_already_says_are_not_required():
     assert not is_correct("143", "142 lycées publics", scores("143", "142 lycées publics"), question)
     assert not is_correct("lycées publics", "142 lycées publics", scores("lycées publics", "142 lycées publics"), question)
     assert is_correct("142 lycées publics", "142 lycées publics", scores("142 lycées publics", "142 lycées publics"), question)
-    # when the question says none of the expected words, plain token F1
+    # a question that says none of the words, answer or expected: plain token F1
     assert not is_correct("Synergie", "système national Synergie", scores("Synergie", "système national Synergie"), "Où vont les données ?")
     assert is_correct("national Synergie", "système national Synergie", scores("national Synergie", "système national Synergie"), "Où vont les données ?")
 
