@@ -22,7 +22,9 @@ only and the answer becomes "Je ne sais pas", so the model learns to copy the
 value from its context and to admit when the context does not have it.
 With `--questions-per-example N` the train split asks up to N questions on
 one retrieved context as one conversation (`conversations`), so a context's
-~200 tokens are trained on once for several answers.
+~200 tokens are trained on once for several answers; closed-book questions
+(no context) are packed N to a conversation the same way, so the system
+prompt is paid once for N answers.
 """
 
 from __future__ import annotations
@@ -659,8 +661,10 @@ def conversations(rows: list[dict], per_conversation: int) -> list[dict]:
     trained. A RAFT prompt is ~200 tokens of context for ~10 of answer, so
     this trains on several answers for the price of one context. Never two
     phrasings of one fact in a conversation: the second answer would be a
-    copy of the first instead of a look at the context. Rows keep their order
-    (the split's random order); a conversation is named by its first row."""
+    copy of the first instead of a look at the context (closed-book: instead
+    of a recall). Closed-book rows all share one key, no context, and are
+    packed the same way, each turn a question. Rows keep their order (the
+    split's random order); a conversation is named by its first row."""
     open_by_context: dict[tuple, list[dict]] = defaultdict(list)
     result: list[dict] = []
     for row in rows:
@@ -767,8 +771,9 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         if config.split
         else {"all": list(range(len(kept)))}
     )
+    asked_for = {"val": config.val_ratio, "test": config.test_ratio}  # a split asked to be empty is no news
     for name, positions in splits.items():
-        if not positions:
+        if not positions and asked_for.get(name, 1.0) > 0:
             warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
     manifest = manifest_for(splits, fact_codes, field_codes, field_names, config.count, dropped)
     manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
@@ -776,11 +781,12 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         manifest["excluded_eval_questions"] = {"file": config.exclude, "dropped": excluded}
 
     context_counts: dict[str, int] = {}
-    if config.with_context:
-        # Each example gets its own prompt: serialised as dicts.
+    if config.with_context or config.questions_per_example > 1:
+        # Each example gets its own prompt (or joins a conversation): serialised as dicts.
         rows = [examples.example(i) for i in kept]
-        context_counts = add_contexts(rows, config)
-        manifest["contexts"] = {"index": config.with_context, "top_k": config.context_k, **context_counts}
+        if config.with_context:
+            context_counts = add_contexts(rows, config)
+            manifest["contexts"] = {"index": config.with_context, "top_k": config.context_k, **context_counts}
         lines = jsonl_lines(rows)
         for name, positions in splits.items():
             if name == "train" and config.questions_per_example > 1:

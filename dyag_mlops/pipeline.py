@@ -4,7 +4,9 @@
     dyag pipeline                             # the same, from the CLI
 
 index_rag -> generate_training (RAFT examples with retrieved chunks) ->
-finetune -> evaluate (base, finetuned, rag, hybrid) -> compare. Steps hand artifacts on by run URI (`runs:/ID/...`). A
+finetune -> evaluate (base, finetuned, rag, hybrid) -> compare; with
+closed_book_epochs > 0, a second generate/finetune pair trains the adapter the
+finetuned system answers with, closed-book. Steps hand artifacts on by run URI (`runs:/ID/...`). A
 step that already finished with the same parameters (config hash) and the same
 code (git commit), and whose outputs are still on disk, is reused instead of
 run again (MLflow's multistep-workflow pattern).
@@ -13,6 +15,7 @@ run again (MLflow's multistep-workflow pattern).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,9 +68,105 @@ def step(
     return run_id
 
 
-def run(config: PipelineConfig) -> dict:
-    from dyag_mlops import compare, evaluate, finetune, generate, rag
+def closed_book_configs(config: PipelineConfig, work: Path) -> tuple[GenerateConfig, FinetuneConfig]:
+    """The closed-book adapter's data and training (closed_book_epochs > 0).
+
+    Every fact, asked in every phrasing of the augmented method (full names,
+    two facts at once) and 30 % of them as typed in a hurry, all in the train
+    split, 8 questions on different facts per conversation; the finetune
+    dataset URI is filled in once the generate step has run. Measured on 10
+    applications (docs/quality.md, 14th session): 19/45 closed-book answers
+    right with 4 rule-based phrasings and 8 epochs, 23-25/45 with these data
+    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens.
+    """
     from dyag_mlops.evaluate import demo_eval_path
+
+    gen_cfg = GenerateConfig(
+        corpus=config.corpus,
+        method="augmented",
+        count=0,
+        output=str(work / "data_closed_book" / "dataset.jsonl"),
+        val_ratio=0.0,
+        test_ratio=0.0,
+        hurried_share=0.3,
+        questions_per_example=8,
+        exclude=config.eval_file or str(demo_eval_path()),
+        overwrite=True,
+    )
+    ft_cfg = FinetuneConfig(
+        output=str(work / "closed_book_adapter"),
+        base_model=config.base_model,
+        epochs=config.closed_book_epochs,
+        lr=config.closed_book_lr,
+        grad_accum=1,
+        max_length=768,  # 8 questions and answers: 570 tokens at most on the demo corpus
+        precision=config.precision,
+        overwrite=True,
+    )
+    return gen_cfg, ft_cfg
+
+
+def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timings: dict) -> str:
+    """generate_training (RAFT examples from the index) -> finetune; the adapter's run URI."""
+    from dyag_mlops import finetune, generate
+    from dyag_mlops.evaluate import demo_eval_path
+
+    gen_cfg = GenerateConfig(
+        corpus=config.corpus,
+        method=config.method,
+        count=config.count,
+        output=str(work / "data" / "dataset.jsonl"),
+        with_context=index_dir if config.context_share > 0 else "",
+        context_k=config.top_k,
+        context_share=config.context_share,
+        questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
+        hurried_share=config.hurried_share,
+        # No question of the eval set is trained on, whatever the templates make.
+        exclude=config.eval_file or str(demo_eval_path()),
+        overwrite=True,
+    )
+    gen_files = generate.output_paths(gen_cfg.output, True)
+    gen_run = step("generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(gen_files.values()), config.reuse, timings)
+    # A small --count can leave the val split empty (generate warns):
+    # train without validation rather than fail on an empty file.
+    has_val = gen_files["val"].is_file() and gen_files["val"].stat().st_size > 0
+    ft_cfg = FinetuneConfig(
+        dataset=f"runs:/{gen_run}/datasets/{gen_files['train'].name}",
+        val=f"runs:/{gen_run}/datasets/{gen_files['val'].name}" if has_val else "",
+        output=str(work / "adapter"),
+        base_model=config.base_model,
+        epochs=config.epochs,
+        lr=config.lr,
+        grad_accum=config.grad_accum,
+        soup=config.soup,
+        max_length=config.max_length,
+        precision=config.precision,
+        overwrite=True,
+    )
+    ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
+    return f"runs:/{ft_run}/adapter"
+
+
+def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict) -> str:
+    """generate_training (every fact, no context) -> finetune; the adapter's run URI."""
+    from dyag_mlops import finetune, generate
+
+    gen_cfg, ft_cfg = closed_book_configs(config, work)
+    files = generate.output_paths(gen_cfg.output, True)
+    gen_run = step(
+        "generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(files.values()),
+        config.reuse, timings, "generate_closed_book",
+    )
+    ft_cfg = replace(ft_cfg, dataset=f"runs:/{gen_run}/datasets/{files['train'].name}")
+    ft_run = step(
+        "finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [Path(ft_cfg.output) / "final"],
+        config.reuse, timings, "finetune_closed_book",
+    )
+    return f"runs:/{ft_run}/adapter"
+
+
+def run(config: PipelineConfig) -> dict:
+    from dyag_mlops import compare, evaluate, rag
 
     work = Path(config.workdir)
     systems = [s.strip() for s in config.systems.split(",") if s.strip()]
@@ -75,58 +174,25 @@ def run(config: PipelineConfig) -> dict:
     if unknown or len(systems) < 2:
         raise DyagError(f"--systems {config.systems}: give at least two of base, finetuned, rag, hybrid")
     timings: dict[str, float] = {}
+    closed_book = config.closed_book_epochs > 0 and "finetuned" in systems
+    raft_adapter = "hybrid" in systems or ("finetuned" in systems and not closed_book)
     with stage_run("main", config) as parent:
         # The index comes first: RAFT training examples hold retrieved chunks.
         index_dir = ""
-        if {"rag", "hybrid"} & set(systems) or config.context_share > 0:
+        if {"rag", "hybrid"} & set(systems) or (raft_adapter and config.context_share > 0):
             index_dir = str(work / "rag_index")
             idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir)
             step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
 
-        gen_cfg = GenerateConfig(
-            corpus=config.corpus,
-            method=config.method,
-            count=config.count,
-            output=str(work / "data" / "dataset.jsonl"),
-            with_context=index_dir if config.context_share > 0 else "",
-            context_k=config.top_k,
-            context_share=config.context_share,
-            questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
-            hurried_share=config.hurried_share,
-            # No question of the eval set is trained on, whatever the templates make.
-            exclude=config.eval_file or str(demo_eval_path()),
-            overwrite=True,
-        )
-        gen_files = generate.output_paths(gen_cfg.output, True)
-        gen_run = step("generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(gen_files.values()), config.reuse, timings)
-
-        adapter_uri = ""
-        if {"finetuned", "hybrid"} & set(systems):
-            # A small --count can leave the val split empty (generate warns):
-            # train without validation rather than fail on an empty file.
-            has_val = gen_files["val"].is_file() and gen_files["val"].stat().st_size > 0
-            ft_cfg = FinetuneConfig(
-                dataset=f"runs:/{gen_run}/datasets/{gen_files['train'].name}",
-                val=f"runs:/{gen_run}/datasets/{gen_files['val'].name}" if has_val else "",
-                output=str(work / "adapter"),
-                base_model=config.base_model,
-                epochs=config.epochs,
-                lr=config.lr,
-                grad_accum=config.grad_accum,
-                soup=config.soup,
-                max_length=config.max_length,
-                precision=config.precision,
-                overwrite=True,
-            )
-            ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
-            adapter_uri = f"runs:/{ft_run}/adapter"
+        adapter_uri = train_raft_adapter(config, work, index_dir, timings) if raft_adapter else ""
+        closed_book_uri = train_closed_book_adapter(config, work, timings) if closed_book else ""
 
         eval_runs = []
         for system in systems:
             ev_cfg = EvaluateConfig(
                 eval_file=config.eval_file,
                 system=system,
-                model=adapter_uri if system in ("finetuned", "hybrid") else "",
+                model={"finetuned": closed_book_uri or adapter_uri, "hybrid": adapter_uri}.get(system, ""),
                 base_model=config.base_model,
                 index=index_dir if system in ("rag", "hybrid") else "",
                 limit=config.limit,

@@ -318,9 +318,31 @@ def test_questions_on_one_context_become_one_conversation(tmp_path):
     assert not generate.validate_dataset(packed.files["train"])
 
 
-def test_conversations_need_a_context():
+def test_closed_book_questions_are_packed_into_conversations_of_different_facts(tmp_path):
+    from collections import Counter
+
+    common = dict(count=200, seed=5, val_ratio=0.0, test_ratio=0.0)
+    single = generate.run(GenerateConfig(output=str(tmp_path / "one.jsonl"), **common))
+    packed = generate.run(GenerateConfig(output=str(tmp_path / "conv.jsonl"), questions_per_example=6, **common))
+    single_train, conversations = read(single.files["train"]), read(packed.files["train"])
+    assert len(conversations) == packed.manifest["splits"]["train"]["conversations"] < len(single_train) / 4
+
+    def pairs(rows):
+        turns = [row["messages"][i : i + 2] for row in rows for i in range(1, len(row["messages"]), 2)]
+        return Counter((q["content"], a["content"]) for q, a in turns)
+
+    assert pairs(conversations) == pairs(single_train)  # nothing lost, nothing added
+    for row in conversations:
+        fact_ids = row["metadata"]["fact_ids"]
+        assert len(set(fact_ids)) == len(fact_ids) == (len(row["messages"]) - 1) // 2 <= 6
+        assert [m["role"] for m in row["messages"]].count("system") == 1
+    assert not generate.validate_dataset(packed.files["train"])
+    assert not packed.warnings  # val and test were asked to be empty: no warning that they are
+
+
+def test_questions_per_example_must_be_positive():
     with pytest.raises(ValueError, match="--questions-per-example"):
-        GenerateConfig(questions_per_example=3)
+        GenerateConfig(questions_per_example=0)
 
 
 def test_phrasings_asks_each_fact_with_the_first_templates_of_its_field(tmp_path):
