@@ -77,7 +77,8 @@ def closed_book_configs(config: PipelineConfig, work: Path) -> tuple[GenerateCon
     dataset URI is filled in once the generate step has run. Measured on 10
     applications (docs/quality.md, 14th session): 19/45 closed-book answers
     right with 4 rule-based phrasings and 8 epochs, 23-25/45 with these data
-    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens.
+    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens; on all 40, finetuned
+    61.4 % of the hand-written set against 16.4 % for the RAFT adapter.
     """
     from dyag_mlops.evaluate import demo_eval_path
 
