@@ -15,7 +15,6 @@ run again (MLflow's multistep-workflow pattern).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,45 +67,6 @@ def step(
     return run_id
 
 
-def closed_book_configs(config: PipelineConfig, work: Path) -> tuple[GenerateConfig, FinetuneConfig]:
-    """The closed-book adapter's data and training (closed_book_epochs > 0).
-
-    Every fact, asked in every phrasing of the augmented method (full names,
-    two facts at once) and 30 % of them as typed in a hurry, all in the train
-    split, 8 questions on different facts per conversation; the finetune
-    dataset URI is filled in once the generate step has run. Measured on 10
-    applications (docs/quality.md, 14th session): 19/45 closed-book answers
-    right with 4 rule-based phrasings and 8 epochs, 23-25/45 with these data
-    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens; on all 40, finetuned
-    61.4 % of the hand-written set against 16.4 % for the RAFT adapter.
-    """
-    from dyag_mlops.evaluate import demo_eval_path
-
-    gen_cfg = GenerateConfig(
-        corpus=config.corpus,
-        method="augmented",
-        count=0,
-        output=str(work / "data_closed_book" / "dataset.jsonl"),
-        val_ratio=0.0,
-        test_ratio=0.0,
-        hurried_share=0.3,
-        questions_per_example=8,
-        exclude=config.eval_file or str(demo_eval_path()),
-        overwrite=True,
-    )
-    ft_cfg = FinetuneConfig(
-        output=str(work / "closed_book_adapter"),
-        base_model=config.base_model,
-        epochs=config.closed_book_epochs,
-        lr=config.closed_book_lr,
-        grad_accum=1,
-        max_length=768,  # 8 questions and answers: 570 tokens at most on the demo corpus
-        precision=config.precision,
-        overwrite=True,
-    )
-    return gen_cfg, ft_cfg
-
-
 def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timings: dict) -> str:
     """generate_training (RAFT examples from the index) -> finetune; the adapter's run URI."""
     from dyag_mlops import finetune, generate
@@ -149,18 +109,49 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
 
 
 def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict) -> str:
-    """generate_training (every fact, no context) -> finetune; the adapter's run URI."""
-    from dyag_mlops import finetune, generate
+    """generate_training (every fact, no context) -> finetune; the adapter's run URI.
 
-    gen_cfg, ft_cfg = closed_book_configs(config, work)
+    Every fact, asked in every phrasing of the augmented method (full names,
+    two facts at once) and 30 % of them as typed in a hurry, all in the train
+    split, 8 questions on different facts per conversation. Measured on 10
+    applications (docs/quality.md, 14th session): 19/45 closed-book answers
+    right with 4 rule-based phrasings and 8 epochs, 23-25/45 with these data
+    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens; on all 40, finetuned
+    61.4 % of the hand-written set against 16.4 % for the RAFT adapter.
+    """
+    from dyag_mlops import finetune, generate
+    from dyag_mlops.evaluate import demo_eval_path
+
+    gen_cfg = GenerateConfig(
+        corpus=config.corpus,
+        method="augmented",
+        count=0,
+        output=str(work / "data_closed_book" / "dataset.jsonl"),
+        val_ratio=0.0,
+        test_ratio=0.0,
+        hurried_share=0.3,
+        questions_per_example=8,
+        exclude=config.eval_file or str(demo_eval_path()),
+        overwrite=True,
+    )
     files = generate.output_paths(gen_cfg.output, True)
     gen_run = step(
         "generate_training", gen_cfg, lambda t: generate.run(gen_cfg, t), list(files.values()),
         config.reuse, timings, "generate_closed_book",
     )
-    ft_cfg = replace(ft_cfg, dataset=f"runs:/{gen_run}/datasets/{files['train'].name}")
+    ft_cfg = FinetuneConfig(
+        dataset=f"runs:/{gen_run}/datasets/{files['train'].name}",
+        output=str(work / "closed_book_adapter"),
+        base_model=config.base_model,
+        epochs=config.closed_book_epochs,
+        lr=config.closed_book_lr,
+        grad_accum=1,
+        max_length=768,  # 8 questions and answers: 570 tokens at most on the demo corpus
+        precision=config.precision,
+        overwrite=True,
+    )
     ft_run = step(
-        "finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [Path(ft_cfg.output) / "final"],
+        "finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "closed_book_adapter" / "final"],
         config.reuse, timings, "finetune_closed_book",
     )
     return f"runs:/{ft_run}/adapter"
