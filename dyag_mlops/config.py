@@ -223,7 +223,7 @@ class PipelineConfig:
     # context says "Je ne sais pas" to nearly everything (finetuned 16.4 %).
     # 2 epochs over every fact (8,266 questions, 1,039 conversations): 41-44
     # min on 2 CPU cores, finetuned 61.4 % (docs/quality.md, 14th session).
-    closed_book_epochs: float = _f(0.0, "finetuned: epochs of a second adapter trained without context on every fact (augmented phrasings, a share typed in a hurry), which the finetuned system then answers with; 0: the finetuned system asks the RAFT adapter without context.")
+    closed_book_epochs: float = _f(0.0, "Epochs of a closed-book adapter trained on every fact (augmented phrasings, a share typed in a hurry, no context) instead of the RAFT adapter; finetuned and hybrid then answer with it. 0: the RAFT adapter (finetuned asks it without context).")
     closed_book_lr: float = _f(0.003, "Learning rate of the closed-book adapter (closed_book_epochs > 0).")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 0.97 on the demo set).")

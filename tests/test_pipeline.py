@@ -134,20 +134,22 @@ def test_a_count_too_small_for_a_val_split_trains_without_validation(tmp_path, t
     assert {p.name for p in work.glob("results_*.json")} == {"results_finetuned.json", "results_hybrid.json"}
 
 
-def test_closed_book_epochs_train_the_adapter_the_finetuned_system_answers_with(tmp_path, tiny_model_dir):
-    """closed_book_epochs > 0: a second generate/finetune pair trains an
-    adapter on every fact without context, and the finetuned system answers
-    with it; with no hybrid system asked, no RAFT adapter is trained."""
+def test_closed_book_epochs_train_the_adapter_finetuned_and_hybrid_answer_with(tmp_path, tiny_model_dir):
+    """closed_book_epochs > 0: a generate/finetune pair trains an adapter on
+    every fact without context, and both finetuned and hybrid answer with it;
+    no RAFT adapter is trained."""
     from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
 
     work = tmp_path / "work"
     config = PipelineConfig(base_model=str(tiny_model_dir), count=40, closed_book_epochs=0.005, limit=2,
-                            systems="base,finetuned", workdir=str(work), registered_model="closed-qa", reuse=False)
+                            systems="base,finetuned,hybrid", workdir=str(work), registered_model="closed-qa", reuse=False)
     pipeline.run(config)
     assert (work / "closed_book_adapter" / "final").is_dir()
-    assert not (work / "adapter").exists()
-    model = json.loads((work / "results_finetuned.json").read_text())["metadata"]["model"]
+    assert not (work / "adapter").exists() and not (work / "data").exists()
+    models = {s: json.loads((work / f"results_{s}.json").read_text())["metadata"]["model"] for s in ("finetuned", "hybrid")}
+    assert models["finetuned"] == models["hybrid"]
+    model = models["finetuned"]
     trained_by = mlflow.get_run(model.split("/")[1]).data
     assert trained_by.params["output"] == str(work / "closed_book_adapter")
     assert trained_by.params["dataset"].endswith("/datasets/dataset_train.jsonl")
