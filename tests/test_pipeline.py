@@ -156,3 +156,12 @@ def test_closed_book_epochs_train_the_adapter_finetuned_and_hybrid_answer_with(t
     data = [json.loads(line) for line in (work / "data_closed_book" / "dataset_train.jsonl").open()]
     assert all("Contexte" not in m["content"] for row in data for m in row["messages"])
     assert max(len(row["metadata"]["fact_ids"]) for row in data) == 8
+
+
+def test_a_soup_with_the_closed_book_adapter_is_refused_before_any_work():
+    """soup averages RAFT adapters; closed_book_epochs replaces the RAFT
+    adapter, so asking for both is an error, not a silently ignored option."""
+    from dyag_mlops.config import PipelineConfig
+
+    with pytest.raises(ValueError, match="--soup"):
+        PipelineConfig(soup=3, closed_book_epochs=2)
