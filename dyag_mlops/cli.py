@@ -249,10 +249,11 @@ def _registered_system(uri: str) -> str:
 @click.option("--model", default="", help="Adapter for hybrid answering (optional).")
 @click.option("--grounded/--free", default=EvaluateConfig.grounded, show_default=True, help="Answer with a span of the retrieved chunks (or 'Je ne sais pas') / free text.")
 @click.option("--worked-example/--no-worked-example", default=EvaluateConfig.worked_example, show_default=True, help="Without --model: show the base model a worked example first.")
+@click.option("--focus-schema", default=EvaluateConfig.focus_schema, show_default=True, help="Narrow each retrieved sheet to the lines of the asked field, routed with this field schema (fr, en or a path; '': whole chunks).")
 @query_options
 @friendly
 def query_rag(
-    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool,
+    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool, focus_schema: str,
     base_model: str, temperature: float, max_tokens: int, device: str, precision: str,
 ) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
@@ -261,7 +262,7 @@ def query_rag(
     predictor = load_predictor(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,
-        worked_example=worked_example, precision=precision,
+        worked_example=worked_example, focus_schema=focus_schema, precision=precision,
     )
     answer_or_chat(predictor, question)
 
@@ -273,7 +274,7 @@ def evaluate_command(system: str) -> Callable:
     skip = (
         ("eval_file", "system")
         + (("model",) if system in ("base", "rag") else ())
-        + (("index", "top_k", "grounded") if system in ("base", "finetuned") else ())
+        + (("index", "top_k", "grounded", "focus_schema") if system in ("base", "finetuned") else ())
         + (("worked_example",) if system != "rag" else ())
     )
 

@@ -236,6 +236,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             device=config.device,
             grounded=config.grounded,
             worked_example=config.worked_example,
+            focus_schema=config.focus_schema,
             precision=config.precision,
         )
     from tqdm import tqdm
@@ -297,6 +298,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         max_new_tokens=config.max_new_tokens,
         grounded=predictor.grounded,
         worked_example=predictor.worked_example,
+        focus_schema=predictor.focus_schema,
     )
     return EvaluateResult(str(output), metrics, rows, model_uri)
 

@@ -610,6 +610,7 @@ def validate_dataset(path: str | Path) -> list[str]:
 def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]:
     """Put retrieved chunks into the prompt of `config.context_share` of the
     examples (in place); returns counts of each kind of context."""
+    from dyag_mlops.focus import narrow_hits
     from dyag_mlops.rag import Retriever
 
     rng = random.Random(config.seed + 1)
@@ -628,7 +629,11 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
             answer = split_messages(ex["messages"])[1]
             distractors = [h for h in hits + others if h.doc_id != meta["doc_id"]]
             distractors = list({h.chunk_id: h for h in distractors}.values())
-            if rng.random() < config.oracle_share or not distractors:
+            # A narrowed sheet no longer says which document it is from: an
+            # answer refused for another document's line could not be learnt
+            # from the prompt. The "Je ne sais pas" examples are then those of
+            # fields a sheet lacks (missing facts: their narrowed sheet is empty).
+            if config.focus_schema or rng.random() < config.oracle_share or not distractors:
                 context = hits
                 if not any(h.doc_id == meta["doc_id"] for h in hits):
                     # Retrieval missed the document: the answer would not be
@@ -649,6 +654,7 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
                 answer = UNKNOWN_ANSWER
                 counts["context_distractors_only"] += 1
                 meta["context"] = "distractors"
+            context = narrow_hits(config.focus_schema, [question], [context])[0]
             meta["context_ids"] = [h.chunk_id for h in context]
             ex["messages"] = build_messages(question, [h.content for h in context], answer)
     return counts

