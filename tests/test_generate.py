@@ -142,7 +142,7 @@ def test_with_context_builds_raft_examples_from_the_index(tmp_path):
 
     index = str(tmp_path / "index")
     rag.run(IndexConfig(index=index))
-    config = GenerateConfig(count=80, with_context=index, oracle_share=0.7, output=str(tmp_path / "qa.jsonl"), split=False)
+    config = GenerateConfig(count=80, with_context=index, oracle_share=0.7, focus_schema="", output=str(tmp_path / "qa.jsonl"), split=False)
     result = generate.run(config)
     rows = read(result.files["all"])
     chunks = {c.id: c.content for c in load_corpus("")}
@@ -285,7 +285,7 @@ def test_questions_on_one_context_become_one_conversation(tmp_path):
     chunks = {c.id: c.content for c in load_corpus("")}
     index = str(tmp_path / "index")
     rag.run(IndexConfig(index=index))
-    common = dict(count=300, with_context=index, seed=3)
+    common = dict(count=300, with_context=index, seed=3, focus_schema="")  # whole sheets: questions share one
     single = generate.run(GenerateConfig(output=str(tmp_path / "one.jsonl"), **common))
     packed = generate.run(GenerateConfig(output=str(tmp_path / "conv.jsonl"), questions_per_example=4, **common))
     single_train, conversations = read(single.files["train"]), read(packed.files["train"])

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+
+from dyag_mlops.focus import field_router, narrow_hits
+from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages
+from dyag_mlops.rag import Retrieved
+
+SHEET = (
+    "Nom : ORBIS\nNom complet : Outil de Réservation des Bâtiments et Salles\nStatut : En production\n"
+    "Hébergement : Datacenter Nantes-Est\nTechnologie principale : PHP / Symfony\n"
+    "Description : ORBIS permet de réserver des salles.\nIl sert aussi aux véhicules de service.\n"
+    "Contacts : Julie Martin (julie.martin@exemple.fr)\nSite web : https://orbis.exemple.fr"
+)
+
+
+# Phrasings written for this test, none of them a template of the schema
+# (the router is trained on the templates only).
+@pytest.mark.parametrize(
+    "question, field",
+    [
+        ("orbis, il est en prod ou pas ?", "status"),
+        ("Sur quels serveurs tourne ORBIS ?", "hosting"),
+        ("le lien vers orbis svp", "website"),
+        ("Quelle personne joindre au sujet d'ORBIS ?", "contacts"),
+        ("ORBIS signifie quoi exactement ?", "full_name"),
+        ("Quand a démarré ORBIS ?", "go_live"),
+    ],
+)
+def test_the_router_names_the_field_of_a_phrasing_it_never_saw(question, field):
+    assert field_router("fr").fields([question]) == [field]
+
+
+def test_a_sheet_keeps_the_lines_of_its_field_and_free_text_stays_whole():
+    router = field_router("fr")
+    assert router.narrow(SHEET, "status") == "Statut : En production"
+    # a value written on two lines stays whole
+    assert router.narrow(SHEET, "description") == "Description : ORBIS permet de réserver des salles.\nIl sert aussi aux véhicules de service."
+    assert router.narrow(SHEET, "go_live") == ""  # the sheet has no such field
+    assert router.narrow("ORBIS est un outil de réservation.\nIl date de 2016.", "go_live") is None
+    assert router.narrow("", "status") is None
+
+
+def test_narrowed_hits_name_their_field_and_no_schema_changes_nothing():
+    hits = [[Retrieved("app-1#0", "app-1", "ORBIS", SHEET, 0.9)], [Retrieved("app-1#0", "app-1", "ORBIS", SHEET, 0.9)]]
+    questions = ["Quel est le statut de ORBIS ?", "Quelle est la date de mise en service de ORBIS ?"]
+    status, go_live = narrow_hits("fr", questions, hits)
+    assert (status[0].chunk_id, status[0].content) == ("app-1#0#status", "Statut : En production")
+    assert (go_live[0].chunk_id, go_live[0].content) == ("app-1#0#go_live", "")
+    assert status[0].doc_id == "app-1"  # retrieval metrics still see the document
+    assert narrow_hits("", questions, hits) == hits
+
+
+def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path):
+    from dyag_mlops import generate, rag
+    from dyag_mlops.config import GenerateConfig, IndexConfig
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.prompts import split_messages
+
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    config = GenerateConfig(count=120, with_context=index, output=str(tmp_path / "qa.jsonl"), split=False)
+    rows = [json.loads(line) for line in open(generate.run(config).files["all"], encoding="utf-8")]
+    lines = {line for c in load_corpus("") for line in c.content.splitlines()}
+    unknown = 0
+    for row in rows:
+        meta = row["metadata"]
+        question, answer = split_messages(row["messages"])
+        assert meta["context"] == "oracle"  # no distractor-only contexts: a narrowed line does not say whose it is
+        (context_id,) = meta["context_ids"]
+        assert context_id.endswith("#" + meta["field"])  # templates are routed to their own field
+        context = question.split("\n", 1)[1].rsplit("\n\nQuestion : ", 1)[0].removeprefix("[1] ")
+        bare_question = question.rsplit("Question : ", 1)[1]
+        assert row["messages"] == build_messages(bare_question, [context], answer)
+        if answer == UNKNOWN_ANSWER:
+            unknown += 1
+            assert context == ""  # a field the sheet lacks
+        else:
+            assert context in lines and answer in context
+    assert 0 < unknown < len(rows) / 2
+
+
+def test_rag_and_hybrid_answer_from_the_narrowed_sheet(tiny_model_dir, tmp_path):
+    import torch
+
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems import Predictor
+
+    class OneSheet:
+        def retrieve(self, questions, top_k=1):
+            return [[Retrieved("app-1#0", "app-1", "ORBIS", SHEET, 0.9)] for _ in questions]
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    for system in ("rag", "hybrid"):
+        predictor = Predictor(system, model, tokenizer, retriever=OneSheet(), top_k=1, max_new_tokens=8, grounded=True, focus_schema="fr")
+        (messages,), (hits,) = predictor.messages_for(["Quel est le statut de ORBIS ?"])
+        assert messages[-1]["content"] == "Contexte :\n[1] Statut : En production\n\nQuestion : Quel est le statut de ORBIS ?"
+        assert [h.chunk_id for h in hits] == ["app-1#0#status"]
+        status, go_live = predictor.answer(["Quel est le statut de ORBIS ?", "Quelle est la date de mise en service de ORBIS ?"])
+        # a random tiny model may stop after any token of an allowed answer
+        assert status.text and (UNKNOWN_ANSWER.startswith(status.text) or status.text in "Statut : En production")
+        assert go_live.text and UNKNOWN_ANSWER.startswith(go_live.text)  # nothing else is left to answer with
+        assert status.sources == ["app-1#0#status"]
