@@ -207,11 +207,12 @@ class PipelineConfig:
     eval_file: str = _f("", "Eval set (empty: bundled hand-written set).")
     base_model: str = _f(DEFAULT_BASE_MODEL, "Base model for every system.")
     method: str = _f("rule-based", "generate-training method.")
-    count: int = _f(700, "Questions generated (80 % train); 0: all. With 4 questions per RAFT conversation, 700 make ~190 training examples of ~340 tokens: 5-8 min on 2 CPU cores.")
+    count: int = _f(700, "Questions generated (80 % train); 0: all. 700 make 560 training examples of ~80 tokens with narrowed sheets (~4.5 min on 2 CPU cores), ~190 conversations of ~340 tokens with whole ones.")
     context_share: float = _f(1.0, "Share of training examples that hold retrieved chunks (RAFT); 0: closed-book training only.")
-    # Measured: hybrid 56.7 % with 207 single questions, 62.6 % with 560
-    # questions in 187 conversations, ~10 % more training time (docs/quality.md).
-    questions_per_example: int = _f(4, "RAFT training: questions on one retrieved context asked in one conversation.")
+    # Measured with whole sheets: hybrid 56.7 % with 207 single questions,
+    # 62.6 % with 560 questions in 187 conversations, ~10 % more training time
+    # (docs/quality.md). A narrowed sheet holds one fact: nothing to pack then.
+    questions_per_example: int = _f(4, "RAFT training: questions on one retrieved context asked in one conversation (whole sheets only).")
     # 0: measured 56.1 % hybrid at 0.3 against 59.6 % without, same seed (docs/quality.md).
     hurried_share: float = _f(0.0, "Share of training questions rewritten as typed in a hurry (generate-training --hurried-share).")
     epochs: float = _f(1.0, "Fine-tuning epochs.")

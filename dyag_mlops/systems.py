@@ -89,7 +89,7 @@ class Predictor:
             return [build_messages(q) for q in questions], [[] for _ in questions]
         hits = narrow_hits(self.focus_schema, questions, self.retriever.retrieve(list(questions), top_k=self.top_k))
         messages = [
-            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example)
+            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example, focus_schema=self.focus_schema)
             for q, found in zip(questions, hits)
         ]
         return messages, hits

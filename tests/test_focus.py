@@ -102,3 +102,19 @@ def test_rag_and_hybrid_answer_from_the_narrowed_sheet(tiny_model_dir, tmp_path)
         assert status.text and (UNKNOWN_ANSWER.startswith(status.text) or status.text in "Statut : En production")
         assert go_live.text and UNKNOWN_ANSWER.startswith(go_live.text)  # nothing else is left to answer with
         assert status.sources == ["app-1#0#status"]
+
+
+def test_the_worked_example_is_narrowed_like_the_question():
+    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, WORKED_EXAMPLE_TURNS, user_content, worked_example
+
+    turns = worked_example("fr")
+    assert len(turns) == 2 * len(WORKED_EXAMPLE_TURNS)
+    for (question, answer), (user, assistant) in zip(WORKED_EXAMPLE_TURNS, zip(turns[::2], turns[1::2])):
+        assert assistant["content"] == answer
+        # the answer is the one line left, or there is none and it does not know
+        expected_context = "" if answer == UNKNOWN_ANSWER else answer
+        assert expected_context == "" or expected_context in WORKED_EXAMPLE_SHEET.splitlines()
+        assert user["content"] == user_content(question, [expected_context])
+    # without a schema: the whole sheet once, then the questions alone
+    plain = worked_example()
+    assert WORKED_EXAMPLE_SHEET in plain[0]["content"] and plain[2]["content"] == WORKED_EXAMPLE_TURNS[1][0]
