@@ -3,8 +3,10 @@
 An inventory sheet is a dozen "Label : value" lines (~190 tokens). Handed the
 whole sheet, the untrained 135M model copies a line the question did not ask
 for: rag answered 22.2 % of the hand-written set right with the right sheet in
-its prompt 97.6 % of the time. Handed only the line of the asked field, it
-copies that line: 74.3 % (docs/quality.md, 16th session). So before a sheet
+its prompt 97.6 % of the time. Handed only the line of the asked field (and
+a worked example narrowed the same way), it copies that line: 79.5 %
+(docs/quality.md, 16th session). A 1.5B model, which reads whole sheets,
+loses by it (rag 80.1 -> 70.8 %): narrowing is for small models. So before a sheet
 goes into a prompt, a small classifier names the field the question asks
 about, and the sheet keeps that field's lines only; none when the sheet has no
 such field, so "Je ne sais pas" is then the only grounded answer.
@@ -81,6 +83,12 @@ def field_router(schema_name: str) -> FieldRouter:
     from dyag_mlops.generate import load_schema
 
     return FieldRouter(load_schema(schema_name))
+
+
+def is_sheet(schema_name: str, content: str) -> bool:
+    """Whether `narrow_hits` narrows this chunk: a schema is given and the
+    chunk is a sheet of it."""
+    return bool(schema_name) and field_router(schema_name).narrow(content, "") is not None
 
 
 def narrow_hits(schema_name: str, questions: Sequence[str], hits: Sequence[Sequence[Any]]) -> list[list[Any]]:

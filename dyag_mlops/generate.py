@@ -610,7 +610,7 @@ def validate_dataset(path: str | Path) -> list[str]:
 def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]:
     """Put retrieved chunks into the prompt of `config.context_share` of the
     examples (in place); returns counts of each kind of context."""
-    from dyag_mlops.focus import narrow_hits
+    from dyag_mlops.focus import is_sheet, narrow_hits
     from dyag_mlops.rag import Retriever
 
     rng = random.Random(config.seed + 1)
@@ -633,7 +633,8 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
             # answer refused for another document's line could not be learnt
             # from the prompt. The "Je ne sais pas" examples are then those of
             # fields a sheet lacks (missing facts: their narrowed sheet is empty).
-            if config.focus_schema or rng.random() < config.oracle_share or not distractors:
+            narrowed = any(is_sheet(config.focus_schema, h.content) for h in hits)
+            if narrowed or rng.random() < config.oracle_share or not distractors:
                 context = hits
                 if not any(h.doc_id == meta["doc_id"] for h in hits):
                     # Retrieval missed the document: the answer would not be

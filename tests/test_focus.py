@@ -118,3 +118,13 @@ def test_the_worked_example_is_narrowed_like_the_question():
     # without a schema: the whole sheet once, then the questions alone
     plain = worked_example()
     assert WORKED_EXAMPLE_SHEET in plain[0]["content"] and plain[2]["content"] == WORKED_EXAMPLE_TURNS[1][0]
+
+
+def test_only_sheets_of_the_schema_are_narrowed():
+    from dyag_mlops.focus import is_sheet
+
+    assert is_sheet("fr", SHEET)
+    assert not is_sheet("", SHEET)  # no schema: nothing is narrowed
+    assert not is_sheet("fr", "ORBIS est un outil de réservation.\nIl date de 2016.")
+    # the English schema does not know the French labels
+    assert not is_sheet("en", SHEET)
