@@ -128,3 +128,28 @@ def test_only_sheets_of_the_schema_are_narrowed():
     assert not is_sheet("fr", "ORBIS est un outil de réservation.\nIl date de 2016.")
     # the English schema does not know the French labels
     assert not is_sheet("en", SHEET)
+
+
+def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
+    import shutil
+    from importlib import resources
+
+    import mlflow
+
+    from dyag_mlops import rag
+    from dyag_mlops.config import EvaluateConfig, IndexConfig
+    from dyag_mlops.systems import log_system_model
+    from dyag_mlops.tracking import stage_run
+
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    schema = tmp_path / "my_schema.json"
+    shutil.copy(resources.files("dyag_mlops") / "resources" / "schemas" / "fr.json", schema)
+    with stage_run("evaluate", EvaluateConfig(system="rag")) as tracker:
+        uri = log_system_model(tracker, tmp_path, system="rag", base_model=str(tiny_model_dir), index_dir=index,
+                               top_k=1, max_new_tokens=4, grounded=True, focus_schema=str(schema))
+    schema.unlink()  # the served model must not need the user's file
+    predictor = mlflow.pyfunc.load_model(uri).unwrap_python_model().predictor
+    assert predictor.focus_schema != str(schema) and predictor.focus_schema.endswith("my_schema.json")
+    (messages,), _ = predictor.messages_for(["Quel est le statut de SIRENA ?"])
+    assert messages[-1]["content"].startswith("Contexte :\n[1] Statut : ")
