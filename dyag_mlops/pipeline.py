@@ -122,8 +122,8 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
     61.4 % of the hand-written set against 16.4 % for the RAFT adapter (51.5 %
     with seed 43), and with the retrieved sheet (hybrid) 66.1 % against 55.0 %
     (56.1 % with seed 43). A soup of such adapters is worse (45.6 %). With
-    sheets narrowed to the asked field (16th session), its hybrid gives
-    78.4 %, the RAFT adapter trained on narrowed sheets 80.1 %: the router,
+    sheets narrowed to the asked field (16th session, through the pipeline),
+    its hybrid gives 78.4 %, the RAFT adapter trained on narrowed sheets 80.1 %: the router,
     not the adapter, limits hybrid then, so one adapter serves both.
     """
     from dyag_mlops import finetune, generate
