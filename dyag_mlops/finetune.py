@@ -418,6 +418,14 @@ def train_adapter(
     return TrainedAdapter(final, source, metrics, callback.history, resume_from)
 
 
+def training_focus(train_path: Path) -> str | None:
+    """How the retrieved sheets in a RAFT training set were narrowed (the
+    focus schema, "" for whole sheets), from generate-training's metadata;
+    None when no example records it (closed-book or a user's dataset)."""
+    found = {obj["metadata"]["focus_schema"] for _, obj in read_jsonl(train_path) if "focus_schema" in obj.get("metadata", {})}
+    return found.pop() if len(found) == 1 else None
+
+
 def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: tuple, metrics: dict, resumed_from: str | None) -> None:
     train_path, _, val_path, _ = datasets
     manifest = {
@@ -428,6 +436,7 @@ def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: t
         "config": {k: v for k, v in json.loads(json.dumps(config.__dict__)).items()},
         "metrics": metrics,
         "resumed_from": resumed_from,
+        "focus_schema": training_focus(train_path),
     }
     atomic_write_json(final / ADAPTER_MANIFEST, manifest)
 

@@ -656,6 +656,7 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
                 counts["context_distractors_only"] += 1
                 meta["context"] = "distractors"
             context = narrow_hits(config.focus_schema, [question], [context])[0]
+            meta["focus_schema"] = config.focus_schema if narrowed else ""  # the adapter must be asked the same way
             meta["context_ids"] = [h.chunk_id for h in context]
             ex["messages"] = build_messages(question, [h.content for h in context], answer)
     return counts

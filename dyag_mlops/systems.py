@@ -15,6 +15,7 @@ as artifacts and only *names* the base model, so `models:/NAME@ALIAS`,
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,22 @@ def check_base_matches(adapter_dir: Path, base_model: str) -> str:
     return base_model
 
 
+def warn_focus_mismatch(adapter_dir: Path, focus_schema: str) -> None:
+    """An adapter trained on narrowed sheets and asked with whole ones (or the
+    reverse) answers far worse: a 1.5B adapter trained on whole sheets fell
+    from 91.8 to 31.0 % asked with narrowed ones (docs/quality.md). Say so."""
+    trained = adapter_manifest(adapter_dir).get("focus_schema")
+    if trained is None or trained == focus_schema:
+        return
+    described = {schema: f"sheets narrowed with the {schema!r} schema" if schema else "whole sheets" for schema in (trained, focus_schema)}
+    flag = trained or "''"
+    print(
+        f"warning: adapter {adapter_dir} was trained on {described[trained]} and is asked with "
+        f"{described[focus_schema]}; ask it the way it was trained (--focus-schema {flag})",
+        file=sys.stderr,
+    )
+
+
 def load_predictor(
     system: str,
     *,
@@ -258,6 +275,8 @@ def load_predictor(
             raise DyagError(f"system {system} needs --model (an adapter directory, runs:/ or models:/ URI)")
         adapter_dir = locate_adapter(model)
         base_model = check_base_matches(adapter_dir, base_model)
+        if system == "hybrid":
+            warn_focus_mismatch(adapter_dir, focus_schema)
     base_model = base_model or DEFAULT_BASE_MODEL
     retriever = None
     if system in ("rag", "hybrid"):

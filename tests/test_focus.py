@@ -60,7 +60,8 @@ def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path):
     index = str(tmp_path / "index")
     rag.run(IndexConfig(index=index))
     config = GenerateConfig(count=120, with_context=index, output=str(tmp_path / "qa.jsonl"), split=False)
-    rows = [json.loads(line) for line in open(generate.run(config).files["all"], encoding="utf-8")]
+    result_path = generate.run(config).files["all"]
+    rows = [json.loads(line) for line in open(result_path, encoding="utf-8")]
     lines = {line for c in load_corpus("") for line in c.content.splitlines()}
     unknown = 0
     for row in rows:
@@ -78,6 +79,9 @@ def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path):
         else:
             assert context in lines and answer in context
     assert 0 < unknown < len(rows) / 2
+    from dyag_mlops.finetune import training_focus
+
+    assert training_focus(result_path) == "fr"  # the adapter trained on them records it
 
 
 def test_rag_and_hybrid_answer_from_the_narrowed_sheet(tiny_model_dir, tmp_path):
@@ -153,3 +157,30 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
     assert predictor.focus_schema != str(schema) and predictor.focus_schema.endswith("my_schema.json")
     (messages,), _ = predictor.messages_for(["Quel est le statut de SIRENA ?"])
     assert messages[-1]["content"].startswith("Contexte :\n[1] Statut : ")
+
+
+def test_training_focus_is_whole_sheets_or_unknown_when_not_narrowed(tmp_path):
+    from dyag_mlops import generate, rag
+    from dyag_mlops.config import GenerateConfig, IndexConfig
+    from dyag_mlops.finetune import training_focus
+
+    index = str(tmp_path / "index")
+    rag.run(IndexConfig(index=index))
+    whole = GenerateConfig(count=20, with_context=index, focus_schema="", output=str(tmp_path / "w.jsonl"), split=False)
+    closed_book = GenerateConfig(count=20, output=str(tmp_path / "c.jsonl"), split=False)
+    assert training_focus(generate.run(whole).files["all"]) == ""
+    assert training_focus(generate.run(closed_book).files["all"]) is None
+
+
+@pytest.mark.parametrize("trained, asked, warned", [("", "fr", True), ("fr", "", True), ("fr", "fr", False), (None, "fr", False)])
+def test_an_adapter_asked_otherwise_than_trained_is_warned_about(tmp_path, capsys, trained, asked, warned):
+    from dyag_mlops.systems import ADAPTER_MANIFEST, warn_focus_mismatch
+
+    manifest = {} if trained is None else {"focus_schema": trained}
+    (tmp_path / ADAPTER_MANIFEST).write_text(json.dumps(manifest))
+    warn_focus_mismatch(tmp_path, asked)
+    err = capsys.readouterr().err
+    assert ("warning" in err) == warned
+    if warned:
+        flag = trained or "''"
+        assert f"--focus-schema {flag}" in err
