@@ -54,7 +54,7 @@ class GenerateConfig:
     llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
     with_context: str = _f("", "RAFT: RAG index whose retrieved chunks go into each prompt (empty: closed-book questions).")
     context_k: int = _f(1, "RAFT: chunks per prompt (use the top-k the rag/hybrid systems will answer with).")
-    oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer 'Je ne sais pas' (none with --focus-schema).")
+    oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer 'Je ne sais pas' (none where --focus-schema narrows the sheet).")
     context_share: float = _f(1.0, "RAFT: share of examples given a context (the rest stay closed-book).")
     focus_schema: str = _f("fr", "RAFT: " + FOCUS_HELP)
     questions_per_example: int = _f(1, "Train split: up to N questions on one retrieved context (RAFT) or, closed-book, on different facts, asked in one conversation (the prompt's tokens are paid once).")

@@ -5,11 +5,11 @@ whole sheet, the untrained 135M model copies a line the question did not ask
 for: rag answered 22.2 % of the hand-written set right with the right sheet in
 its prompt 97.6 % of the time. Handed only the line of the asked field (and
 a worked example narrowed the same way), it copies that line: 79.5 %
-(docs/quality.md, 16th session). A 1.5B model, which reads whole sheets,
-loses by it (rag 80.1 -> 70.8 %): narrowing is for small models. So before a sheet
-goes into a prompt, a small classifier names the field the question asks
-about, and the sheet keeps that field's lines only; none when the sheet has no
-such field, so "Je ne sais pas" is then the only grounded answer.
+(docs/quality.md, 16th session). So before a sheet goes into a prompt, a
+small classifier names the field the question asks about, and the sheet keeps
+that field's lines only; none when the sheet has no such field, so "Je ne
+sais pas" is then the only grounded answer. Narrowing is for small models: a
+1.5B model, which reads whole sheets, loses by it (rag 80.1 -> 70.8 %).
 
 The classifier is a character n-gram logistic regression trained on the field
 schema's question templates (the ones generate-training phrases questions

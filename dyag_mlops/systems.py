@@ -88,10 +88,14 @@ class Predictor:
         """Chat messages per question, and the retrieved chunks each prompt holds."""
         if self.retriever is None:
             return [build_messages(q) for q in questions], [[] for _ in questions]
-        hits = narrow_hits(self.focus_schema, questions, self.retriever.retrieve(list(questions), top_k=self.top_k))
+        retrieved = self.retriever.retrieve(list(questions), top_k=self.top_k)
+        hits = narrow_hits(self.focus_schema, questions, retrieved)
         messages = [
-            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example, focus_schema=self.focus_schema)
-            for q, found in zip(questions, hits)
+            # The worked example is narrowed only where the question's own
+            # chunks were (narrow_hits returns a chunk it leaves whole as is).
+            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example,
+                           focus_schema=self.focus_schema if any(n is not r for n, r in zip(found, raw)) else "")
+            for q, found, raw in zip(questions, hits, retrieved)
         ]
         return messages, hits
 

@@ -184,3 +184,23 @@ def test_an_adapter_asked_otherwise_than_trained_is_warned_about(tmp_path, capsy
     if warned:
         flag = trained or "''"
         assert f"--focus-schema {flag}" in err
+
+
+def test_the_worked_example_is_narrowed_only_where_the_question_s_chunks_are(tiny_model_dir):
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, worked_example
+    from dyag_mlops.systems import Predictor
+
+    class Fixed:
+        def __init__(self, content):
+            self.content = content
+
+        def retrieve(self, questions, top_k=1):
+            return [[Retrieved("c#0", "c", "C", self.content, 0.9)] for _ in questions]
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    for content, example in ((SHEET, worked_example("fr")), ("ORBIS réserve des salles.\nDepuis 2016.", worked_example())):
+        predictor = Predictor("rag", model, tokenizer, retriever=Fixed(content), grounded=True, worked_example=True, focus_schema="fr")
+        (messages,), _ = predictor.messages_for(["Quel est le statut de ORBIS ?"])
+        assert messages[1:-1] == example
+    assert worked_example("fr") != worked_example() and WORKED_EXAMPLE_SHEET in worked_example()[0]["content"]
