@@ -99,6 +99,21 @@ def test_unnamed_question_is_not_filtered(built):
     assert hits[0].doc_id == "app-f"
 
 
+def test_question_naming_an_unknown_application_retrieves_nothing(built):
+    config, _, _ = built
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.unknown_names("Quel est le statut de PEGASE ?") == ["PEGASE"]
+        # In the corpus, a misspelling of a document name, too short, or one capital: known or not a name.
+        assert retriever.unknown_names("Quelle appli est écrite en COBOL ?") == []
+        assert retriever.unknown_names("Où est hébergé MAERA ?") == []
+        assert retriever.unknown_names("Quel CMS ? Quelle Application ?") == []
+        hits = retriever.retrieve(["Quel est le statut de PEGASE ?", "Où est hébergé MAERA ?", "Où est hébergé PEGASE ou MAREA ?"], top_k=2)
+        assert hits[0] == []
+        assert len(hits[1]) == 2, "a misspelt name is searched as usual"
+        assert hits[2][0].doc_id == "app-d", "a question that also names a known application is searched as usual"
+        assert retriever.retrieve(["Quel est le statut de PEGASE ?"], top_k=2, doc_filter=False)[0], "no guard without the name filter"
+
+
 def test_hybrid_lexical(built):
     config, _, _ = built
     with rag.Retriever(config.index, hybrid_lexical=True) as retriever:
