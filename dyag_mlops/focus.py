@@ -19,6 +19,15 @@ missing accents. It names the asked field for 83 % of the hand-written set's
 answerable questions; what it misses (questions on a detail of a description,
 unusual wordings) is lost for rag and hybrid alike.
 
+A question on a detail of a long value ("Combien de lycées publics sont
+recensés dans LYCEO ?") names no field; the router, trained on field wordings,
+guesses one. So the router is overruled by the sheet itself: when the question
+does not name its routed field's label, and one value of the sheet holds
+EVIDENCE_WORDS or more of the question's own words (not the fields' wording,
+not the application's names), the clause of that value that holds them is
+what the sheet keeps ("Description : LYCEO recense les 142 lycées publics de
+la Région").
+
 Chunks that are not sheets (free text: fewer than half of their lines carry a
 label of the schema) pass through whole. Training (RAFT contexts), query and
 evaluation all narrow through `narrow_hits`, so an adapter sees the prompt it
@@ -29,13 +38,45 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Sequence
 
 from dyag_mlops.prompts import FIELD_SEPARATOR
+from dyag_mlops.text import normalise
 
 # A chunk is a sheet when at least this share of its lines carries a label of the schema.
 SHEET_SHARE = 0.5
 DOC_PLACEHOLDER = "{doc}"
+# Words compared by their first letters, so "saisies" meets "saisi" and
+# "inventoriés" meets "inventaire".
+STEM_LENGTH = 5
+# A question's own words found in one value that make it the answer's line.
+EVIDENCE_WORDS = 2
+# A value is searched sentence by sentence, and a sentence clause by clause:
+# a sentence of a description may hold several facts ("... recense les 142
+# lycées publics de la Région et calcule les dotations ..."), and the answer
+# is the one the question points to.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+CLAUSE_BREAK = re.compile(r"[,;]\s+|\s+(?:et|and)\s+")
+# Question words that say nothing about the answer and that no field template
+# happens to hold (templates supply the rest: quel, quelle, dans, avec ...).
+FUNCTION_WORDS = frozenset(
+    "combien pourquoi comment elle elles sont peut cette leur leurs quand quoi "
+    "many much does which what where when whom whose with from that this their there".split()
+)
+
+
+def _stems(text: str) -> set[str]:
+    return {word[:STEM_LENGTH] for word in normalise(text).split()}
+
+
+def _without_words(text: str, stems: set[str]) -> str:
+    """`text` without its words of 4+ letters whose stem is in `stems`."""
+    def keep(match: re.Match) -> str:
+        word = normalise(match.group())
+        return "" if len(word) >= 4 and word[:STEM_LENGTH] in stems else match.group()
+
+    return re.sub(r"\w+", keep, text)
 
 
 class FieldRouter:
@@ -55,17 +96,39 @@ class FieldRouter:
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, strip_accents="unicode"),
             LogisticRegression(C=10, max_iter=2000),
         ).fit(questions, fields)
+        # What a question may say without asking for a detail: the fields' wording.
+        self.field_stems = set().union(*(_stems(t) for t in questions), *(_stems(label) for spec in schema.fields for label in spec.labels))
+        self.label_stems = {spec.name: [_stems(label) for label in spec.labels] for spec in schema.fields}
 
-    def fields(self, questions: Sequence[str]) -> list[str]:
-        """The most likely field of each question."""
-        return [str(f) for f in self.classifier.predict(list(questions))] if questions else []
+    def evidence_words(self, question: str, names: str) -> set[str]:
+        """The question's own words (stems): 4+ letters, not a function word,
+        not in the fields' wording, not in `names` (the application's names)."""
+        ignored = self.field_stems | _stems(names)
+        words = (w for w in normalise(question).split() if len(w) >= 4 and w not in FUNCTION_WORDS)
+        return {w[:STEM_LENGTH] for w in words} - ignored
 
-    def narrow(self, content: str, field: str) -> str | None:
-        """The lines of `content` labelled with `field` ("" if none), or None
-        when `content` is not a sheet (keep it whole). A line without a
-        "Label : " belongs to the labelled line above it (a value written on
-        several lines)."""
-        entries: list[tuple[Any, list[str]]] = []  # (field spec or None, lines)
+    def names_label(self, question: str, field: str) -> bool:
+        """Whether the question says every word of one label of `field` ("statut")."""
+        said = _stems(question)
+        return any(label <= said for label in self.label_stems.get(field, []))
+
+    def fields(self, questions: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+        """The most likely field of each question. With `names` (per question:
+        the application's names, as `sheet_names` gives them), the question's
+        words that belong to those names are left out first, as the templates
+        leave out {doc}: "Le réseau d'alerte crues, il tourne sur quelle
+        techno ?" is routed as ", il tourne sur quelle techno ?"."""
+        if not questions:
+            return []
+        if names is not None:
+            questions = [_without_words(q, _stems(n)) for q, n in zip(questions, names)]
+        return [str(f) for f in self.classifier.predict(list(questions))]
+
+    def entries(self, content: str) -> list[tuple[Any, list[str]]] | None:
+        """(field spec or None, lines) per "Label : value" line of a sheet, or
+        None when `content` is not a sheet. A line without a "Label : "
+        belongs to the labelled line above it (a value written on several lines)."""
+        entries: list[tuple[Any, list[str]]] = []
         for line in content.strip().splitlines():
             label, separator, _ = line.partition(FIELD_SEPARATOR)
             if separator or not entries:
@@ -74,7 +137,63 @@ class FieldRouter:
                 entries[-1][1].append(line)
         if not entries or sum(spec is not None for spec, _ in entries) < SHEET_SHARE * len(entries):
             return None
+        return entries
+
+    @staticmethod
+    def sheet_names(entries: list[tuple[Any, list[str]]], title: str) -> str:
+        """What names the application a sheet is about: its title and its
+        full-name lines."""
+        full_names = [line for spec, lines in entries if spec is not None and spec.name == "full_name" for line in lines]
+        return " ".join([title, *(line.partition(FIELD_SEPARATOR)[2] for line in full_names)])
+
+    def narrow(self, content: str, field: str) -> str | None:
+        """The lines of `content` labelled with `field` ("" if none), or None
+        when `content` is not a sheet (keep it whole)."""
+        entries = self.entries(content)
+        if entries is None:
+            return None
         return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
+
+    def focus(self, content: str, question: str, title: str = "") -> tuple[str, str] | None:
+        """(field, text) a sheet keeps for a question: the routed field's
+        lines, or the clause that holds the question's own words (module
+        docstring); None when `content` is not a sheet."""
+        entries = self.entries(content)
+        if entries is None:
+            return None
+        names = self.sheet_names(entries, title)
+        field = self.fields([question], [names])[0]
+        if not self.names_label(question, field):
+            detail = self._detail(entries, question, names)
+            if detail:
+                return detail
+        return field, "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
+
+    def _detail(self, entries: list[tuple[Any, list[str]]], question: str, names: str) -> tuple[str, str] | None:
+        """(field, "Label : sentence") for the sentence of the sheet that holds
+        the most (at least EVIDENCE_WORDS) of the question's own words, cut to
+        its clause that holds more of them than any other; None if none does.
+        The application's `names` are not evidence."""
+        wanted = self.evidence_words(question, names)
+
+        def evidence(text: str) -> int:
+            return len(wanted & _stems(text))
+
+        best, best_count = None, EVIDENCE_WORDS - 1
+        for spec, lines in entries:
+            if spec is None:
+                continue
+            label, _, value = " ".join(lines).partition(FIELD_SEPARATOR)
+            for sentence in SENTENCE_END.split(value.strip()):
+                if evidence(sentence) > best_count:
+                    best, best_count = (spec.name, label, sentence), evidence(sentence)
+        if best is None:
+            return None
+        field, label, sentence = best
+        clauses = sorted(CLAUSE_BREAK.split(sentence), key=evidence, reverse=True)
+        if len(clauses) > 1 and evidence(clauses[0]) > evidence(clauses[1]):
+            sentence = clauses[0]
+        return field, f"{label}{FIELD_SEPARATOR}{sentence}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,10 +218,14 @@ def narrow_hits(schema_name: str, questions: Sequence[str], hits: Sequence[Seque
         return [list(found) for found in hits]
     router = field_router(schema_name)
     result = []
-    for field, found in zip(router.fields(questions), hits):
+    for question, found in zip(questions, hits):
         narrowed = []
         for hit in found:
-            content = router.narrow(hit.content, field)
-            narrowed.append(hit if content is None else dataclasses.replace(hit, chunk_id=f"{hit.chunk_id}#{field}", content=content))
+            kept = router.focus(hit.content, question, hit.title)
+            if kept is None:
+                narrowed.append(hit)
+            else:
+                field, content = kept
+                narrowed.append(dataclasses.replace(hit, chunk_id=f"{hit.chunk_id}#{field}", content=content))
         result.append(narrowed)
     return result

@@ -51,6 +51,29 @@ def test_narrowed_hits_name_their_field_and_no_schema_changes_nothing():
     assert narrow_hits("", questions, hits) == hits
 
 
+def test_a_question_on_a_detail_gets_the_clause_that_holds_its_words():
+    router = field_router("fr")
+    sheet = SHEET.replace(
+        "Description : ORBIS permet de réserver des salles.\nIl sert aussi aux véhicules de service.",
+        "Description : ORBIS gère 240 salles de réunion, et les agents réservent aussi les véhicules de service.",
+    )
+    field, text = router.focus(sheet, "Combien de salles de réunion gère ORBIS ?", "ORBIS")
+    assert (field, text) == ("description", "Description : ORBIS gère 240 salles de réunion")
+    # Naming the field's label keeps the routed field, whatever the sheet's wording.
+    assert router.focus(sheet, "Le système de réservation des salles, quel statut ?", "ORBIS") == ("status", "Statut : En production")
+    # The application's names are no evidence: "réservation", "bâtiments" and "salles" are in its full name.
+    assert router.focus(sheet, "L'outil de réservation des bâtiments et salles, il est hébergé où ?", "ORBIS")[0] == "hosting"
+    # Words of the fields' templates are no evidence either: routed as usual.
+    assert router.focus(sheet, "Quelle est la technologie principale de ORBIS ?", "ORBIS")[0] == "technology"
+
+
+def test_the_application_name_is_left_out_before_routing():
+    router = field_router("fr")
+    # "territoire" pulls a bare question towards the geographic scope; it is the application's name here.
+    question = "Le portail de planification du territoire, c'est quelle URL ?"
+    assert router.fields([question], ["PLANET Portail de Planification du Territoire"]) == ["website"]
+
+
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path):
     from dyag_mlops import generate, rag
     from dyag_mlops.config import GenerateConfig, IndexConfig
