@@ -11,7 +11,7 @@
 #       -P focus_schema= -P workdir=outputs/pipeline-qwen-coder -P registered_model=dyag-qa-qwen-coder
 #
 # focus_schema= (whole retrieved sheets): narrowing each sheet to the asked
-# field helps the 135M model read but costs the 1.5B's rag 80.1 -> 70.8 %.
+# field helps the 135M model read but costs the 1.5B's rag 83.0 -> 76.0 %.
 # lr 3e-4: the pipeline's 1e-3 is tuned for the 135M model; these models'
 # adapters learn to refuse at that rate (hybrid 63.2 % against 79.5 % at
 # 3e-4 for the 0.5B, 64.3 against 86.5 % for the 1.5B; docs/quality.md).
