@@ -56,7 +56,8 @@ DOC_PLACEHOLDER = "{doc}"
 # Words compared by their first letters, so "saisies" meets "saisi" and
 # "inventoriés" meets "inventaire".
 STEM_LENGTH = 5
-# A question's own words found in one value that make it the answer's line.
+# How many of a question's own words one sentence of a sheet must hold to be
+# taken for the answer's place, whatever field the router names.
 EVIDENCE_WORDS = 2
 # A value is searched sentence by sentence, and a sentence clause by clause:
 # a sentence of a description may hold several facts ("... recense les 142
@@ -103,8 +104,8 @@ class FieldRouter:
             LogisticRegression(C=10, max_iter=2000),
         ).fit(questions, fields)
         # What a question may say without asking for a detail: the fields' wording.
-        self.field_stems = set().union(*(_stems(t) for t in questions), *(_stems(label) for spec in schema.fields for label in spec.labels))
         self.label_stems = {spec.name: [_stems(label) for label in spec.labels] for spec in schema.fields}
+        self.field_stems = set().union(*(_stems(t) for t in questions), *(s for labels in self.label_stems.values() for s in labels))
 
     def evidence_words(self, question: str, names: str) -> set[str]:
         """The question's own words (stems): 4+ letters, not a function word,
