@@ -123,8 +123,9 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
     with seed 43), and with the retrieved sheet (hybrid) 66.1 % against 55.0 %
     (56.1 % with seed 43). A soup of such adapters is worse (45.6 %). With
     sheets narrowed to the asked field (16th session, through the pipeline),
-    its hybrid gives 78.4 %, the RAFT adapter trained on narrowed sheets 80.1 %: the router,
-    not the adapter, limits hybrid then, so one adapter serves both.
+    its hybrid gives 78.4 %, the RAFT adapter trained on narrowed sheets 80.1 %
+    (80.1 and 85.4 % with the 17th session's focus): the router, not the
+    adapter, limits hybrid then, so one adapter serves both.
     """
     from dyag_mlops import finetune, generate
     from dyag_mlops.evaluate import demo_eval_path
