@@ -86,6 +86,11 @@ def _without_words(text: str, stems: set[str]) -> str:
     return re.sub(r"\w+", keep, text)
 
 
+def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
+    """The lines of a sheet's entries labelled with `field` ("" if none)."""
+    return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
+
+
 class FieldRouter:
     """Question -> the schema field it asks about; sheet -> that field's lines."""
 
@@ -148,8 +153,8 @@ class FieldRouter:
 
     @staticmethod
     def sheet_names(entries: list[tuple[Any, list[str]]], title: str) -> str:
-        """What names the application a sheet is about: its title and its
-        full-name lines."""
+        """What names the application a sheet is about: its title and the
+        lines of the schema's `full_name` field."""
         full_names = [line for spec, lines in entries if spec is not None and spec.name == "full_name" for line in lines]
         return " ".join([title, *(line.partition(FIELD_SEPARATOR)[2] for line in full_names)])
 
@@ -157,9 +162,7 @@ class FieldRouter:
         """The lines of `content` labelled with `field` ("" if none), or None
         when `content` is not a sheet (keep it whole)."""
         entries = self.entries(content)
-        if entries is None:
-            return None
-        return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
+        return None if entries is None else _lines_of(entries, field)
 
     def focus(self, content: str, question: str, title: str = "") -> tuple[str, str] | None:
         """(field, text) a sheet keeps for a question: the routed field's
@@ -174,7 +177,7 @@ class FieldRouter:
             detail = self._detail(entries, question, names)
             if detail:
                 return detail
-        return field, "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
+        return field, _lines_of(entries, field)
 
     def _detail(self, entries: list[tuple[Any, list[str]]], question: str, names: str) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds

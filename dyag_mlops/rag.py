@@ -476,7 +476,8 @@ class Retriever:
 
     def _load_catalogue(self) -> None:
         """Document names -> doc ids, from the collection itself (titles and
-        "Nom complet" lines), and the chunks for BM25 when asked for."""
+        "Nom complet" lines), the words of the index (`unknown_names`), and the
+        chunks for BM25 when asked for."""
         self.names: dict[tuple[str, ...], set[str]] = {}
         self._chunks: list[Retrieved] = []
         # Every word the index holds, and each pair of neighbours glued
