@@ -73,10 +73,10 @@ def worked_example(focus_schema: str = "") -> list[dict]:
         from dyag_mlops.focus import field_router
 
         router = field_router(focus_schema)
-        questions = [question for question, _ in WORKED_EXAMPLE_TURNS]
         turns = []
-        for (question, answer), field in zip(WORKED_EXAMPLE_TURNS, router.fields(questions)):
-            context = router.narrow(WORKED_EXAMPLE_SHEET, field)
+        for question, answer in WORKED_EXAMPLE_TURNS:
+            # The very narrowing a real question's sheet gets (focus.narrow_hits).
+            _, context = router.focus(WORKED_EXAMPLE_SHEET, question, "ORBIS")
             turns += [{"role": "user", "content": user_content(question, [context])}, {"role": "assistant", "content": answer}]
         return turns
     (first_question, first_answer), *later = WORKED_EXAMPLE_TURNS
