@@ -130,12 +130,12 @@ def main() -> None:
 
         questions = make_questions(rows, args.questions)
         start = time.perf_counter()
-        dense_retriever = rag.Retriever(config.index, hybrid_lexical=False)
+        dense_retriever = rag.Retriever(config.index, ranking="dense")
         open_dense_s = time.perf_counter() - start
         dense = time_queries(dense_retriever, questions, args.top_k)
         dense_retriever.close()
         start = time.perf_counter()
-        hybrid_retriever = rag.Retriever(config.index, hybrid_lexical=True)
+        hybrid_retriever = rag.Retriever(config.index, ranking="fused")
         open_hybrid_s = time.perf_counter() - start
         hybrid = time_queries(hybrid_retriever, questions, args.top_k)
         hybrid_retriever.close()

@@ -185,7 +185,7 @@ def run(config: PipelineConfig) -> dict:
         index_dir = ""
         if {"rag", "hybrid"} & set(systems) or (raft_adapter and config.context_share > 0):
             index_dir = str(work / "rag_index")
-            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir)
+            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir, ranking=config.ranking)
             step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
 
         adapter_uri = ""

@@ -88,7 +88,7 @@ def test_build_and_retrieve_named_document(built):
         hits = retriever.retrieve(["Où est hébergé MAREA ?", "Quelle technologie utilise FISCA ?"], top_k=3)
     assert hits[0][0].doc_id == "app-d" and hits[0][0].title == "MAREA"
     assert hits[1][0].doc_id == "app-e"
-    assert -1.0 <= hits[0][0].score <= 1.0
+    assert hits[0][0].score > 0, "lexical ranking: the BM25 score"
 
 
 def test_unnamed_question_is_not_filtered(built):
@@ -114,11 +114,38 @@ def test_question_naming_an_unknown_application_retrieves_nothing(built):
         assert retriever.retrieve(["Quel est le statut de PEGASE ?"], top_k=2, doc_filter=False)[0], "no guard without the name filter"
 
 
-def test_hybrid_lexical(built):
+@pytest.mark.parametrize("ranking", ["lexical", "fused"])
+def test_ranking_with_bm25(built, ranking):
     config, _, _ = built
-    with rag.Retriever(config.index, hybrid_lexical=True) as retriever:
+    with rag.Retriever(config.index, ranking=ranking) as retriever:
         hits = retriever.retrieve(["Quelle application est écrite en COBOL ?"], top_k=2)[0]
     assert hits[0].doc_id == "app-e"
+
+
+def test_lexical_ranking_is_bm25_order_then_dense(built):
+    config, _, _ = built
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.ranking == "lexical", "the index's own setting (IndexConfig's default)"
+        hits = retriever.retrieve(["Datacenter Nord ?", "zzz qqq"], top_k=6, doc_filter=False)
+    first = hits[0]
+    assert {h.doc_id for h in first[:2]} == {"app-a", "app-e"}, "the two sheets holding both words come first"
+    assert all(a.score >= b.score for a, b in zip(first, first[1:])), "BM25 scores, best first"
+    assert len(hits[1]) == 6 and all(h.score == 0.0 for h in hits[1]), "no word in common: the dense hits"
+
+
+def test_ranking_is_recorded_and_checked(built, tmp_path):
+    config, _, _ = built
+    manifest_path = Path(config.index) / rag.MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["ranking"] == IndexConfig.ranking
+    del manifest["ranking"]  # an index built before the setting existed
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.ranking == rag.RANKING_BEFORE_SETTING
+    with pytest.raises(DyagError, match="ranking must be one of"):
+        rag.Retriever(config.index, ranking="bm42")
+    with pytest.raises(ValueError, match="--ranking"):
+        IndexConfig(index=str(tmp_path / "i"), ranking="bm42")
 
 
 def test_incremental_reindex(built, tmp_path):
