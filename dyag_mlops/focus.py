@@ -29,10 +29,17 @@ not the application's names), that sentence, cut to its clause that holds
 more of them than the others, is what the sheet keeps ("Description : LYCEO
 recense les 142 lycées publics de la Région").
 
+When the question holds EVIDENCE_WORDS or more words of its own and the
+sheet holds none of them ("Combien coûte la maintenance annuelle de
+FINANCIA ?"), the sheet says nothing of what is asked: it keeps nothing, and
+"Je ne sais pas" is the only grounded answer (unless the question names its
+routed field's label: "..., quel statut ?").
+
 With both, the sheet keeps the asked field for 89 % of the hand-written
 set's answerable questions (83 % for the router alone) and rag and hybrid
-answer 85.4 % of the set (17th session); what is still missed (wordings far
-from the templates, facts no sheet records) is lost for both alike.
+answer 85.4 % of the set (17th session; 87.1 % with the index's lexical
+ranking, 18th); what is still missed (wordings far from the templates,
+facts no sheet records) is lost for both alike.
 
 Chunks that are not sheets (free text: fewer than half of their lines carry a
 label of the schema) pass through whole. Training (RAFT contexts), query and
@@ -177,6 +184,11 @@ class FieldRouter:
             detail = self._detail(entries, question, names)
             if detail:
                 return detail
+            wanted = self.evidence_words(question, names)
+            if len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
+                # "Combien coûte la maintenance annuelle de FINANCIA ?": the
+                # sheet says none of what the question is about.
+                return field, ""
         return field, _lines_of(entries, field)
 
     def _detail(self, entries: list[tuple[Any, list[str]]], question: str, names: str) -> tuple[str, str] | None:

@@ -67,6 +67,16 @@ def test_a_question_on_a_detail_gets_the_clause_that_holds_its_words():
     assert router.focus(sheet, "Quelle est la technologie principale de ORBIS ?", "ORBIS")[0] == "technology"
 
 
+def test_a_question_on_what_the_sheet_never_mentions_keeps_nothing():
+    router = field_router("fr")
+    field, text = router.focus(SHEET, "Combien coûte la licence annuelle d'ORBIS ?", "ORBIS")
+    assert text == "", f"routed to {field}, but the sheet says nothing of cost, licence or year"
+    # One word of its own ("vieux") is not enough to refuse: routed as usual.
+    assert router.focus(SHEET, "Le vieux ORBIS, il est hébergé où ?", "ORBIS") == ("hosting", "Hébergement : Datacenter Nantes-Est")
+    # Nor is a question that names its field's label ("statut"), whatever else it says.
+    assert router.focus(SHEET, "Le vieux logiciel des réservations, quel statut ?", "ORBIS")[1] == "Statut : En production"
+
+
 def test_the_application_name_is_left_out_before_routing():
     router = field_router("fr")
     # "territoire" pulls a bare question towards the geographic scope; it is the application's name here.
