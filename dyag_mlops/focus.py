@@ -37,8 +37,8 @@ routed field's label: "..., quel statut ?").
 
 With both, the sheet keeps the asked field for 89 % of the hand-written
 set's answerable questions (83 % for the router alone) and rag and hybrid
-answer 85.4 % of the set (17th session; 87.1 % with the index's lexical
-ranking, 18th); what is still missed (wordings far from the templates,
+answer 85.4 % of the set (17th session; 87.7 % with the index's lexical
+ranking and the rule above, 18th); what is still missed (wordings far from the templates,
 facts no sheet records) is lost for both alike.
 
 Chunks that are not sheets (free text: fewer than half of their lines carry a
