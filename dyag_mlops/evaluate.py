@@ -280,6 +280,9 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     atomic_write_json(output, results)
 
     tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model, "dyag.dtype": dtype})
+    if predictor.retriever is not None:
+        # The index's setting, not a parameter of this run: shown beside it in the UI.
+        tracker.set_tags({"dyag.ranking": predictor.retriever.ranking})
     tracker.log_dataset(eval_path, context="eval")
     tracker.log_metrics(metrics)
     tracker.log_table(

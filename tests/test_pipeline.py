@@ -69,6 +69,10 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     assert len(children) == 8 and all(r.info.status == "FINISHED" for r in runs)
     systems = {r.data.tags["dyag.system"] for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
     assert systems == {"base", "finetuned", "rag", "hybrid"}
+    rankings = {r.data.tags["dyag.system"]: r.data.tags.get("dyag.ranking") for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
+    assert rankings == {"base": None, "finetuned": None, "rag": "lexical", "hybrid": "lexical"}, "the index's ranking, beside the runs that used it"
+    index_run = next(r for r in runs if r.data.tags["dyag.stage"] == "index_rag")
+    assert index_run.data.params["ranking"] == "lexical"
     champion = client.get_model_version_by_alias("e2e-qa", "champion")
     assert champion.tags["dyag.system"] in systems
     assert (work / "compare" / "comparison.md").is_file()
