@@ -18,7 +18,7 @@ RANKINGS = ("lexical", "fused", "dense")
 PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 on older GPUs)."
 # Measured with smollm2:135m on the hand-written set: rag 22.2 -> 79.5 %,
 # hybrid 55.0 -> 80.1 % (16th session), 85.4 % each with details and names
-# (17th), 87.7 % with lexical ranking and unmentioned words (18th); the 1.5B model's rag 83.0 -> 76.0 %, so larger models keep whole
+# (17th), 88.3 % with lexical ranking and unmentioned words (18th); the 1.5B model's rag 83.0 -> 76.0 %, so larger models keep whole
 # sheets (docs/quality.md).
 FOCUS_HELP = (
     "each retrieved sheet narrowed to the lines of the field the question asks about, "

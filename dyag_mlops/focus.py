@@ -32,12 +32,15 @@ recense les 142 lycées publics de la Région").
 When the question holds EVIDENCE_WORDS or more words of its own and the
 sheet holds none of them ("Combien coûte la maintenance annuelle de
 FINANCIA ?"), the sheet says nothing of what is asked: it keeps nothing, and
-"Je ne sais pas" is the only grounded answer (unless the question names its
-routed field's label: "..., quel statut ?").
+"Je ne sais pas" is the only grounded answer. A question that says its
+routed field's label ("..., quel statut ?") asks for that line whatever
+else it says, unless it names the application by none of the sheet's names
+either: then its own words describe another application ("Qui est le
+contact de l'application de gestion des cantines des collèges ?").
 
 With both, the sheet keeps the asked field for 89 % of the hand-written
 set's answerable questions (83 % for the router alone) and rag and hybrid
-answer 85.4 % of the set (17th session; 87.7 % with the index's lexical
+answer 85.4 % of the set (17th session; 88.3 % with the index's lexical
 ranking and the rule above, 18th); what is still missed (wordings far from the templates,
 facts no sheet records) is lost for both alike.
 
@@ -82,6 +85,11 @@ FUNCTION_WORDS = frozenset(
 
 def _stems(text: str) -> set[str]:
     return {word[:STEM_LENGTH] for word in normalise(text).split()}
+
+
+def _name_stems(names: str) -> set[str]:
+    """Stems of the words of 4+ letters of an application's names."""
+    return {word[:STEM_LENGTH] for word in normalise(names).split() if len(word) >= 4}
 
 
 def _without_words(text: str, stems: set[str]) -> str:
@@ -180,14 +188,18 @@ class FieldRouter:
             return None
         names = self.sheet_names(entries, title)
         field = self.fields([question], [names])[0]
-        if not self.names_label(question, field):
+        says_label = self.names_label(question, field)
+        if not says_label:
             detail = self._detail(entries, question, names)
             if detail:
                 return detail
-            wanted = self.evidence_words(question, names)
-            if len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
-                # "Combien coûte la maintenance annuelle de FINANCIA ?": the
-                # sheet says none of what the question is about.
+        wanted = self.evidence_words(question, names)
+        if len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
+            # The sheet says none of what the question is about: "Combien
+            # coûte la maintenance annuelle de FINANCIA ?", or, naming no name
+            # of the sheet's application, "Qui est le contact de l'application
+            # de gestion des cantines des collèges ?" (another application).
+            if not says_label or not _stems(question) & _name_stems(names):
                 return field, ""
         return field, _lines_of(entries, field)
 

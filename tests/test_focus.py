@@ -73,8 +73,12 @@ def test_a_question_on_what_the_sheet_never_mentions_keeps_nothing():
     assert text == "", f"routed to {field}, but the sheet says nothing of cost, licence or year"
     # One word of its own ("vieux") is not enough to refuse: routed as usual.
     assert router.focus(SHEET, "Le vieux ORBIS, il est hébergé où ?", "ORBIS") == ("hosting", "Hébergement : Datacenter Nantes-Est")
-    # Nor is a question that names its field's label ("statut"), whatever else it says.
-    assert router.focus(SHEET, "Le vieux logiciel des réservations, quel statut ?", "ORBIS")[1] == "Statut : En production"
+    # Nor is a question that names its field's label ("statut") and the application, whatever else it says.
+    assert router.focus(SHEET, "Le vieux ORBIS, logiciel des bureaux, quel statut ?", "ORBIS")[1] == "Statut : En production"
+    # Naming the label but not the application, by words the sheet never says: another application.
+    assert router.focus(SHEET, "L'application des cantines scolaires, quel statut ?", "ORBIS")[1] == ""
+    # The same, by words the sheet says (its full name): this one.
+    assert router.focus(SHEET, "L'outil de réservation des salles, quel statut ?", "ORBIS")[1] == "Statut : En production"
 
 
 def test_the_application_name_is_left_out_before_routing():
