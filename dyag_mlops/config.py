@@ -18,8 +18,9 @@ RANKINGS = ("lexical", "fused", "dense")
 PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 on older GPUs)."
 # Measured with smollm2:135m on the hand-written set: rag 22.2 -> 79.5 %,
 # hybrid 55.0 -> 80.1 % (16th session), 85.4 % each with details and names
-# (17th), 88.3 % with lexical ranking and unmentioned words (18th); the 1.5B model's rag 83.0 -> 76.0 %, so larger models keep whole
-# sheets (docs/quality.md).
+# (17th), 88.3 % with lexical ranking and unmentioned words (18th); the 1.5B
+# model's rag 83.0 -> 76.0 %, so larger models keep whole sheets
+# (docs/quality.md).
 FOCUS_HELP = (
     "each retrieved sheet narrowed to the lines of the field the question asks about, "
     "named by a classifier trained on this field schema's templates (fr, en or a path; empty: whole chunks)."
@@ -29,6 +30,11 @@ FOCUS_HELP = (
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def check_ranking(ranking: str) -> None:
+    if ranking not in RANKINGS:
+        raise ValueError(f"--ranking must be one of {', '.join(RANKINGS)}, not {ranking!r}")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -149,8 +155,7 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 0:
             raise ValueError("--chunk-size must be >= 0")
-        if self.ranking not in RANKINGS:
-            raise ValueError(f"--ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
+        check_ranking(self.ranking)
 
 
 SYSTEMS = ("base", "finetuned", "rag", "hybrid")
@@ -258,8 +263,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if self.ranking not in RANKINGS:
-            raise ValueError(f"--ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
+        check_ranking(self.ranking)
         if self.soup > 1 and self.closed_book_epochs > 0:
             # soup averages RAFT adapters, and none is trained then; a soup of
             # two closed-book adapters answered worse than either (docs/quality.md).

@@ -38,11 +38,12 @@ else it says, unless it names the application by none of the sheet's names
 either: then its own words describe another application ("Qui est le
 contact de l'application de gestion des cantines des collèges ?").
 
-With both, the sheet keeps the asked field for 89 % of the hand-written
-set's answerable questions (83 % for the router alone) and rag and hybrid
-answer 85.4 % of the set (17th session; 88.3 % with the index's lexical
-ranking and the rule above, 18th); what is still missed (wordings far from the templates,
-facts no sheet records) is lost for both alike.
+With the router and the detail rule, the sheet keeps the asked field for
+89 % of the hand-written set's answerable questions (83 % for the router
+alone) and rag and hybrid answer 85.4 % of the set (17th session; 88.3 %
+with the index's lexical ranking and the rule above, 18th); what is still
+missed (wordings far from the templates, facts no sheet records) is lost
+for both alike.
 
 Chunks that are not sheets (free text: fewer than half of their lines carry a
 label of the schema) pass through whole. Training (RAFT contexts), query and
