@@ -190,11 +190,11 @@ class FieldRouter:
         names = self.sheet_names(entries, title)
         field = self.fields([question], [names])[0]
         says_label = self.names_label(question, field)
+        wanted = self.evidence_words(question, names)
         if not says_label:
-            detail = self._detail(entries, question, names)
+            detail = self._detail(entries, wanted)
             if detail:
                 return detail
-        wanted = self.evidence_words(question, names)
         if len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
             # The sheet says none of what the question is about: "Combien
             # coûte la maintenance annuelle de FINANCIA ?", or, naming no name
@@ -204,12 +204,12 @@ class FieldRouter:
                 return field, ""
         return field, _lines_of(entries, field)
 
-    def _detail(self, entries: list[tuple[Any, list[str]]], question: str, names: str) -> tuple[str, str] | None:
+    @staticmethod
+    def _detail(entries: list[tuple[Any, list[str]]], wanted: set[str]) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds
-        the most (at least EVIDENCE_WORDS) of the question's own words, cut to
-        its clause that holds more of them than any other; None if none does.
-        The application's `names` are not evidence."""
-        wanted = self.evidence_words(question, names)
+        the most (at least EVIDENCE_WORDS) of the question's own words
+        (`wanted`, from `evidence_words`), cut to its clause that holds more of
+        them than any other; None if none does."""
 
         def evidence(text: str) -> int:
             return len(wanted & _stems(text))
