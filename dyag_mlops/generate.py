@@ -67,6 +67,9 @@ class FieldSpec:
 class Schema:
     language: str
     fields: tuple[FieldSpec, ...]
+    # A spaCy package whose word vectors help the field router read wordings
+    # its templates lack (focus.WordVectors); "" for none.
+    word_vectors: str = ""
 
     def field_for_label(self, label: str) -> FieldSpec | None:
         # A corpus repeats a dozen labels over and over: normalise each once.
@@ -107,7 +110,7 @@ def load_schema(name_or_path: str) -> Schema:
     for spec in specs:
         if not spec.templates or any("{doc}" not in t for t in spec.templates):
             raise DyagError(f"{where}: every template of field {spec.name!r} must contain {{doc}}")
-    return Schema(data.get("language", "?"), specs)
+    return Schema(data.get("language", "?"), specs, data.get("word_vectors", ""))
 
 
 # ---------------------------------------------------------------- facts
