@@ -62,7 +62,6 @@ import functools
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.errors import DyagError
 from dyag_mlops.prompts import FIELD_SEPARATOR
 from dyag_mlops.text import normalise
 
@@ -125,20 +124,17 @@ class WordVectors:
     "application", "quel")."""
 
     def __init__(self, package: str, ignored: set[str]):
-        import numpy as np
         import spacy
 
-        if not spacy.util.is_package(package):
-            raise DyagError(f"word_vectors {package!r}: not installed (pip install {package})")
         meta = spacy.util.load_meta(spacy.util.get_package_path(package) / "meta.json")
         # The vectors only: none of the pipeline's components is needed.
         nlp = spacy.load(package, exclude=meta.get("components", meta.get("pipeline", [])))
         self.vocab, self.width = nlp.vocab, nlp.vocab.vectors.shape[1]
         self.ignored = set(nlp.Defaults.stop_words) | ignored
-        self._np = np
 
     def __call__(self, questions: Sequence[str]) -> Any:
-        np = self._np
+        import numpy as np
+
         rows = np.zeros((len(questions), self.width), dtype=np.float32)
         for row, question in zip(rows, questions):
             vectors = [

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib.util
 import json
 import os
 import random
@@ -110,7 +111,10 @@ def load_schema(name_or_path: str) -> Schema:
     for spec in specs:
         if not spec.templates or any("{doc}" not in t for t in spec.templates):
             raise DyagError(f"{where}: every template of field {spec.name!r} must contain {{doc}}")
-    return Schema(data.get("language", "?"), specs, data.get("word_vectors", ""))
+    word_vectors = data.get("word_vectors", "")
+    if word_vectors and importlib.util.find_spec(word_vectors) is None:
+        raise DyagError(f"{where}: word_vectors {word_vectors!r} is not installed (pip install {word_vectors})")
+    return Schema(data.get("language", "?"), specs, word_vectors)
 
 
 # ---------------------------------------------------------------- facts

@@ -51,15 +51,17 @@ def test_word_vectors_route_a_word_no_template_holds(question):
     assert FieldRouter(dataclasses.replace(schema, word_vectors="")).fields([question], ["ORBIS"]) == ["description"]
 
 
-def test_a_schema_naming_word_vectors_that_are_not_installed_is_refused():
-    import dataclasses
+def test_a_schema_naming_word_vectors_that_are_not_installed_is_refused(tmp_path):
+    from importlib import resources
 
     from dyag_mlops.errors import DyagError
-    from dyag_mlops.focus import FieldRouter
+    from dyag_mlops.generate import load_schema
 
-    schema = dataclasses.replace(field_router("fr").schema, word_vectors="xx_no_such_vectors")
-    with pytest.raises(DyagError, match="xx_no_such_vectors.*not installed"):
-        FieldRouter(schema)
+    schema = json.loads((resources.files("dyag_mlops") / "resources" / "schemas" / "fr.json").read_text("utf-8"))
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps({**schema, "word_vectors": "xx_no_such_vectors"}), encoding="utf-8")
+    with pytest.raises(DyagError, match=r"schema\.json: word_vectors 'xx_no_such_vectors' is not installed"):
+        load_schema(str(path))
 
 
 def test_a_sheet_keeps_the_lines_of_its_field_and_free_text_stays_whole():
