@@ -174,6 +174,9 @@ class FieldRouter:
         self.schema = schema
         questions = [t.replace(DOC_PLACEHOLDER, "") for spec in schema.fields for t in spec.templates]
         fields = [spec.name for spec in schema.fields for _ in spec.templates]
+        # A field's labels are its own words too ("Technologie principale").
+        questions += [label for spec in schema.fields for label in spec.labels]
+        fields += [spec.name for spec in schema.fields for _ in spec.labels]
         # Measured on the hand-written set: word n-grams 80 %, character
         # n-grams 83-84 %, whatever the regularisation (C 1-100).
         features: Any = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, strip_accents="unicode")
