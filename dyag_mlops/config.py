@@ -18,8 +18,8 @@ RANKINGS = ("lexical", "fused", "dense")
 PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 on older GPUs)."
 # Measured with smollm2:135m on the hand-written set: rag 22.2 -> 79.5 %,
 # hybrid 55.0 -> 80.1 % (16th session), 85.4 % each with details and names
-# (17th), 88.3 % with lexical ranking and unmentioned words (18th), 90.1 %
-# with the router's word vectors (19th); the 1.5B
+# (17th), 88.3 % with lexical ranking and unmentioned words (18th), 90.6 %
+# with the router's word vectors and labels (19th); the 1.5B
 # model's rag 83.0 -> 76.0 %, so larger models keep whole sheets
 # (docs/quality.md).
 FOCUS_HELP = (

@@ -13,7 +13,7 @@ sais pas" is then the only grounded answer. Narrowing is for small models: a
 
 The classifier is a character n-gram logistic regression trained on the field
 schema's question templates (the ones generate-training phrases questions
-with), document name left out: no corpus, eval set or model is needed to build
+with), document name left out, and on its fields' labels: no corpus, eval set or model is needed to build
 it. It also reads the mean of the question's word vectors (WordVectors, from
 the spaCy package the schema names), so that a word no template holds finds
 the field of the words it lies near; building it takes about 3 seconds. Character n-grams keep it robust to typos and
@@ -43,9 +43,9 @@ contact de l'application de gestion des cantines des collèges ?").
 With the router and the detail rule, the sheet keeps the asked field for
 89 % of the hand-written set's answerable questions (83 % for the router
 alone) and rag and hybrid answer 85.4 % of the set (17th session; 88.3 %
-with the index's lexical ranking and the rule above, 18th; 90.1 % with the
-router's word vectors, 92 % of the answerable questions keeping the asked
-field, 19th); what is still
+with the index's lexical ranking and the rule above, 18th; 90.6 % with the
+router's word vectors and labels, 92 % of the answerable questions keeping
+the asked field, 19th); what is still
 missed (wordings far from the templates, facts no sheet records) is lost
 for both alike.
 
