@@ -13,14 +13,16 @@ sais pas" is then the only grounded answer. Narrowing is for small models: a
 
 The classifier is a character n-gram logistic regression trained on the field
 schema's question templates (the ones generate-training phrases questions
-with), document name left out, and on its fields' labels: no corpus, eval set or model is needed to build
-it. It also reads the mean of the question's word vectors (WordVectors, from
-the spaCy package the schema names), so that a word no template holds finds
-the field of the words it lies near; building it takes about 3 seconds. Character n-grams keep it robust to typos and
-missing accents. At question time the application's names (the retrieved
-sheet's title and full name) are left out of the question too, so that an
-application called by its full name ("Le portail de planification
-territoriale, ...") does not pull the router towards a field.
+with), document name left out, and on its fields' labels: no corpus, eval
+set or model is needed to build it. It also reads the mean of the
+question's word vectors (WordVectors, from the spaCy package the schema
+names), so that a word no template holds finds the field of the words it
+lies near; building it takes about 3 seconds. Character n-grams keep it
+robust to typos and missing accents. At question time the application's
+names (the retrieved sheet's title and full name) are left out of the
+question too, so that an application called by its full name ("Le portail
+de planification territoriale, ...") does not pull the router towards a
+field.
 
 A question on a detail of a long value ("Combien de lycées publics sont
 recensés dans LYCEO ?") names no field; the router, trained on field wordings,
@@ -45,9 +47,8 @@ With the router and the detail rule, the sheet keeps the asked field for
 alone) and rag and hybrid answer 85.4 % of the set (17th session; 88.3 %
 with the index's lexical ranking and the rule above, 18th; 90.6 % with the
 router's word vectors and labels, 92 % of the answerable questions keeping
-the asked field, 19th); what is still
-missed (wordings far from the templates, facts no sheet records) is lost
-for both alike.
+the asked field, 19th); what is still missed (wordings far from the
+templates, facts no sheet records) is lost for both alike.
 
 Chunks that are not sheets (free text: fewer than half of their lines carry a
 label of the schema) pass through whole. Training (RAFT contexts), query and
@@ -183,7 +184,8 @@ class FieldRouter:
         if schema.word_vectors:
             # Both parts weigh alike: a TF-IDF row has norm 1, a mean of unit
             # vectors at most 1. Each template left out in turn and routed by
-            # the other seven: 65 of 96 right without vectors, 73 with (19th session).
+            # the other seven: 68 of 96 right without vectors, 78 with
+            # (bench/bench_router.py, 19th session).
             vectors = WordVectors(schema.word_vectors, _shared_template_words(schema))
             features = make_union(features, FunctionTransformer(vectors))
         self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000)).fit(questions, fields)
