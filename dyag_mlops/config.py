@@ -248,7 +248,7 @@ class PipelineConfig:
     # 2 epochs over every fact (8,266 questions, 1,039 conversations): 41-44
     # min on 2 CPU cores, finetuned 61.4 % with seed 42, 51.5 % with 43
     # (docs/quality.md, 14th and 15th sessions).
-    closed_book_epochs: float = _f(0.0, "Epochs of a closed-book adapter trained on every fact (augmented phrasings, a share typed in a hurry, no context) instead of the RAFT adapter; finetuned and hybrid then answer with it. 0: the RAFT adapter (finetuned asks it without context).")
+    closed_book_epochs: float = _f(0.0, "Epochs of a closed-book adapter trained on every fact (augmented phrasings, a share typed in a hurry, no context), which finetuned then answers with; hybrid keeps the RAFT adapter. 0: none (finetuned asks the RAFT adapter without context).")
     closed_book_lr: float = _f(0.003, "Learning rate of the closed-book adapter (closed_book_epochs > 0).")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 1.0 on the demo set, lexical ranking).")
@@ -265,10 +265,6 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_ranking(self.ranking)
-        if self.soup > 1 and self.closed_book_epochs > 0:
-            # soup averages RAFT adapters, and none is trained then; a soup of
-            # two closed-book adapters answered worse than either (docs/quality.md).
-            raise ValueError("--soup applies to the RAFT adapter, which --closed-book-epochs replaces: use one or the other")
 
 
 STAGE_CONFIGS = {

@@ -140,34 +140,36 @@ def test_a_count_too_small_for_a_val_split_trains_without_validation(tmp_path, t
     assert {p.name for p in work.glob("results_*.json")} == {"results_finetuned.json", "results_hybrid.json"}
 
 
-def test_closed_book_epochs_train_the_adapter_finetuned_and_hybrid_answer_with(tmp_path, tiny_model_dir):
-    """closed_book_epochs > 0: a generate/finetune pair trains an adapter on
-    every fact without context, and both finetuned and hybrid answer with it;
-    no RAFT adapter is trained."""
+def test_closed_book_epochs_train_the_adapter_finetuned_answers_with(tmp_path, tiny_model_dir):
+    """closed_book_epochs > 0: a second generate/finetune pair trains an
+    adapter on every fact without context, which finetuned answers with;
+    hybrid keeps the RAFT adapter."""
     from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
 
     work = tmp_path / "work"
-    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, closed_book_epochs=0.005, limit=2,
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, closed_book_epochs=0.005, limit=2,
                             systems="base,finetuned,hybrid", workdir=str(work), registered_model="closed-qa", reuse=False)
     pipeline.run(config)
-    assert (work / "closed_book_adapter" / "final").is_dir()
-    assert not (work / "adapter").exists() and not (work / "data").exists()
+    assert (work / "closed_book_adapter" / "final").is_dir() and (work / "adapter" / "final").is_dir()
     models = {s: json.loads((work / f"results_{s}.json").read_text())["metadata"]["model"] for s in ("finetuned", "hybrid")}
-    assert models["finetuned"] == models["hybrid"]
-    model = models["finetuned"]
-    trained_by = mlflow.get_run(model.split("/")[1]).data
-    assert trained_by.params["output"] == str(work / "closed_book_adapter")
-    assert trained_by.params["dataset"].endswith("/datasets/dataset_train.jsonl")
+    trained_by = {s: mlflow.get_run(uri.split("/")[1]).data for s, uri in models.items()}
+    assert trained_by["finetuned"].params["output"] == str(work / "closed_book_adapter")
+    assert trained_by["finetuned"].params["dataset"].endswith("/datasets/dataset_train.jsonl")
+    assert trained_by["hybrid"].params["output"] == str(work / "adapter")
     data = [json.loads(line) for line in (work / "data_closed_book" / "dataset_train.jsonl").open()]
     assert all("Contexte" not in m["content"] for row in data for m in row["messages"])
     assert max(len(row["metadata"]["fact_ids"]) for row in data) == 8
 
 
-def test_a_soup_with_the_closed_book_adapter_is_refused_before_any_work():
-    """soup averages RAFT adapters; closed_book_epochs replaces the RAFT
-    adapter, so asking for both is an error, not a silently ignored option."""
+def test_without_hybrid_the_closed_book_adapter_is_the_only_one_trained(tmp_path, tiny_model_dir):
+    """No system needs the RAFT adapter then: no RAFT data, no RAFT finetune."""
+    from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
 
-    with pytest.raises(ValueError, match="--soup"):
-        PipelineConfig(soup=3, closed_book_epochs=2)
+    work = tmp_path / "work"
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, closed_book_epochs=0.005, limit=2,
+                            systems="base,finetuned", workdir=str(work), registered_model="closed-only-qa", reuse=False)
+    pipeline.run(config)
+    assert (work / "closed_book_adapter" / "final").is_dir()
+    assert not (work / "adapter").exists() and not (work / "data").exists()
