@@ -19,9 +19,8 @@ PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and C
 # Measured with smollm2:135m on the hand-written set: rag 22.2 -> 79.5 %,
 # hybrid 55.0 -> 80.1 % (16th session), 85.4 % each with details and names
 # (17th), 88.3 % with lexical ranking and unmentioned words (18th), 90.6 %
-# with the router's word vectors and labels (19th); the 1.5B
-# model's rag 83.0 -> 76.0 %, so larger models keep whole sheets
-# (docs/quality.md).
+# with the router's word vectors and labels (19th); the 1.5B model's rag
+# 83.0 -> 76.0 %, so larger models keep whole sheets (docs/quality.md).
 FOCUS_HELP = (
     "each retrieved sheet narrowed to the lines of the field the question asks about, "
     "named by a classifier trained on this field schema's templates (fr, en or a path; empty: whole chunks)."

@@ -191,7 +191,8 @@ class FieldRouter:
         self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000)).fit(questions, fields)
         # What a question may say without asking for a detail: the fields' wording.
         self.label_stems = {spec.name: [_stems(label) for label in spec.labels] for spec in schema.fields}
-        self.field_stems = set().union(*(_stems(t) for t in questions), *(s for labels in self.label_stems.values() for s in labels))
+        # (`questions` holds the templates and the labels.)
+        self.field_stems = set().union(*(_stems(q) for q in questions))
 
     def evidence_words(self, question: str, names: str) -> set[str]:
         """The question's own words (stems): 4+ letters, not a function word,

@@ -7,11 +7,10 @@ index_rag -> generate_training (RAFT examples with retrieved chunks) ->
 finetune -> evaluate (base, finetuned, rag, hybrid) -> compare; with
 closed_book_epochs > 0, a second generate/finetune pair trains a closed-book
 adapter on every fact, which finetuned answers with (hybrid keeps the RAFT
-adapter). Steps
-hand artifacts on by run URI (`runs:/ID/...`). A step that already finished
-with the same parameters (config hash) and the same code (git commit), and
-whose outputs are still on disk, is reused instead of run again (MLflow's
-multistep-workflow pattern).
+adapter). Steps hand artifacts on by run URI (`runs:/ID/...`). A step that
+already finished with the same parameters (config hash) and the same code
+(git commit), and whose outputs are still on disk, is reused instead of run
+again (MLflow's multistep-workflow pattern).
 """
 
 from __future__ import annotations
