@@ -2,17 +2,20 @@
 
     HF_HUB_OFFLINE=1 python bench/bench_router.py --json outputs/bench_router.json
 
-For the `fr` schema as shipped (character n-grams + fr_core_news_md word
-vectors) and the same schema without vectors, in one run:
+The router of the demo corpus (its profile: the corpus's fields, helped by the
+`fr` schema) with the schema as shipped (character n-grams + fr_core_news_md
+word vectors) and the same schema without vectors, in one run:
 
 - build time (seconds, in this process; the vectors' first load included);
-- each template left out in turn, routed by a router built on the others
-  (96 for `fr`: wordings the router never saw, none from the eval set);
+- each schema template left out in turn, routed by a router built on the
+  others (96 for `fr`: wordings the router never saw, none from the eval
+  set; the generic "{label}" templates stay in);
 - PHRASINGS: 20 phrasings written by hand for the router, none a template
   and none from the eval set (6 from tests/test_focus.py, 14 written in the
   19th session before any router was run on them);
-- the hand-written eval set's answerable questions whose own sheet keeps the
-  asked field (`FieldRouter.focus`, the detail rule included).
+- the hand-written eval set's answerable questions whose own sheet (as the
+  index stores it) keeps the asked field (`FieldRouter.focus`, the detail
+  rule included); --half dev, test or all (both halves: the whole set).
 
 Prints a table; --json writes the figures.
 """
@@ -25,14 +28,15 @@ import json
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops.focus import DOC_PLACEHOLDER, FieldRouter  # noqa: E402
-from dyag_mlops.generate import load_schema  # noqa: E402
+from dyag_mlops.corpus import load_corpus  # noqa: E402
+from dyag_mlops.evaluate import demo_eval_path  # noqa: E402
+from dyag_mlops.focus import FieldRouter  # noqa: E402
+from dyag_mlops.inventory import DOC_PLACEHOLDER, build_profile, documents, load_schema, render_sheet  # noqa: E402
 
 # (question, field): the application is called ORBIS in each.
 PHRASINGS = [
@@ -59,60 +63,67 @@ PHRASINGS = [
 ]
 
 
-def _jsonl(name: str) -> list[dict]:
-    text = (resources.files("dyag_mlops") / "resources" / name).read_text("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-def templates_left_out(schema) -> tuple[int, int]:
-    """(right, total): template k of every field routed by a router built without it."""
+def templates_left_out(profile, schema) -> tuple[int, int]:
+    """(right, total): schema template k of every field routed by a router built without it."""
     right = total = 0
-    for k in range(max(len(spec.templates) for spec in schema.fields)):
-        fields = tuple(
-            dataclasses.replace(spec, templates=spec.templates[:k] + spec.templates[k + 1:]) for spec in schema.fields
-        )
-        router = FieldRouter(dataclasses.replace(schema, fields=fields))
-        held_out = [(spec.templates[k].replace(DOC_PLACEHOLDER, ""), spec.name) for spec in schema.fields if k < len(spec.templates)]
+    for k in range(max(len(info.templates) for info in profile.fields)):
+        fields = tuple(dataclasses.replace(info, templates=info.templates[:k] + info.templates[k + 1:]) for info in profile.fields)
+        router = FieldRouter(dataclasses.replace(profile, fields=fields), schema)
+        held_out = [
+            (info.templates[k].replace(DOC_PLACEHOLDER, ""), info.name)
+            for info in profile.corpus_fields  # the router's classes
+            if k < len(info.templates)
+        ]
         predicted = router.fields([question for question, _ in held_out])
         right += sum(p == field for p, (_, field) in zip(predicted, held_out))
         total += len(held_out)
     return right, total
 
 
-def eval_fields_kept(router: FieldRouter) -> tuple[int, int]:
+def eval_fields_kept(router: FieldRouter, docs: dict, halves: list[str]) -> tuple[int, int]:
     """(kept, total) over the eval set's answerable questions, on their own sheets."""
-    corpus = {chunk["id"]: chunk for chunk in _jsonl("demo_corpus.jsonl")}
-    answerable = [row for row in _jsonl("demo_eval_handwritten.jsonl") if row["metadata"].get("field")]
+    rows = [row for half in halves for row in _jsonl(demo_eval_path(half))]
+    answerable = [row for row in rows if row["metadata"].get("field")]
     kept = 0
     for row in answerable:
-        sheet = corpus[row["metadata"]["doc_id"]]
-        field, _ = router.focus(sheet["content"], row["question"], sheet["metadata"]["title"])
+        doc = docs[row["metadata"]["doc_id"]]
+        field, _ = router.focus(render_sheet(doc, router.profile.name_label), row["question"], doc.title)
         kept += field == row["metadata"]["field"]
     return kept, len(answerable)
 
 
-def measure(schema) -> dict:
+def measure(profile, schema, docs: dict, halves: list[str]) -> dict:
     started = time.perf_counter()
-    router = FieldRouter(schema)
+    router = FieldRouter(profile, schema)
     build_s = time.perf_counter() - started
     predicted = router.fields([q for q, _ in PHRASINGS], ["ORBIS"] * len(PHRASINGS))
     return {
         "word_vectors": schema.word_vectors or "none",
         "build_s": round(build_s, 2),
-        "templates_left_out": templates_left_out(schema),
+        "templates_left_out": templates_left_out(profile, schema),
         "phrasings": (sum(p == f for p, (_, f) in zip(predicted, PHRASINGS)), len(PHRASINGS)),
-        "eval_fields_kept": eval_fields_kept(router),
+        "eval_fields_kept": eval_fields_kept(router, docs, halves),
+        "eval_half": "+".join(halves),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="", help="write the figures to this file")
+    parser.add_argument("--half", choices=("all", "dev", "test"), default="all", help="which half of the eval set (all: both)")
     args = parser.parse_args()
 
     schema = load_schema("fr")
+    corpus = documents(load_corpus())
+    profile = build_profile(corpus, "fr")
+    docs = {doc.doc_id: doc for doc in corpus}
+    halves = ["dev", "test"] if args.half == "all" else [args.half]
     # Without vectors first, so that the vectors' build time includes their load.
-    rows = [measure(dataclasses.replace(schema, word_vectors="")), measure(schema)]
+    rows = [measure(profile, dataclasses.replace(schema, word_vectors=""), docs, halves), measure(profile, schema, docs, halves)]
     print(f"{'word vectors':18} {'build s':>8} {'template left out':>18} {'phrasings':>10} {'eval field kept':>16}")
     for row in rows:
         cells = [f"{row[key][0]}/{row[key][1]}" for key in ("templates_left_out", "phrasings", "eval_fields_kept")]

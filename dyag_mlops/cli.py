@@ -247,13 +247,13 @@ def _registered_system(uri: str) -> str:
 @click.option("--index", required=True, help="Index directory built by `dyag index-rag`.")
 @click.option("--top-k", type=int, default=EvaluateConfig.top_k, show_default=True, help="Chunks retrieved per question.")
 @click.option("--model", default="", help="Adapter for hybrid answering (optional).")
-@click.option("--grounded/--free", default=EvaluateConfig.grounded, show_default=True, help="Answer with a span of the retrieved chunks (or 'Je ne sais pas') / free text.")
+@click.option("--grounded/--free", default=EvaluateConfig.grounded, show_default=True, help="Answer with a span of the retrieved chunks (or the refusal) / free text.")
 @click.option("--worked-example/--no-worked-example", default=EvaluateConfig.worked_example, show_default=True, help="Without --model: show the base model a worked example first.")
-@click.option("--focus-schema", default=EvaluateConfig.focus_schema, show_default=True, help="Narrow each retrieved sheet to the lines of the asked field, routed with this field schema (fr, en or a path; '': whole chunks).")
+@click.option("--focus/--no-focus", default=EvaluateConfig.focus, show_default=True, help="Narrow each retrieved sheet to the lines of the asked field (ask an adapter the way it was trained).")
 @query_options
 @friendly
 def query_rag(
-    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool, focus_schema: str,
+    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool, focus: bool,
     base_model: str, temperature: float, max_tokens: int, device: str, precision: str,
 ) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
@@ -262,7 +262,7 @@ def query_rag(
     predictor = load_predictor(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,
-        worked_example=worked_example, focus_schema=focus_schema, precision=precision,
+        worked_example=worked_example, focus=focus, precision=precision,
     )
     answer_or_chat(predictor, question)
 
@@ -274,7 +274,7 @@ def evaluate_command(system: str) -> Callable:
     skip = (
         ("eval_file", "system")
         + (("model",) if system in ("base", "rag") else ())
-        + (("index", "top_k", "grounded", "focus_schema") if system in ("base", "finetuned") else ())
+        + (("index", "top_k", "grounded", "focus") if system in ("base", "finetuned") else ())
         + (("worked_example",) if system != "rag" else ())
     )
 
@@ -300,7 +300,60 @@ for _system in ("base", "finetuned", "rag", "hybrid"):
     main.command(f"evaluate-{_system}")(evaluate_command(_system))
 
 
+@main.command("split-eval")
+@click.argument("eval_file")
+@click.option("--output-dir", default="", help="Where STEM_dev.jsonl and STEM_test.jsonl go (default: beside EVAL_FILE).")
+@click.option("--overwrite", is_flag=True, help="Replace existing halves.")
+@friendly
+def split_eval(eval_file: str, output_dir: str, overwrite: bool) -> None:
+    """Cut EVAL_FILE into a dev half (tune on it) and a test half (report
+    it), stratified by metadata.kind."""
+    from pathlib import Path
+
+    from dyag_mlops.evaluate import split_eval_set
+
+    for half, path in split_eval_set(eval_file, output_dir or Path(eval_file).parent, overwrite).items():
+        click.echo(f"{half}: {path}")
+
+
 # ---------------------------------------------------------------- RAG index
+
+
+@main.command("inspect-corpus")
+@click.argument("corpus", required=False, default="")
+@click.option("--schema", default=IndexConfig.schema, show_default=True, help="auto, fr, en or a schema JSON file.")
+@click.option("--questions", type=int, default=2, show_default=True, help="Sample questions shown per field.")
+@click.option("--json", "as_json", is_flag=True, help="Print the corpus profile as JSON.")
+@friendly
+def inspect_corpus(corpus: str, schema: str, questions: int, as_json: bool) -> None:
+    """What the platform understands of CORPUS (default: the demo corpus):
+    documents, fields with their coverage, language, sample questions."""
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.inventory import build_profile, cached_schema, documents, field_questions
+
+    docs = documents(load_corpus(corpus))
+    profile = build_profile(docs, schema)
+    if as_json:
+        echo_json(profile.to_dict())
+        return
+    language = cached_schema(profile.schema)
+    with_fields = [d for d in docs if d.fields]
+    click.echo(f"corpus: {corpus or 'bundled demo corpus'}")
+    click.echo(f"documents: {len(docs)} ({len(with_fields)} with fields, {sum(bool(d.free_text) for d in docs)} with free text)")
+    click.echo(f"language: {profile.language} (schema {profile.schema}); name line: {profile.name_label!r}")
+    click.echo(f"fields ({len(profile.corpus_fields)}):")
+    example = with_fields[0] if with_fields else None
+    for info in sorted(profile.corpus_fields, key=lambda f: -f.documents):
+        known = "schema" if info.templates else "generic questions"
+        click.echo(f"  {info.label:<30} {info.documents:>5}/{len(docs)} documents  ({known}; labels: {', '.join(info.labels)})")
+        if example is not None:
+            for template in field_questions(info, language)[:questions]:
+                click.echo(f"      e.g. {template.replace('{doc}', example.title)}")
+    aliases = sum(len(v) for v in profile.aliases.values())
+    click.echo(f"aliases: {aliases} (documents also named by an alias field)")
+    if profile.example:
+        click.echo(f"worked example: {profile.example['turns'][0]['title']} ({len(profile.example['turns'])} questions)")
+
 
 
 @main.command("index-rag")

@@ -16,15 +16,8 @@ DEFAULT_BASE_MODEL = "smollm2:135m"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RANKINGS = ("lexical", "fused", "dense")
 PRECISION_HELP = "auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on GPUs and CPUs that compute it natively, else fp32 (fp16 on older GPUs)."
-# Measured with smollm2:135m on the hand-written set: rag 22.2 -> 79.5 %,
-# hybrid 55.0 -> 80.1 % (16th session), 85.4 % each with details and names
-# (17th), 88.3 % with lexical ranking and unmentioned words (18th), 90.6 %
-# with the router's word vectors and labels (19th); the 1.5B model's rag
-# 83.0 -> 76.0 %, so larger models keep whole sheets (docs/quality.md).
-FOCUS_HELP = (
-    "each retrieved sheet narrowed to the lines of the field the question asks about, "
-    "named by a classifier trained on this field schema's templates (fr, en or a path; empty: whole chunks)."
-)
+FOCUS_HELP = "each retrieved sheet narrowed to the lines of the field the question asks about (a classifier trained on the corpus's fields)."
+SCHEMA_HELP = "Field schema: auto (the shipped one of the corpus's language), fr, en or a path to a schema JSON file; it helps with synonyms, question templates and the language's wording, and never filters fields."
 
 
 def check_precision(precision: str) -> None:
@@ -53,7 +46,7 @@ class GenerateConfig:
     split: bool = _f(True, "Split into train/val/test.")
     val_ratio: float = _f(0.1, "Share of facts whose phrasings go to the validation split.")
     test_ratio: float = _f(0.1, "Share of phrasings held out for the test split.")
-    schema: str = _f("fr", "Field schema: fr, en or a path to a schema JSON file.")
+    schema: str = _f("auto", SCHEMA_HELP + " With --with-context, the index's.")
     phrasings: int = _f(4, "rule-based: phrasings per fact, the first N templates of its field (augmented: all of them).")
     hurried_share: float = _f(0.0, "rule-based, augmented: share of questions rewritten as typed in a hurry (lowercase, no accents or '?', a typo).")
     exclude: str = _f("", "Eval set (JSONL) whose questions are never generated, so none of them is trained on.")
@@ -62,9 +55,9 @@ class GenerateConfig:
     llm_api_key_env: str = _f("OPENAI_API_KEY", "llm-based: environment variable holding the endpoint's API key.")
     with_context: str = _f("", "RAFT: RAG index whose retrieved chunks go into each prompt (empty: closed-book questions).")
     context_k: int = _f(1, "RAFT: chunks per prompt (use the top-k the rag/hybrid systems will answer with).")
-    oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer 'Je ne sais pas' (none where --focus-schema narrows the sheet).")
+    oracle_share: float = _f(0.9, "RAFT: share of context examples holding the right chunk; the others get distractors only and answer the refusal (none where --focus narrows the sheet).")
     context_share: float = _f(1.0, "RAFT: share of examples given a context (the rest stay closed-book).")
-    focus_schema: str = _f("fr", "RAFT: " + FOCUS_HELP)
+    focus: bool = _f(True, "RAFT: " + FOCUS_HELP)
     questions_per_example: int = _f(1, "Train split: up to N questions on one retrieved context (RAFT) or, closed-book, on different facts, asked in one conversation (the prompt's tokens are paid once).")
     overwrite: bool = _f(False, "Replace existing output files.")
 
@@ -151,6 +144,7 @@ class IndexConfig:
     # sheet first lexical 100 %, fused 97.6 %, dense 95.8 %; the bundled
     # embedding model is English, the demo corpus French (docs/rag.md).
     ranking: str = _f("lexical", "How the index ranks chunks: lexical (BM25, dense hits after), fused (dense + BM25, reciprocal rank fusion) or dense.")
+    schema: str = _f("auto", SCHEMA_HELP)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 0:
@@ -175,11 +169,11 @@ class EvaluateConfig:
     # Decoding on CPU is bound by reading the weights once per step, whatever
     # the batch: larger batches answer more questions per weight read.
     batch_size: int = _f(16, "Questions generated together.")
-    max_new_tokens: int = _f(48, "Maximum tokens per answer.")
+    max_new_tokens: int = _f(160, "Maximum tokens per answer (grounded answers stop at the end of their line).")
     temperature: float = _f(0.0, "0: greedy decoding (repeatable).")
-    grounded: bool = _f(True, "rag, hybrid: each answer is a span of the retrieved chunks or 'Je ne sais pas' (constrained decoding).")
-    worked_example: bool = _f(True, "rag: a made-up sheet answered question by question comes before the question (the base model was never trained on this prompt).")
-    focus_schema: str = _f("fr", "rag, hybrid: " + FOCUS_HELP)
+    grounded: bool = _f(True, "rag, hybrid: each answer is a span of the retrieved chunks or the refusal (constrained decoding).")
+    worked_example: bool = _f(True, "rag: a document of the corpus answered field by field comes before the question (the base model was never trained on this prompt).")
+    focus: bool = _f(True, "rag, hybrid: " + FOCUS_HELP)
     output: str = _f("", "Results JSON path (empty: outputs/results_SYSTEM.json).")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
     precision: str = _f("auto", PRECISION_HELP)
@@ -254,7 +248,8 @@ class PipelineConfig:
     ranking: str = _f(IndexConfig.ranking, "How the index ranks chunks (index-rag --ranking): lexical, fused or dense.")
     grounded: bool = _f(True, "rag, hybrid: answers constrained to spans of the retrieved chunks.")
     worked_example: bool = _f(True, "rag: show the base model a worked example before each question.")
-    focus_schema: str = _f("fr", "RAFT training, rag, hybrid: " + FOCUS_HELP)
+    focus: bool = _f(True, "RAFT training, rag, hybrid: " + FOCUS_HELP)
+    schema: str = _f("auto", SCHEMA_HELP)
     precision: str = _f("auto", PRECISION_HELP)
     systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
     workdir: str = _f("outputs/pipeline", "Where the stages write their files.")

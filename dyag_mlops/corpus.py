@@ -17,8 +17,6 @@ from dyag_mlops.errors import DyagError
 from dyag_mlops.files import read_jsonl
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
-# "Label : value", "- **Label**: value", "* Label: value"
-FIELD_LINE = re.compile(r"^\s*(?:[-*]\s+)?(?:\*\*)?(?P<label>[^:\n*]{1,60}?)(?:\*\*)?\s*:\s*(?P<value>\S.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -91,13 +89,3 @@ def _load_markdown(folder: Path) -> list[Chunk]:
             content = "\n".join(lines).strip()
             chunks.append(Chunk(f"{doc_id}#{n}", content, doc_id, title, {"source": str(md), "title": title}))
     return chunks
-
-
-def field_lines(content: str) -> list[tuple[str, str]]:
-    """(label, value) pairs of the "Label : value" lines of a chunk."""
-    pairs = []
-    for line in content.splitlines():
-        match = FIELD_LINE.match(line)
-        if match and not line.lstrip().startswith(("http://", "https://")):
-            pairs.append((match.group("label").strip(), match.group("value").strip()))
-    return pairs

@@ -12,13 +12,13 @@ Metrics, per question and averaged, with the same names for every system:
 - semantic_similarity  cosine of all-MiniLM-L6-v2 embeddings
 - correct              the decision rule below
 
-`correct` rule: when the expected answer is "Je ne sais pas", the prediction
-must say it does not know (see UNKNOWN_MARKERS). Otherwise it is correct when
+`correct` rule: when the expected answer is a refusal ("Je ne sais pas", "I
+don't know"), the prediction must say it does not know (UNKNOWN_MARKERS). Otherwise it is correct when
 it is an exact match, or has token_f1 >= 0.8, or contains the expected answer
 while being at most twice as long (plus 8 tokens) — so dumping a whole chunk
 that happens to contain the value does not count.
 
-The seed's figures are kept: success_rate (questions answered without error and
+Figures of dyag's evaluate-rag results are kept: success_rate (questions answered without error and
 with a non-empty answer), exact_match_rate, avg_time_seconds, avg_tokens,
 total_tokens, plus questions_per_second. A failed question counts as wrong.
 """
@@ -34,9 +34,9 @@ from typing import Any
 
 from dyag_mlops.config import EvaluateConfig
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl, refuse_overwrite
+from dyag_mlops.files import atomic_write_chunks, atomic_write_json, file_digest, jsonl_lines, read_jsonl, refuse_overwrite
 from dyag_mlops.focus import word_vectors_version
-from dyag_mlops.prompts import UNKNOWN_ANSWER, split_messages
+from dyag_mlops.prompts import split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
@@ -60,10 +60,40 @@ class EvalItem:
     lineno: int
 
 
-def demo_eval_path() -> Path:
+def demo_eval_path(half: str = "test") -> Path:
+    """The bundled hand-written questions on the demo corpus: the dev half
+    (tune on it) or the test half (report it)."""
     from importlib import resources
 
-    return Path(str(resources.files("dyag_mlops") / "resources" / "demo_eval_handwritten.jsonl"))
+    return Path(str(resources.files("dyag_mlops") / "resources" / f"demo_eval_{half}.jsonl"))
+
+
+def split_eval_set(path: str | Path, output_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """An eval set cut into a dev half and a test half, stratified by kind
+    (`metadata.kind`): within each kind, questions in a fixed pseudo-random
+    order (a hash of the question) alternate between the halves. Writes
+    STEM_dev.jsonl and STEM_test.jsonl."""
+    import hashlib
+    import json
+
+    path = Path(path)
+    rows = [obj for _, obj in read_jsonl(path)]
+    load_eval_set(path)  # the same checks as evaluation
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows:
+        by_kind.setdefault(str((row.get("metadata") or {}).get("kind", "")), []).append(row)
+    halves: dict[str, list[dict]] = {"dev": [], "test": []}
+    for kind in sorted(by_kind):
+        ordered = sorted(by_kind[kind], key=lambda r: hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest())
+        for n, row in enumerate(ordered):
+            halves["dev" if n % 2 == 0 else "test"].append(row)
+    stem = path.stem.removesuffix("_handwritten").removesuffix("_all")
+    outputs = {half: Path(output_dir) / f"{stem}_{half}.jsonl" for half in halves}
+    refuse_overwrite(list(outputs.values()), overwrite)
+    for half, chosen in halves.items():
+        order = {id(r): i for i, r in enumerate(rows)}
+        atomic_write_chunks(outputs[half], jsonl_lines(sorted(chosen, key=lambda r: order[id(r)])))
+    return outputs
 
 
 def load_eval_set(path: str | Path) -> list[EvalItem]:
@@ -121,7 +151,7 @@ def question_scores(prediction: str, expected: str, rouge: Any) -> dict[str, flo
 
 
 def is_correct(prediction: str, expected: str, scores: dict[str, float], question: str = "") -> bool:
-    if normalise(expected) == normalise(UNKNOWN_ANSWER):
+    if says_unknown(expected):
         return says_unknown(prediction)
     if scores["exact_match"]:
         return True
@@ -237,7 +267,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             device=config.device,
             grounded=config.grounded,
             worked_example=config.worked_example,
-            focus_schema=config.focus_schema,
+            focus=config.focus,
             precision=config.precision,
         )
     from tqdm import tqdm
@@ -284,9 +314,10 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     if predictor.retriever is not None:
         # The index's setting, not a parameter of this run: shown beside it in the UI.
         tracker.set_tags({"dyag.ranking": predictor.retriever.ranking})
-        if predictor.focus_schema:
+        tracker.set_tags({"dyag.schema": predictor.schema_name})
+        if predictor.focus and predictor.retriever.schema.word_vectors:
             # The router's word vectors shape which line each prompt holds.
-            tracker.set_tags({"dyag.word_vectors": word_vectors_version(predictor.focus_schema)})
+            tracker.set_tags({"dyag.word_vectors": word_vectors_version(predictor.retriever.schema)})
     tracker.log_dataset(eval_path, context="eval")
     tracker.log_metrics(metrics)
     tracker.log_table(
@@ -305,7 +336,8 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         max_new_tokens=config.max_new_tokens,
         grounded=predictor.grounded,
         worked_example=predictor.worked_example,
-        focus_schema=predictor.focus_schema,
+        focus=predictor.focus,
+        schema=predictor.schema_name,
     )
     return EvaluateResult(str(output), metrics, rows, model_uri)
 

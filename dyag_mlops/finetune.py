@@ -418,12 +418,13 @@ def train_adapter(
     return TrainedAdapter(final, source, metrics, callback.history, resume_from)
 
 
-def training_focus(train_path: Path) -> str | None:
-    """How the retrieved sheets in a RAFT training set were narrowed (the
-    focus schema, "" for whole sheets), from generate-training's metadata;
-    None when no example records it (closed-book or a user's dataset)."""
-    found = {obj["metadata"]["focus_schema"] for _, obj in read_jsonl(train_path) if "focus_schema" in obj.get("metadata", {})}
-    return found.pop() if len(found) == 1 else None
+def training_metadata(train_path: Path, key: str) -> Any:
+    """The one value of `key` in the metadata of a training set's examples,
+    as generate-training records it (`focus`: whether RAFT sheets were
+    narrowed; `schema`: the language pack of its prompts); None when no
+    example, or not all alike, record it (a user's dataset)."""
+    found = {json.dumps(obj.get("metadata", {}).get(key)) for _, obj in read_jsonl(train_path)}
+    return json.loads(found.pop()) if len(found) == 1 else None
 
 
 def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: tuple, metrics: dict, resumed_from: str | None) -> None:
@@ -436,7 +437,8 @@ def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: t
         "config": {k: v for k, v in json.loads(json.dumps(config.__dict__)).items()},
         "metrics": metrics,
         "resumed_from": resumed_from,
-        "focus_schema": training_focus(train_path),
+        "focus": training_metadata(train_path, "focus"),
+        "schema": training_metadata(train_path, "schema"),
     }
     atomic_write_json(final / ADAPTER_MANIFEST, manifest)
 

@@ -1,59 +1,17 @@
 """Narrowing a retrieved sheet to the field the question asks about.
 
-An inventory sheet is a dozen "Label : value" lines (~190 tokens). Handed the
-whole sheet, the untrained 135M model copies a line the question did not ask
-for: rag answered 22.2 % of the hand-written set right with the right sheet in
-its prompt 97.6 % of the time. Handed only the line of the asked field (and
-a worked example narrowed the same way), it copies that line: 79.5 %
-(docs/quality.md, 16th session). So before a sheet goes into a prompt, a
-small classifier names the field the question asks about, and the sheet keeps
-that field's lines only; none when the sheet has no such field, so "Je ne
-sais pas" is then the only grounded answer. Narrowing is for small models: a
-1.5B model, which reads whole sheets, loses by it (rag 83.0 -> 76.0 %).
-
-The classifier is a character n-gram logistic regression trained on the field
-schema's question templates (the ones generate-training phrases questions
-with), document name left out, and on its fields' labels: no corpus, eval
-set or model is needed to build it. It also reads the mean of the
-question's word vectors (WordVectors, from the spaCy package the schema
-names), so that a word no template holds finds the field of the words it
-lies near; building it takes about 3 seconds. Character n-grams keep it
-robust to typos and missing accents. At question time the application's
-names (the retrieved sheet's title and full name) are left out of the
-question too, so that an application called by its full name ("Le portail
-de planification territoriale, ...") does not pull the router towards a
-field.
-
-A question on a detail of a long value ("Combien de lycées publics sont
-recensés dans LYCEO ?") names no field; the router, trained on field wordings,
-guesses one. So the router is overruled by the sheet itself: when the question
-does not name its routed field's label, and one sentence of the sheet holds
-EVIDENCE_WORDS or more of the question's own words (not the fields' wording,
-not the application's names), that sentence, cut to its clause that holds
-more of them than the others, is what the sheet keeps ("Description : LYCEO
-recense les 142 lycées publics de la Région").
-
-When the question holds EVIDENCE_WORDS or more words of its own and the
-sheet holds none of them ("Combien coûte la maintenance annuelle de
-FINANCIA ?"), the sheet says nothing of what is asked: it keeps nothing, and
-"Je ne sais pas" is the only grounded answer. A question that says its
-routed field's label ("..., quel statut ?") asks for that line whatever
-else it says, unless it names the application by none of the sheet's names
-either: then its own words describe another application ("Qui est le
-contact de l'application de gestion des cantines des collèges ?").
-
-With the router and the detail rule, the sheet keeps the asked field for
-89 % of the hand-written set's answerable questions (83 % for the router
-alone) and rag and hybrid answer 85.4 % of the set (17th session; 88.3 %
-with the index's lexical ranking and the rule above, 18th; 90.6 % with the
-router's word vectors and labels, 92 % of the answerable questions keeping
-the asked field, 19th); what is still missed (wordings far from the
-templates, facts no sheet records) is lost for both alike.
-
-Chunks that are not sheets (free text: fewer than half of their lines carry a
-label of the schema) pass through whole. Training (RAFT contexts), query and
-evaluation all narrow through `narrow_hits`, so an adapter sees the prompt it
-will be asked with.
+A small model handed a whole sheet copies a line the question did not ask
+for; handed the asked field's line, it copies that line (docs/quality.md). So
+before a sheet goes into a prompt, a classifier names the field the question
+asks about and the sheet keeps that field's lines only (none when it lacks the
+field: the only grounded answer is then the refusal). Its classes are the
+corpus's fields (inventory.Profile); it is trained on their labels and
+question templates (the schema's where it knows the field, generic ones built
+from the label otherwise), character n-grams plus, where the schema names
+them, word vectors. A question on a detail of a long value names no field: a
+sentence of the sheet that holds enough of the question's own words overrules
+the router. Training (RAFT contexts), query and evaluation all narrow through
+`narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
 
 from __future__ import annotations
@@ -63,12 +21,11 @@ import functools
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.prompts import FIELD_SEPARATOR
+from dyag_mlops.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, Profile, Schema, field_questions
 from dyag_mlops.text import normalise
 
-# A chunk is a sheet when at least this share of its lines carries a label of the schema.
+# A chunk is a sheet when at least this share of its lines carries a field's label.
 SHEET_SHARE = 0.5
-DOC_PLACEHOLDER = "{doc}"
 # Words compared by their first letters, so "saisies" meets "saisi" and
 # "inventoriés" meets "inventaire".
 STEM_LENGTH = 5
@@ -99,12 +56,14 @@ def _name_stems(names: str) -> set[str]:
 
 
 def _without_words(text: str, stems: set[str]) -> str:
-    """`text` without its words of 4+ letters whose stem is in `stems`."""
+    """`text` without its words of 4+ letters whose stem is in `stems`; a
+    hyphenated word goes whole when one of its parts does ("URBA-Net" leaves
+    no "-Net" behind to be taken for a web address)."""
     def keep(match: re.Match) -> str:
-        word = normalise(match.group())
-        return "" if len(word) >= 4 and word[:STEM_LENGTH] in stems else match.group()
+        parts = normalise(match.group()).split()
+        return "" if any(len(w) >= 4 and w[:STEM_LENGTH] in stems for w in parts) else match.group()
 
-    return re.sub(r"\w+", keep, text)
+    return re.sub(r"\w+(?:-\w+)*", keep, text)
 
 
 def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
@@ -150,48 +109,68 @@ class WordVectors:
         return rows
 
 
+class SentenceVectors:
+    """Questions -> their sentence embeddings, weighted against the character
+    n-grams (SENTENCE_WEIGHT: measured on a dev half, docs/decisions)."""
+
+    def __init__(self, model: str):
+        from dyag_mlops.rag import load_embedder
+
+        self.embedder = load_embedder(model)
+
+    def __call__(self, questions: Sequence[str]) -> Any:
+        return SENTENCE_WEIGHT * self.embedder.encode(list(questions), normalize_embeddings=True, show_progress_bar=False)
+
+
+SENTENCE_WEIGHT = 2.0
+
 # A word found in templates of this many fields or more does not tell fields apart.
 SHARED_FIELDS = 3
 
 
-def _shared_template_words(schema: Any) -> set[str]:
+def _shared_words(texts_of: dict[str, list[str]]) -> set[str]:
     fields_of: dict[str, set[str]] = {}
-    for spec in schema.fields:
-        for template in spec.templates:
-            for word in re.findall(r"\w+", template.replace(DOC_PLACEHOLDER, "").lower()):
-                fields_of.setdefault(word, set()).add(spec.name)
+    for name, texts in texts_of.items():
+        for text in texts:
+            for word in re.findall(r"\w+", text.lower()):
+                fields_of.setdefault(word, set()).add(name)
     return {word for word, fields in fields_of.items() if len(fields) >= SHARED_FIELDS}
 
 
 class FieldRouter:
-    """Question -> the schema field it asks about; sheet -> that field's lines."""
+    """Question -> the corpus field it asks about; sheet -> that field's lines."""
 
-    def __init__(self, schema: Any):
+    def __init__(self, profile: Profile, schema: Schema):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline, make_union
         from sklearn.preprocessing import FunctionTransformer
 
-        self.schema = schema
-        questions = [t.replace(DOC_PLACEHOLDER, "") for spec in schema.fields for t in spec.templates]
-        fields = [spec.name for spec in schema.fields for _ in spec.templates]
-        # A field's labels are its own words too ("Technologie principale").
-        questions += [label for spec in schema.fields for label in spec.labels]
-        fields += [spec.name for spec in schema.fields for _ in spec.labels]
-        # Measured on the hand-written set: word n-grams 80 %, character
-        # n-grams 83-84 %, whatever the regularisation (C 1-100).
+        self.profile, self.schema = profile, schema
+        # The classes are the corpus's fields: a field only the schema knows
+        # would take the questions that say "website" from the corpus's
+        # "Homepage", and answer them with a refusal.
+        classes = profile.corpus_fields or list(profile.fields)
+        # Each field's own words: its templates without the document, and its labels.
+        texts_of = {
+            info.name: [t.replace(DOC_PLACEHOLDER, "") for t in field_questions(info, schema)] + list(info.labels)
+            for info in classes
+        }
+        questions = [text for texts in texts_of.values() for text in texts]
+        fields = [name for name, texts in texts_of.items() for _ in texts]
         features: Any = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, strip_accents="unicode")
         if schema.word_vectors:
-            # Both parts weigh alike: a TF-IDF row has norm 1, a mean of unit
-            # vectors at most 1. Each template left out in turn and routed by
-            # the other seven: 68 of 96 right without vectors, 78 with
-            # (bench/bench_router.py, 19th session).
-            vectors = WordVectors(schema.word_vectors, _shared_template_words(schema))
+            # Both parts weigh alike: a TF-IDF row has norm 1, a mean of unit vectors at most 1.
+            vectors = WordVectors(schema.word_vectors, _shared_words(texts_of))
             features = make_union(features, FunctionTransformer(vectors))
-        self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000)).fit(questions, fields)
+        elif schema.sentence_encoder:
+            features = make_union(features, FunctionTransformer(SentenceVectors(schema.sentence_encoder)))
+        # One field (a corpus with a single label): every question asks for it.
+        self.only = fields[0] if len(set(fields)) == 1 else None
+        if self.only is None:
+            self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000, class_weight="balanced")).fit(questions, fields)
         # What a question may say without asking for a detail: the fields' wording.
-        self.label_stems = {spec.name: [_stems(label) for label in spec.labels] for spec in schema.fields}
-        # (`questions` holds the templates and the labels.)
+        self.label_stems = {info.name: [_stems(label) for label in info.labels] for info in classes}
         self.field_stems = set().union(*(_stems(q) for q in questions))
 
     def evidence_words(self, question: str, names: str) -> set[str]:
@@ -214,31 +193,48 @@ class FieldRouter:
         techno ?" is routed as ", il tourne sur quelle techno ?"."""
         if not questions:
             return []
+        if self.only is not None:
+            return [self.only] * len(questions)
         if names is not None:
             questions = [_without_words(q, _stems(n)) for q, n in zip(questions, names)]
         return [str(f) for f in self.classifier.predict(list(questions))]
 
+    def ranked(self, question: str, names: str) -> list[tuple[str, float]]:
+        """Every field with its probability for one question, most likely first."""
+        if self.only is not None:
+            return [(self.only, 1.0)]
+        probabilities = self.classifier.predict_proba([_without_words(question, _stems(names))])[0]
+        return sorted(zip(map(str, self.classifier.classes_), map(float, probabilities)), key=lambda p: -p[1])
+
+    def _sibling(self, field: str, other: str) -> bool:
+        """Whether one field's label is part of the other's ("Author" of
+        "Author-email"): one may stand for the other on a sheet that lacks it."""
+        return any(a <= b or b <= a for a in self.label_stems.get(field, []) for b in self.label_stems.get(other, []) if a and b)
+
     def entries(self, content: str) -> list[tuple[Any, list[str]]] | None:
-        """(field spec or None, lines) per "Label : value" line of a sheet, or
-        None when `content` is not a sheet. A line without a "Label : "
-        belongs to the labelled line above it (a value written on several lines)."""
+        """(field or None, lines) per "Label: value" line of a sheet, or None
+        when `content` is not a sheet. A line without a label belongs to the
+        labelled line above it (a value written on several lines)."""
         entries: list[tuple[Any, list[str]]] = []
+        labelled = 0
         for line in content.strip().splitlines():
-            label, separator, _ = line.partition(FIELD_SEPARATOR)
-            if separator or not entries:
-                entries.append((self.schema.field_for_label(label.strip()) if separator else None, [line]))
+            match = FIELD_LINE.match(line)
+            if match or not entries:
+                info = self.profile.field_for_label(match.group("label")) if match else None
+                labelled += match is not None and (info is not None or match.group("label") == self.profile.name_label)
+                entries.append((info, [line]))
             else:
                 entries[-1][1].append(line)
-        if not entries or sum(spec is not None for spec, _ in entries) < SHEET_SHARE * len(entries):
+        if not entries or labelled < SHEET_SHARE * len(entries):
             return None
         return entries
 
     @staticmethod
     def sheet_names(entries: list[tuple[Any, list[str]]], title: str) -> str:
-        """What names the application a sheet is about: its title and the
-        lines of the schema's `full_name` field."""
-        full_names = [line for spec, lines in entries if spec is not None and spec.name == "full_name" for line in lines]
-        return " ".join([title, *(line.partition(FIELD_SEPARATOR)[2] for line in full_names)])
+        """What names the document a sheet is about: its title and the values
+        of its alias fields ("Nom complet")."""
+        aliases = [line for info, lines in entries if info is not None and info.alias for line in lines]
+        return " ".join([title, *(_value(line) for line in aliases)])
 
     def narrow(self, content: str, field: str) -> str | None:
         """The lines of `content` labelled with `field` ("" if none), or None
@@ -254,7 +250,11 @@ class FieldRouter:
         if entries is None:
             return None
         names = self.sheet_names(entries, title)
-        field = self.fields([question], [names])[0]
+        ranking = self.ranked(question, names)
+        field = ranking[0][0]
+        present = {info.name for info, _ in entries if info is not None}
+        if field not in present:
+            field = next((f for f, _ in ranking[1:] if f in present and self._sibling(field, f)), field)
         says_label = self.names_label(question, field)
         wanted = self.evidence_words(question, names)
         if not says_label:
@@ -281,51 +281,45 @@ class FieldRouter:
             return len(wanted & _stems(text))
 
         best, best_count = None, EVIDENCE_WORDS - 1
-        for spec, lines in entries:
-            if spec is None:
+        for info, lines in entries:
+            if info is None:
                 continue
-            label, _, value = " ".join(lines).partition(FIELD_SEPARATOR)
+            label, value = _label(lines[0]), _value(" ".join(lines))
             for sentence in SENTENCE_END.split(value.strip()):
                 if evidence(sentence) > best_count:
-                    best, best_count = (spec.name, label, sentence), evidence(sentence)
+                    best, best_count = (info.name, label, sentence), evidence(sentence)
         if best is None:
             return None
         field, label, sentence = best
         clauses = sorted(CLAUSE_BREAK.split(sentence), key=evidence, reverse=True)
         if len(clauses) > 1 and evidence(clauses[0]) > evidence(clauses[1]):
             sentence = clauses[0]
-        return field, f"{label}{FIELD_SEPARATOR}{sentence}"
+        return field, f"{label}{SEPARATOR}{sentence}"
 
 
-@functools.lru_cache(maxsize=4)
-def field_router(schema_name: str) -> FieldRouter:
-    """The router of a schema (fr, en or a path), built once per process."""
-    from dyag_mlops.generate import load_schema
-
-    return FieldRouter(load_schema(schema_name))
+def _label(line: str) -> str:
+    match = FIELD_LINE.match(line)
+    return match.group("label").strip() if match else ""
 
 
-def word_vectors_version(schema_name: str) -> str:
-    """"package==version" of the word vectors the schema's router reads ("" for none)."""
+def _value(line: str) -> str:
+    match = FIELD_LINE.match(line)
+    return match.group("value").strip() if match else line.strip()
+
+
+def word_vectors_version(schema: Schema) -> str:
+    """"package==version" of the word vectors a router reads ("" for none)."""
     from importlib.metadata import version
 
-    package = field_router(schema_name).schema.word_vectors
-    return f"{package}=={version(package)}" if package else ""
+    return f"{schema.word_vectors}=={version(schema.word_vectors)}" if schema.word_vectors else ""
 
 
-def is_sheet(schema_name: str, content: str) -> bool:
-    """Whether `narrow_hits` narrows this chunk: a schema is given and the
-    chunk is a sheet of it."""
-    return bool(schema_name) and field_router(schema_name).narrow(content, "") is not None
-
-
-def narrow_hits(schema_name: str, questions: Sequence[str], hits: Sequence[Sequence[Any]]) -> list[list[Any]]:
+def narrow_hits(router: FieldRouter | None, questions: Sequence[str], hits: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Each question's retrieved chunks (rag.Retrieved), every sheet among them
     narrowed to the question's field; a narrowed chunk's id names the field
-    (`CHUNK#field`). With no schema name, the hits unchanged."""
-    if not schema_name:
+    (`CHUNK#field`). Without a router, the hits unchanged."""
+    if router is None:
         return [list(found) for found in hits]
-    router = field_router(schema_name)
     result = []
     for question, found in zip(questions, hits):
         narrowed = []

@@ -43,78 +43,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.corpus import Chunk, demo_corpus_path, field_lines, load_corpus
+from dyag_mlops.corpus import Chunk, demo_corpus_path, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
-from dyag_mlops.prompts import QUESTION_MARK, UNKNOWN_ANSWER, build_messages, split_messages
+from dyag_mlops.inventory import SEPARATOR, Document, Profile, Schema, build_profile, cached_schema, documents, field_questions
+from dyag_mlops.prompts import bare_question, build_messages, split_messages
 from dyag_mlops.text import normalise, strip_accents
 from dyag_mlops.tracking import NullTracker
 
 UNKNOWN_FIELD = "unknown"
-
-
-# ---------------------------------------------------------------- schema
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    labels: tuple[str, ...]
-    templates: tuple[str, ...]
-    combined_with: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Schema:
-    language: str
-    fields: tuple[FieldSpec, ...]
-    # A spaCy package whose word vectors help the field router read wordings
-    # its templates lack (focus.WordVectors); "" for none.
-    word_vectors: str = ""
-
-    def field_for_label(self, label: str) -> FieldSpec | None:
-        # A corpus repeats a dozen labels over and over: normalise each once.
-        if label not in self._label_cache:
-            self._label_cache[label] = self._by_label.get(normalise(label))
-        return self._label_cache[label]
-
-    @functools.cached_property
-    def _label_cache(self) -> dict[str, FieldSpec | None]:
-        return {}
-
-    @functools.cached_property
-    def _by_label(self) -> dict[str, FieldSpec]:
-        return {normalise(label): spec for spec in reversed(self.fields) for label in spec.labels}
-
-    def all_labels(self) -> list[str]:
-        return [label for spec in self.fields for label in spec.labels]
-
-
-def load_schema(name_or_path: str) -> Schema:
-    """A shipped schema (`fr`, `en`) or a user's JSON file of the same shape."""
-    if name_or_path in ("fr", "en"):
-        text = (resources.files("dyag_mlops") / "resources" / "schemas" / f"{name_or_path}.json").read_text("utf-8")
-        where = name_or_path
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise DyagError(f"--schema {name_or_path}: not fr, en or an existing JSON file")
-        text, where = path.read_text("utf-8"), str(path)
-    try:
-        data = json.loads(text)
-        specs = tuple(
-            FieldSpec(f["name"], tuple(f["labels"]), tuple(f["templates"]), tuple(f.get("combined_with", ())))
-            for f in data["fields"]
-        )
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DyagError(f"{where}: not a valid field schema ({exc})") from None
-    for spec in specs:
-        if not spec.templates or any("{doc}" not in t for t in spec.templates):
-            raise DyagError(f"{where}: every template of field {spec.name!r} must contain {{doc}}")
-    word_vectors = data.get("word_vectors", "")
-    if word_vectors and importlib.util.find_spec(word_vectors) is None:
-        raise DyagError(f"{where}: word_vectors {word_vectors!r} is not installed (pip install {word_vectors})")
-    return Schema(data.get("language", "?"), specs, word_vectors)
 
 
 # ---------------------------------------------------------------- facts
@@ -135,37 +72,29 @@ class Fact:
         return f"{self.doc_id}::{self.field}"
 
 
-def extract_facts(chunks: list[Chunk], schema: Schema) -> tuple[list[Fact], dict[str, dict[str, str]]]:
-    """Facts found through the schema, and each document's aliases (title, full name)."""
+def extract_facts(docs: list[Document], profile: Profile) -> list[Fact]:
+    """One fact per (document, field) of the corpus; a document is its sheet (chunk id = its id)."""
     facts: dict[str, Fact] = {}
-    aliases: dict[str, dict[str, str]] = defaultdict(dict)
-    for chunk in chunks:
-        aliases[chunk.doc_id].setdefault("title", chunk.title)
-        for label, value in field_lines(chunk.content):
-            spec = schema.field_for_label(label)
-            if spec is None:
-                continue
-            fact = Fact(chunk.doc_id, chunk.title, spec.name, label, value, chunk.id)
-            facts.setdefault(fact.key, fact)
-            if spec.name == "full_name":
-                aliases[chunk.doc_id]["full_name"] = value
-    return list(facts.values()), dict(aliases)
+    for doc in docs:
+        for label, value in doc.fields:
+            info = profile.field_for_label(label)
+            if info is not None:
+                fact = Fact(doc.doc_id, doc.title, info.name, label, value, doc.doc_id)
+                facts.setdefault(fact.key, fact)
+    return list(facts.values())
 
 
-def missing_facts(facts: list[Fact], chunks: list[Chunk], schema: Schema) -> list[Fact]:
-    """For documents that have some fields but not others: facts whose answer is
-    that the inventory does not say ("Je ne sais pas"), so a model learns to
-    admit it rather than invent."""
+def missing_facts(facts: list[Fact], docs: list[Document], profile: Profile, unknown_answer: str) -> list[Fact]:
+    """For each document, the corpus's fields it lacks: answered with the
+    refusal, so a model learns to admit it rather than invent."""
     present = {f.key for f in facts}
-    documents = {f.doc_id: f for f in facts}
-    first_chunk = {}
-    for chunk in chunks:
-        first_chunk.setdefault(chunk.doc_id, chunk.id)
     unknown = []
-    for doc_id, any_fact in documents.items():
-        for spec in schema.fields:
-            if f"{doc_id}::{spec.name}" not in present:
-                unknown.append(Fact(doc_id, any_fact.title, spec.name, spec.labels[0], UNKNOWN_ANSWER, first_chunk[doc_id]))
+    for doc in docs:
+        if not doc.fields:
+            continue
+        for info in profile.corpus_fields:
+            if f"{doc.doc_id}::{info.name}" not in present:
+                unknown.append(Fact(doc.doc_id, doc.title, info.name, info.label, unknown_answer, doc.doc_id))
     return unknown
 
 
@@ -183,18 +112,19 @@ def make_metadata(fact: Fact, method: str, fact_id: str | None = None) -> dict:
     }
 
 
-def make_example(question: str, answer: str, fact: Fact, method: str, fact_id: str | None = None) -> dict:
-    return {"messages": build_messages(question, answer=answer), "metadata": make_metadata(fact, method, fact_id)}
+def make_example(question: str, answer: str, fact: Fact, method: str, schema: Schema, fact_id: str | None = None) -> dict:
+    return {"messages": build_messages(question, answer=answer, schema=schema), "metadata": make_metadata(fact, method, fact_id)}
 
 
 @dataclass
 class Examples:
     """Generated examples as columns. The phrasings of one fact share its
     answer and metadata (a *group*), so an example is a question and a group
-    number: on a 10,000-chunk corpus, building, shuffling and serialising two
-    million example dicts was most of the time (issue 3). `example(i)` gives
-    the usual dict."""
+    number: on a large corpus, building, shuffling and serialising millions
+    of example dicts would be most of the time. `example(i)` gives the usual
+    dict, in the language of `schema`."""
 
+    schema: Schema
     questions: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # each question normalised: the dedupe key
     group_of: list[int] = field(default_factory=list)
@@ -211,8 +141,8 @@ class Examples:
         self.keys += keys
 
     @classmethod
-    def from_dicts(cls, rows: list[dict]) -> Examples:
-        examples = cls()
+    def from_dicts(cls, rows: list[dict], schema: Schema) -> Examples:
+        examples = cls(schema)
         for row in rows:
             question, answer = split_messages(row["messages"])
             examples.add([question], [normalise(question)], answer, row["metadata"])
@@ -223,7 +153,10 @@ class Examples:
 
     def example(self, i: int) -> dict:
         group = self.group_of[i]
-        return {"messages": build_messages(self.questions[i], answer=self.answers[group]), "metadata": self.metadata[group]}
+        return {
+            "messages": build_messages(self.questions[i], answer=self.answers[group], schema=self.schema),
+            "metadata": self.metadata[group],
+        }
 
     def codes(self, keys: tuple[str, ...], positions: list[int]) -> list[tuple[Any, list[str]]]:
         """For each key: each example's metadata[key] as codes (numpy array)
@@ -247,7 +180,10 @@ class Examples:
         import orjson
 
         dumps = orjson.dumps
-        marked = {"messages": build_messages(_MARK["question"], answer=_MARK["answer"]), "metadata": _MARK["metadata"]}
+        marked = {
+            "messages": build_messages(_MARK["question"], answer=_MARK["answer"], schema=self.schema),
+            "metadata": _MARK["metadata"],
+        }
         pieces = _split_on(dumps(marked) + b"\n", [dumps(_MARK[k]) for k in ("question", "answer", "metadata")])
         if pieces is None:  # a system prompt holding a marker: the plain way
             yield from jsonl_lines([self.example(i) for i in positions])
@@ -310,13 +246,15 @@ def question_key(template: str, name: str, normalised_name: str) -> str:
 
 
 def rule_based_examples(
-    facts: list[Fact], schema: Schema, aliases: dict, *, augmented: bool, phrasings: int = GenerateConfig.phrasings
+    facts: list[Fact], profile: Profile, schema: Schema, *, augmented: bool, phrasings: int = GenerateConfig.phrasings
 ) -> Examples:
     """Each fact asked with the first `phrasings` templates of its field
-    (rule-based), or all of them (augmented)."""
+    (rule-based), or all of them (augmented, which also names each document
+    by its aliases)."""
     method = "augmented" if augmented else "rule-based"
-    examples = Examples()
-    templates_of = {s.name: s.templates if augmented else s.templates[:phrasings] for s in schema.fields}
+    examples = Examples(schema)
+    every = {info.name: field_questions(info, schema) for info in profile.fields}
+    templates_of = {name: templates if augmented else templates[:phrasings] for name, templates in every.items()}
     parts_of = {name: [_template_parts(t) for t in templates] for name, templates in templates_of.items()}
     names_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # a document's names serve all its facts
     for fact in facts:
@@ -326,8 +264,8 @@ def rule_based_examples(
             raw = [fact.title]
             if augmented:
                 # Not the lowercased title as well: its questions normalise to the
-                # title's, so dedupe dropped every one of them (a third of the work).
-                raw.append(aliases.get(fact.doc_id, {}).get("full_name", fact.title))
+                # title's, so dedupe would drop every one of them.
+                raw += profile.aliases.get(fact.doc_id, [])
             names = names_of[(fact.doc_id, fact.title)] = [(name, normalise(name)) for name in dict.fromkeys(raw)]
         questions: list[str] = []
         keys: list[str] = []
@@ -340,33 +278,35 @@ def rule_based_examples(
                 keys += [question_key(t, name, normalised_name) for t in templates]
         examples.add(questions, keys, fact.value, make_metadata(fact, method))
     if augmented:
-        add_combined_examples(examples, facts, {s.name: s for s in schema.fields})
+        add_combined_examples(examples, facts, schema, every)
     return examples
 
 
-def add_combined_examples(examples: Examples, facts: list[Fact], specs: dict[str, FieldSpec]) -> None:
-    """Two questions about one document asked together, answered field by field."""
+def add_combined_examples(examples: Examples, facts: list[Fact], schema: Schema, templates: dict[str, list[str]]) -> None:
+    """Two questions about one document asked together (the pairs of fields
+    the schema names as `combined_with`), answered field by field."""
     by_key = {f.key: f for f in facts}
     normalised_titles: dict[str, str] = {}
     for fact in facts:
-        if fact.value == UNKNOWN_ANSWER:
+        spec = next((s for s in schema.fields if s.name == fact.field), None)
+        if spec is None or fact.value == schema.unknown_answer:
             continue
-        for other_name in specs[fact.field].combined_with:
+        for other_name in spec.combined_with:
             other = by_key.get(f"{fact.doc_id}::{other_name}")
-            if other is None or other.value == UNKNOWN_ANSWER or other_name not in specs:
+            if other is None or other.value == schema.unknown_answer:
                 continue
             if fact.title not in normalised_titles:
                 normalised_titles[fact.title] = normalise(fact.title)
             name = normalised_titles[fact.title]
             questions, keys = [], []
-            for first, second in zip(specs[fact.field].templates[:2], specs[other_name].templates[:2]):
+            for first, second in zip(templates[fact.field][:2], templates[other_name][:2]):
                 questions.append(f"{first.replace('{doc}', fact.title)} {second.replace('{doc}', fact.title)}")
                 # normalise() works character by character and joins words with
                 # single spaces, so two questions joined by a space normalise
                 # to their keys joined by a space (when neither is empty).
                 halves = question_key(first, fact.title, name), question_key(second, fact.title, name)
                 keys.append(" ".join(halves) if all(halves) else normalise(questions[-1]))
-            answer = f"{fact.label} : {fact.value} ; {other.label} : {other.value}"
+            answer = f"{fact.label}{SEPARATOR}{fact.value} ; {other.label}{SEPARATOR}{other.value}"
             metadata = make_metadata(fact, "augmented", f"{fact.key}+{other_name}")
             examples.add(questions, keys, answer, metadata)
 
@@ -417,28 +357,24 @@ def _typo(text: str, rng: random.Random) -> str:
 
 # ---------------------------------------------------------------- llm-based
 
-LLM_INSTRUCTION = (
-    "Voici une fiche. Écris {n} paires question/réponse dont la réponse se trouve mot pour mot dans la fiche. "
-    "Format, une paire par ligne : Q: <question> || R: <réponse>\n\nFiche :\n{chunk}"
-)
-PAIR_LINE = re.compile(r"Q\s*:\s*(?P<q>.+?)\s*\|\|\s*R\s*:\s*(?P<a>.+)")
+PAIR_LINE = re.compile(r"Q\s*:\s*(?P<q>.+?)\s*\|\|\s*[RA]\s*:\s*(?P<a>.+)")
 
 
-def llm_examples(chunks: list[Chunk], config: GenerateConfig, pairs_per_chunk: int = 4) -> tuple[list[dict], int]:
+def llm_examples(chunks: list[Chunk], config: GenerateConfig, schema: Schema, pairs_per_chunk: int = 4) -> tuple[list[dict], int]:
     """(examples, number of pairs dropped as unsupported by their chunk)."""
     from tqdm import tqdm
 
     ask = _endpoint_writer(config) if config.llm_url else _local_writer(config)
     examples, dropped = [], 0
     for chunk in tqdm(chunks, desc="llm-based generation", unit="chunk"):
-        reply = ask(LLM_INSTRUCTION.format(n=pairs_per_chunk, chunk=chunk.content))
+        reply = ask(schema.llm_instruction.format(n=pairs_per_chunk, chunk=chunk.content))
         for match in PAIR_LINE.finditer(reply):
             question, answer = match.group("q").strip(), match.group("a").strip()
             if not answer or normalise(answer) not in normalise(chunk.content) or len(normalise(answer)) < 2:
                 dropped += 1
                 continue
             fact = Fact(chunk.doc_id, chunk.title, "llm", "", answer, chunk.id)
-            examples.append(make_example(question, answer, fact, "llm-based", f"{chunk.id}::{normalise(answer)}"))
+            examples.append(make_example(question, answer, fact, "llm-based", schema, f"{chunk.id}::{normalise(answer)}"))
     return examples, dropped
 
 
@@ -617,7 +553,7 @@ def validate_dataset(path: str | Path) -> list[str]:
 def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]:
     """Put retrieved chunks into the prompt of `config.context_share` of the
     examples (in place); returns counts of each kind of context."""
-    from dyag_mlops.focus import is_sheet, narrow_hits
+    from dyag_mlops.focus import narrow_hits
     from dyag_mlops.rag import Retriever
 
     rng = random.Random(config.seed + 1)
@@ -627,6 +563,7 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
         return counts
     k = config.context_k
     with Retriever(config.with_context) as retriever:
+        router = retriever.router if config.focus else None
         questions = [split_messages(ex["messages"])[0] for ex in chosen]
         as_asked = retriever.retrieve(questions, top_k=k)
         # Distractors come from the whole index, not only the named document.
@@ -638,9 +575,9 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
             distractors = list({h.chunk_id: h for h in distractors}.values())
             # A narrowed sheet no longer says which document it is from: an
             # answer refused for another document's line could not be learnt
-            # from the prompt. The "Je ne sais pas" examples are then those of
-            # fields a sheet lacks (missing facts: their narrowed sheet is empty).
-            narrowed = any(is_sheet(config.focus_schema, h.content) for h in hits)
+            # from the prompt. The refusals are then those of fields a sheet
+            # lacks (missing facts: their narrowed sheet is empty).
+            narrowed = router is not None and any(router.entries(h.content) is not None for h in hits)
             if narrowed or rng.random() < config.oracle_share or not distractors:
                 context = hits
                 if not any(h.doc_id == meta["doc_id"] for h in hits):
@@ -659,17 +596,17 @@ def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]
                 meta["context"] = "oracle"
             else:
                 context = distractors[:k]
-                answer = UNKNOWN_ANSWER
+                answer = retriever.schema.unknown_answer
                 counts["context_distractors_only"] += 1
                 meta["context"] = "distractors"
-            context = narrow_hits(config.focus_schema, [question], [context])[0]
-            meta["focus_schema"] = config.focus_schema if narrowed else ""  # the adapter must be asked the same way
+            context = narrow_hits(router, [question], [context])[0]
+            meta["focus"] = narrowed  # the adapter must be asked the same way
             meta["context_ids"] = [h.chunk_id for h in context]
-            ex["messages"] = build_messages(question, [h.content for h in context], answer)
+            ex["messages"] = build_messages(question, [h.content for h in context], answer, schema=retriever.schema)
     return counts
 
 
-def conversations(rows: list[dict], per_conversation: int) -> list[dict]:
+def conversations(rows: list[dict], per_conversation: int, schema: Schema) -> list[dict]:
     """RAFT examples that share a retrieved context, asked as one conversation
     of up to `per_conversation` questions: the first turn holds the context
     and the first question, each later turn only a question, each answer is
@@ -686,7 +623,7 @@ def conversations(rows: list[dict], per_conversation: int) -> list[dict]:
         meta = row["metadata"]
         context = (meta.get("context"), tuple(meta.get("context_ids", ())))
         question, answer = split_messages(row["messages"])
-        question = question.rpartition(QUESTION_MARK)[2]  # the bare question (all of it when closed-book)
+        question = bare_question(question, schema)  # all of it when closed-book
         target = next(
             (c for c in open_by_context[context] if meta["fact_id"] not in c["metadata"]["fact_ids"]), None
         )
@@ -742,25 +679,34 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     refuse_overwrite(list(paths.values()), config.overwrite)
     chunks = load_corpus(config.corpus)
     corpus_file = Path(config.corpus) if config.corpus else demo_corpus_path()
+    docs = documents(chunks)
+    if config.with_context:
+        from dyag_mlops.rag import read_profile
+
+        profile = read_profile(config.with_context)  # RAFT prompts are the index's
+    else:
+        profile = build_profile(docs, config.schema)
+    schema = cached_schema(profile.schema)
     warnings: list[str] = []
     dropped = 0
     if config.method == "llm-based":
-        rows, dropped = llm_examples(chunks, config)
+        rows, dropped = llm_examples(chunks, config, schema)
         if not rows:
             raise DyagError(f"llm-based: every generated pair was unsupported by its chunk ({dropped} dropped)")
-        examples = Examples.from_dicts(rows)
+        examples = Examples.from_dicts(rows, schema)
     else:
-        schema = load_schema(config.schema)
-        facts, aliases = extract_facts(chunks, schema)
+        facts = extract_facts(docs, profile)
         if not facts:
             raise DyagError(
-                f"no field found in {config.corpus or 'the demo corpus'} with schema {config.schema!r}; "
-                f"it looks for lines 'Label : value' with labels: {', '.join(schema.all_labels())}"
+                f"no field found in {config.corpus or 'the demo corpus'}: it looks for 'Label: value' lines "
+                "(also 'Label : value', '- **Label**: value') or '## Label' headings with the value below"
             )
-        facts += missing_facts(facts, chunks, schema)
+        facts += missing_facts(facts, docs, profile, schema.unknown_answer)
         examples = rule_based_examples(
-            facts, schema, aliases, augmented=config.method == "augmented", phrasings=config.phrasings
+            facts, profile, schema, augmented=config.method == "augmented", phrasings=config.phrasings
         )
+    for metadata in examples.metadata:  # shared by a fact's phrasings: one write each
+        metadata["schema"] = profile.schema  # how an adapter trained on it must be asked
     kept = first_occurrences(examples.keys)  # never the same question twice
     excluded = 0
     if config.exclude:
@@ -791,7 +737,10 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         if not positions and asked_for.get(name, 1.0) > 0:
             warnings.append(f"the {name} split is empty: too few phrasings per fact to hold some out (raise --count)")
     manifest = manifest_for(splits, fact_codes, field_codes, field_names, config.count, dropped)
-    manifest.update({"method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "warnings": warnings})
+    manifest.update({
+        "method": config.method, "seed": config.seed, "corpus_chunks": len(chunks), "schema": profile.schema,
+        "warnings": warnings,
+    })
     if config.exclude:
         manifest["excluded_eval_questions"] = {"file": config.exclude, "dropped": excluded}
 
@@ -805,7 +754,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         lines = jsonl_lines(rows)
         for name, positions in splits.items():
             if name == "train" and config.questions_per_example > 1:
-                packed = conversations([rows[p] for p in positions], config.questions_per_example)
+                packed = conversations([rows[p] for p in positions], config.questions_per_example, schema)
                 context_counts["train_conversations"] = manifest["splits"]["train"]["conversations"] = len(packed)
                 atomic_write_chunks(paths[name], jsonl_lines(packed))
             else:

@@ -6,7 +6,7 @@ still miscopies it ("Cotlin" for "Kotlin", "2/01/2018" for "02/01/2018",
 "October 2013"), and an untrained one wanders off into text that is nowhere in
 the context. With grounding on, the answer can only be a run of tokens that
 starts at a word of one line of the context and ends anywhere on that line,
-or "Je ne sais pas": the model still chooses *which* span (its scores), but
+or the refusal: the model still chooses *which* span (its scores), but
 cannot invent one. Implemented with transformers' `prefix_allowed_tokens_fn`
 over a prefix tree (trie) of the token ids of every such span.
 """
@@ -16,31 +16,29 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.prompts import UNKNOWN_ANSWER
-
 # A span starts at a word: at the start of a line or after a space or an
 # opening punctuation mark.
 WORD_START = re.compile(r"(?:^|(?<=[\s(:,;«\"'/]))\S")
 CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
 
 
-def span_texts(chunks: Sequence[str]) -> list[str]:
+def span_texts(chunks: Sequence[str], refusal: str) -> list[str]:
     """Every allowed answer, longest form: from each word start of each
-    context line to the end of the line, plus "Je ne sais pas". An answer may
+    context line to the end of the line, plus the refusal. An answer may
     stop at any token of one of these."""
     texts = []
     for chunk in chunks:
         for line in chunk.splitlines():
             line = CHUNK_NUMBER.sub("", line).rstrip()
             texts += [line[m.start():] for m in WORD_START.finditer(line)]
-    texts.append(UNKNOWN_ANSWER)
+    texts.append(refusal)
     return list(dict.fromkeys(texts))
 
 
-def span_trie(tokenizer: Any, chunks: Sequence[str]) -> dict:
-    """Prefix tree of the token ids of `span_texts(chunks)`: {token: subtree}."""
+def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str) -> dict:
+    """Prefix tree of the token ids of `span_texts(chunks, refusal)`: {token: subtree}."""
     trie: dict = {}
-    for ids in tokenizer(span_texts(chunks), add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(span_texts(chunks, refusal), add_special_tokens=False)["input_ids"]:
         node = trie
         for token in ids:
             node = node.setdefault(token, {})
@@ -68,7 +66,8 @@ class SpanConstraint:
         return allowed or [self.eos]
 
 
-def span_constraint(tokenizer: Any, contexts: list[list[str]], prompt_length: int) -> SpanConstraint:
+def span_constraint(tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusal: str) -> SpanConstraint:
     """The constraint for a batch whose row i holds the chunks `contexts[i]`
     in a prompt padded to `prompt_length` tokens."""
-    return SpanConstraint([span_trie(tokenizer, chunks) for chunks in contexts], prompt_length, tokenizer.eos_token_id)
+    tries = [span_trie(tokenizer, chunks, refusal) for chunks in contexts]
+    return SpanConstraint(tries, prompt_length, tokenizer.eos_token_id)

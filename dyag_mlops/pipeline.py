@@ -81,7 +81,8 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
         with_context=index_dir if config.context_share > 0 else "",
         context_k=config.top_k,
         context_share=config.context_share,
-        focus_schema=config.focus_schema,
+        focus=config.focus,
+        schema=config.schema,
         questions_per_example=config.questions_per_example if config.context_share > 0 else 1,
         hurried_share=config.hurried_share,
         # No question of the eval set is trained on, whatever the templates make.
@@ -140,6 +141,7 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
         test_ratio=0.0,
         hurried_share=0.3,
         questions_per_example=8,
+        schema=config.schema,
         exclude=config.eval_file or str(demo_eval_path()),
         overwrite=True,
     )
@@ -186,7 +188,7 @@ def run(config: PipelineConfig) -> dict:
         index_dir = ""
         if {"rag", "hybrid"} & set(systems) or (raft_adapter and config.context_share > 0):
             index_dir = str(work / "rag_index")
-            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir, ranking=config.ranking)
+            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir, ranking=config.ranking, schema=config.schema)
             step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
 
         raft_uri = train_raft_adapter(config, work, index_dir, timings) if raft_adapter else ""
@@ -205,7 +207,7 @@ def run(config: PipelineConfig) -> dict:
                 top_k=config.top_k,
                 grounded=config.grounded,
                 worked_example=config.worked_example,
-                focus_schema=config.focus_schema,
+                focus=config.focus,
                 precision=config.precision,
                 output=str(work / f"results_{system}.json"),
             )

@@ -11,15 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-# Short on purpose: every training example and every prompt carries it, and
-# on CPU each token of it costs training and answering time.
-SYSTEM_PROMPT = "Réponds brièvement avec la valeur exacte de l'inventaire, sinon « Je ne sais pas »."
-
-# Between the retrieved chunks and the question in a user turn.
-QUESTION_MARK = "\n\nQuestion : "
-
-# What a system answers when the context or its training has no answer.
-UNKNOWN_ANSWER = "Je ne sais pas"
+from dyag_mlops.inventory import FIELD_LINE, Schema
 
 # For base models that ship no chat template (ChatML, as SmolLM2 and Qwen use).
 # It is saved with the adapter so inference formats exactly like training.
@@ -31,83 +23,39 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
-# A made-up sheet answered question by question, shown before the real question
-# to a base model that was never trained on this prompt (the rag system): it
-# sees how a question maps to a line of the sheet and when to say it does not
-# know. Fine-tuned adapters learnt that from their training set instead, so
-# they never get it (it would only cost prompt tokens). Each answer is the
-# whole line, label first: naming the field, then copying what follows that
-# label in the sheet, is easier for the untrained model than finding the value
-# at once; strip_field_label takes the label off again. Measured: rag 4.7 %
-# (no example) -> 17.5 % (values only) -> 22.2 % (lines) correct on the
-# hand-written set, 14.3 -> 27.9 % on 140 generated questions (docs/quality.md).
-WORKED_EXAMPLE_SHEET = """Nom : ORBIS
-Nom complet : Outil de Réservation des Bâtiments et Salles
-Statut : En production
-Hébergement : Datacenter Nantes-Est
-Technologie principale : PHP / Symfony
-Description : ORBIS permet aux agents de réserver des salles de réunion et des véhicules de service.
-MOA : Direction des Moyens Généraux
-Contacts : Julie Martin (julie.martin@exemple.fr)
-Date de mise en service : 03/05/2016
-Site web : https://orbis.exemple.fr"""
-WORKED_EXAMPLE_TURNS = (
-    ("Quel est le statut de ORBIS ?", "Statut : En production"),
-    ("qui contacter pour orbis", "Contacts : Julie Martin (julie.martin@exemple.fr)"),
-    ("ORBIS a été mis en service quand ?", "Date de mise en service : 03/05/2016"),
-    # A field the sheet lacks: narrowed to it, the sheet is empty (focus.py).
-    ("Quelle est la portée géographique de ORBIS ?", UNKNOWN_ANSWER),
-    ("c'est développé avec quelle techno ?", "Technologie principale : PHP / Symfony"),
-)
-
-# Between a field's label and its value on a line of a sheet ("Statut : En production").
-FIELD_SEPARATOR = " : "
-
-
-def worked_example(focus_schema: str = "") -> list[dict]:
-    """The worked example as user/assistant turns (no system prompt). With a
-    focus schema every question comes with the sheet narrowed to its field,
-    as the real question does (focus.py): rag 73.7 -> 79.5 % against the
-    whole sheet once (docs/quality.md, 16th session)."""
-    if focus_schema:
-        from dyag_mlops.focus import field_router
-
-        router = field_router(focus_schema)
-        turns = []
-        for question, answer in WORKED_EXAMPLE_TURNS:
-            # The very narrowing a real question's sheet gets (focus.narrow_hits).
-            _, context = router.focus(WORKED_EXAMPLE_SHEET, question, "ORBIS")
-            turns += [{"role": "user", "content": user_content(question, [context])}, {"role": "assistant", "content": answer}]
-        return turns
-    (first_question, first_answer), *later = WORKED_EXAMPLE_TURNS
-    turns = [
-        {"role": "user", "content": user_content(first_question, [WORKED_EXAMPLE_SHEET])},
-        {"role": "assistant", "content": first_answer},
-    ]
-    for question, answer in later:
-        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return turns
-
-
 def strip_field_label(answer: str, chunks: Sequence[str]) -> str:
-    """The value of an answer written as a whole line of a chunk ("Statut : En
-    production" -> "En production"); any other answer unchanged. Only a label
-    that begins a line of one of the chunks is taken off, so a value that
-    itself holds " : " stays whole."""
-    label, separator, value = answer.partition(FIELD_SEPARATOR)
-    if not separator or not value.strip():
+    """The value of an answer written as a whole line of a chunk ("Statut:
+    En production" -> "En production"); any other answer unchanged. Only a
+    label that begins a line of one of the chunks is taken off, so a value
+    that itself holds a colon stays whole."""
+    match = FIELD_LINE.match(answer)
+    if not match:
         return answer
-    if any(line.startswith(label + FIELD_SEPARATOR) for chunk in chunks for line in chunk.splitlines()):
-        return value.strip()
+    label = match.group("label").strip()
+    for chunk in chunks:
+        for line in chunk.splitlines():
+            found = FIELD_LINE.match(line)
+            if found and found.group("label").strip() == label:
+                return match.group("value").strip()
     return answer
 
 
-def user_content(question: str, context: Sequence[str] | None = None) -> str:
+def question_separator(schema: Schema) -> str:
+    """Between the retrieved chunks and the question in a user turn."""
+    return f"\n\n{schema.question_heading}"
+
+
+def user_content(question: str, context: Sequence[str] | None, schema: Schema) -> str:
     """The user turn: the question, preceded by retrieved chunks when there are some."""
     if not context:
         return question
     blocks = "\n\n".join(f"[{i}] {chunk.strip()}" for i, chunk in enumerate(context, start=1))
-    return f"Contexte :\n{blocks}{QUESTION_MARK}{question}"
+    return f"{schema.context_heading}\n{blocks}{question_separator(schema)}{question}"
+
+
+def bare_question(content: str, schema: Schema) -> str:
+    """The question of a user turn, without the context before it."""
+    return content.rpartition(question_separator(schema))[2]
 
 
 def build_messages(
@@ -115,17 +63,14 @@ def build_messages(
     context: Sequence[str] | None = None,
     answer: str | None = None,
     *,
-    with_worked_example: bool = False,
-    focus_schema: str = "",
+    schema: Schema,
+    example: Sequence[dict] = (),
 ) -> list[dict]:
-    """System + user (+ assistant) messages for one question; with
-    `with_worked_example` (and a context), the worked example's turns come
-    between the system prompt and the question, narrowed like the question's
-    context when a `focus_schema` narrows it."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-    if with_worked_example and context:
-        messages += worked_example(focus_schema)
-    messages.append({"role": "user", "content": user_content(question, context)})
+    """System + user (+ assistant) messages for one question, in the
+    schema's language; `example` (user/assistant turns of a worked example)
+    comes between the system prompt and the question."""
+    messages = [{"role": "system", "content": schema.system_prompt}, *example]
+    messages.append({"role": "user", "content": user_content(question, context, schema)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages

@@ -2,8 +2,10 @@
 
     dyag index-rag corpus.jsonl --index outputs/rag_index
 
-Index: a ChromaDB persistent store (cosine space) plus `index_manifest.json`
-in one directory. Each stored chunk carries doc_id, title, chunk_id and the
+Index: a ChromaDB persistent store (cosine space), `index_manifest.json` and
+the corpus profile (`corpus_profile.json`, inventory.Profile) in one
+directory. A document's fields, from however many chunks, are stored as one
+assembled sheet; chunks that hold no field are stored as they are. Each stored chunk carries doc_id, title, chunk_id and the
 hash of the text that was embedded, so re-indexing embeds only new or changed
 chunks and deletes the ones that left the corpus.
 
@@ -15,21 +17,16 @@ so re-running after a crash finishes the job.
 
 Retrieval: questions are embedded in one batch. A question that names a
 document (its title, or the "Nom complet : ..." line of its content) is
-searched within that document's chunks only; a question that names only an
-application the index never mentions (a word of 4+ characters with 2+
+searched within that document's chunks only (names: titles and the values of
+alias fields); a question that names only a document the index never mentions (a word of 4+ characters with 2+
 capitals, "PEGASE", "VELO-Reg", found in no chunk and close to no document
 name) retrieves nothing: grounded rag and hybrid then answer "Je ne sais pas"
 (the only span left) instead of reading another application's sheet.
 
-Ranking (the index's `ranking`, chosen at `index-rag`, RANKINGS):
-- lexical (default): BM25 order; chunks sharing no word with the question
-  follow in the dense order. The bundled embedding model is English; on the
-  French demo corpus BM25 ranks the right sheet first for all 167 questions
-  of the hand-written set that have one, fusion for 163, dense alone 160.
-- fused: reciprocal rank fusion of the dense hits and the BM25 ranking (the
-  default before the 18th session, and what an index without the setting
-  does); for a corpus in the embedding model's language.
-- dense: the vector search alone.
+Ranking (the index's `ranking`, chosen at `index-rag`, RANKINGS): lexical
+(default: BM25 order, chunks sharing no word with the question after it in
+dense order), fused (reciprocal rank fusion of dense and BM25) or dense
+(docs/rag.md).
 """
 
 from __future__ import annotations
@@ -50,20 +47,23 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dyag_mlops.config import RANKINGS, IndexConfig
-from dyag_mlops.corpus import Chunk, field_lines, load_corpus
+from dyag_mlops.corpus import Chunk, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json
+from dyag_mlops.inventory import SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, render_sheet
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 MANIFEST = "index_manifest.json"
-MANIFEST_FORMAT = 1
+PROFILE = "corpus_profile.json"
+# A user's schema file is copied in here: the index needs it wherever it goes
+# (another machine, a logged model's artifacts).
+SCHEMA_COPY = "schema"
+MANIFEST_FORMAT = 2  # 2: documents stored as assembled sheets, with the corpus profile
 EMBED_BATCH = 64
-FULL_NAME_LABELS = {"nom complet", "full name"}
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the top ranks
-RANKING_BEFORE_SETTING = "fused"  # what an index built before `ranking` existed ranks with
 # A word that looks like an application name: 4+ characters, 2+ capitals
 # ("PEGASE", "GéoPlan", "VELO-Reg"); "CMS", "Qui" or "Le" do not.
 NAME_LIKE = re.compile(r"\w[\w-]*\w")
@@ -179,11 +179,29 @@ def split_text(text: str, size: int) -> list[str]:
     return pieces
 
 
+def assemble(chunks: list[Chunk], profile: Profile) -> list[Chunk]:
+    """Each document with fields as one sheet (id: the document's id), then
+    the text of its chunks that holds no field; documents without fields
+    keep their chunks."""
+    out = []
+    by_doc: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    for doc in documents(chunks):
+        if not doc.fields:
+            out += by_doc[doc.doc_id]
+            continue
+        out.append(Chunk(doc.doc_id, render_sheet(doc, profile.name_label), doc.doc_id, doc.title, {"sheet": True}))
+        out += [Chunk(f"{doc.doc_id}#text{n}", text, doc.doc_id, doc.title) for n, text in enumerate(doc.free_text)]
+    return out
+
+
 def index_chunks(chunks: list[Chunk], chunk_size: int) -> list[IndexedChunk]:
-    """Corpus chunks -> stored chunks: long ones split into ID#p0, ID#p1..."""
+    """Corpus chunks -> stored chunks: long ones split into ID#p0, ID#p1...
+    (never a sheet: narrowing needs all its fields)."""
     out = []
     for chunk in chunks:
-        pieces = split_text(chunk.content, chunk_size)
+        pieces = [chunk.content] if chunk.metadata.get("sheet") else split_text(chunk.content, chunk_size)
         if len(pieces) == 1:
             out.append(IndexedChunk(chunk.id, chunk.content, chunk.doc_id, chunk.title, chunk.content))
             continue
@@ -275,6 +293,19 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise DyagError(f"{path}: unreadable index manifest ({exc}); run `dyag index-rag` to rebuild it") from None
 
 
+def read_profile(index_dir: str | Path) -> Profile:
+    """The corpus profile an index was built with."""
+    path = Path(index_dir) / PROFILE
+    if not path.is_file():
+        read_manifest(index_dir)  # names a missing index first
+        raise DyagError(f"{index_dir}: built by an older dyag (no corpus profile); rebuild it with `dyag index-rag`")
+    profile = Profile.from_dict(json.loads(path.read_text("utf-8")))
+    copy = Path(index_dir) / SCHEMA_COPY / Path(profile.schema).name
+    if profile.schema not in SHIPPED_SCHEMAS and copy.is_file():
+        profile = dataclasses.replace(profile, schema=str(copy))  # the user's file may be gone: its copy is here
+    return profile
+
+
 def _update_collection(
     client: Any, config: IndexConfig, chunks: list[IndexedChunk], previous: dict | None
 ) -> tuple[int, int, int, int]:
@@ -353,7 +384,8 @@ def _recover(index_dir: Path) -> None:
 def run(config: IndexConfig, tracker: NullTracker = NullTracker()) -> IndexResult:
     started = time.perf_counter()
     corpus = load_corpus(config.corpus)
-    chunks = index_chunks(corpus, config.chunk_size)
+    profile = build_profile(documents(corpus), config.schema)
+    chunks = index_chunks(assemble(corpus, profile), config.chunk_size)
     digest = corpus_digest(corpus)
     index_dir = Path(config.index)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -400,10 +432,15 @@ def run(config: IndexConfig, tracker: NullTracker = NullTracker()) -> IndexResul
         "corpus_digest": digest,
         "chunk_size": config.chunk_size,
         "ranking": config.ranking,
+        "schema": profile.schema,
         "created": (previous or {}).get("created", now),
         "updated": now,
     }
     try:
+        if profile.schema not in SHIPPED_SCHEMAS:
+            (workdir / SCHEMA_COPY).mkdir(exist_ok=True)
+            shutil.copyfile(profile.schema, workdir / SCHEMA_COPY / Path(profile.schema).name)
+        atomic_write_json(workdir / PROFILE, profile.to_dict())
         atomic_write_json(workdir / MANIFEST, manifest)
         if not config.chroma_host:
             _swap_in(workdir, index_dir)
@@ -424,13 +461,26 @@ def run(config: IndexConfig, tracker: NullTracker = NullTracker()) -> IndexResul
             "chunks_per_second": embedded / seconds if seconds > 0 else 0.0,
         }
     )
-    tracker.set_tags({"dyag.embedding_model": config.embedding_model, "dyag.corpus_digest": digest})
+    tracker.set_tags({"dyag.embedding_model": config.embedding_model, "dyag.corpus_digest": digest, "dyag.schema": profile.schema})
     tracker.log_artifact(index_dir / MANIFEST)
+    tracker.log_artifact(index_dir / PROFILE)
     tracker.log_artifacts(index_dir, "index")
     return result
 
 
 # ---------------------------------------------------------------- retrieval
+
+
+@functools.lru_cache(maxsize=4)
+def _router(profile_json: str, schema_source: str) -> Any:
+    from dyag_mlops.focus import FieldRouter
+
+    return FieldRouter(Profile.from_dict(json.loads(profile_json)), cached_schema(schema_source))
+
+
+def field_router(profile: Profile, schema: Any) -> Any:
+    """The router of a corpus profile, built once per process (a few seconds with word vectors)."""
+    return _router(json.dumps(profile.to_dict(), sort_keys=True), schema.source)
 
 
 @dataclass(frozen=True)
@@ -473,7 +523,9 @@ class Retriever:
                 f"query it with {built_with} or rebuild it with `dyag index-rag --embedding-model {embedding_model}`"
             )
         self.embedding_model = built_with
-        self.ranking = ranking or self.manifest.get("ranking", RANKING_BEFORE_SETTING)
+        self.profile = read_profile(index_dir)
+        self.schema = cached_schema(self.profile.schema)
+        self.ranking = ranking or self.manifest.get("ranking", "lexical")
         if self.ranking not in RANKINGS:
             raise DyagError(f"{index_dir}: ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
         self.doc_filter = doc_filter
@@ -488,8 +540,8 @@ class Retriever:
     # -- setup
 
     def _load_catalogue(self) -> None:
-        """Document names -> doc ids, from the collection itself (titles and
-        "Nom complet" lines), the words of the index (`unknown_names`), and the
+        """Document names -> doc ids (titles from the collection, aliases from
+        the corpus profile), the words of the index (`unknown_names`), and the
         chunks for BM25 when asked for."""
         self.names: dict[tuple[str, ...], set[str]] = {}
         self._chunks: list[Retrieved] = []
@@ -508,12 +560,9 @@ class Retriever:
                 self.vocabulary.update(a + b for a, b in zip(words, words[1:]))
                 if self.ranking != "dense":
                     self._chunks.append(Retrieved(chunk_id, meta.get("doc_id", ""), meta.get("title", ""), doc or "", 0.0))
-        # Full names only appear in the text; ask Chroma for just those chunks.
-        with_full_name = self.collection.get(include=["metadatas", "documents"], where_document={"$contains": "Nom complet"})
-        for meta, doc in zip(with_full_name["metadatas"], with_full_name["documents"]):
-            for label, value in field_lines(doc or ""):
-                if label.lower() in FULL_NAME_LABELS:
-                    self._add_name(value, (meta or {}).get("doc_id", ""))
+        for doc_id, names in self.profile.aliases.items():
+            for name in names:
+                self._add_name(name, doc_id)
         self._bm25 = None
         if self.ranking != "dense" and self._chunks:
             from rank_bm25 import BM25Okapi
@@ -527,6 +576,11 @@ class Retriever:
             if len(tokens) > 1:
                 # People type "esubv" or "mobipass" for e-Subv and MOBI-Pass.
                 self.names.setdefault(("".join(tokens),), set()).add(doc_id)
+
+    @functools.cached_property
+    def router(self) -> Any:
+        """The field router of this index's corpus (focus.FieldRouter)."""
+        return field_router(self.profile, self.schema)
 
     def close(self) -> None:
         _close(self._client)

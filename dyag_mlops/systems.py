@@ -25,7 +25,8 @@ from dyag_mlops.config import DEFAULT_BASE_MODEL
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import MLFLOW_URI_PREFIXES, download_mlflow_uri
 from dyag_mlops.focus import narrow_hits
-from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label
+from dyag_mlops.inventory import Schema, cached_schema, detect_schema
+from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label, user_content
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
 SYSTEM_SPEC = "system.json"
@@ -61,7 +62,8 @@ class Predictor:
         index_dir: str = "",
         grounded: bool = False,
         worked_example: bool = False,
-        focus_schema: str = "",
+        focus: bool = False,
+        schema: str = "auto",
     ):
         self.system = system
         self.model = model.eval()
@@ -77,24 +79,57 @@ class Predictor:
         # Answers constrained to spans of the retrieved chunks (grounding.py);
         # only systems that retrieve have something to be grounded in.
         self.grounded = grounded and retriever is not None
-        # Only for the untrained base model with a context (prompts.worked_example).
+        # Only for the untrained base model with a context (worked_example_turns).
         self.worked_example = worked_example and system == "rag" and retriever is not None
         # Retrieved sheets narrowed to the asked field's lines (focus.py).
-        self.focus_schema = focus_schema if retriever is not None else ""
+        self.focus = focus and retriever is not None
+        # The language of the prompts: the index's corpus, else the adapter's
+        # training set, else the schema named; "auto" with neither: the questions'.
+        if retriever is not None:
+            schema = retriever.profile.schema
+        self.schema_name = schema
+        self._schema = None if schema in ("", "auto") else cached_schema(schema)
+
+    def schema_for(self, questions: Sequence[str]) -> Schema:
+        if self._schema is None:
+            self.schema_name = detect_schema(questions)
+            self._schema = cached_schema(self.schema_name)
+        return self._schema
 
     # -- prompts
 
+    def worked_example_turns(self, narrowed: bool) -> list[dict]:
+        """The corpus's worked example (inventory.worked_example) as
+        user/assistant turns, each question with its context narrowed the way
+        the real question's is, so the example looks like the real prompt."""
+        schema, turns = self.retriever.schema, []
+        for turn in self.retriever.profile.example.get("turns", []):
+            context = turn["sheet"]
+            if narrowed:
+                kept = self.retriever.router.focus(context, turn["question"], turn["title"])
+                context = kept[1] if kept is not None else context
+            turns += [
+                # An empty context still shows its block: so does a real question's.
+                {"role": "user", "content": user_content(turn["question"], [context], schema)},
+                {"role": "assistant", "content": turn["answer"]},
+            ]
+        return turns
+
     def messages_for(self, questions: Sequence[str]) -> tuple[list[list[dict]], list[list[Any]]]:
         """Chat messages per question, and the retrieved chunks each prompt holds."""
+        schema = self.schema_for(questions)
         if self.retriever is None:
-            return [build_messages(q) for q in questions], [[] for _ in questions]
+            return [build_messages(q, schema=schema) for q in questions], [[] for _ in questions]
         retrieved = self.retriever.retrieve(list(questions), top_k=self.top_k)
-        hits = narrow_hits(self.focus_schema, questions, retrieved)
+        hits = narrow_hits(self.retriever.router if self.focus else None, questions, retrieved)
+        examples = {narrowed: self.worked_example_turns(narrowed) for narrowed in (False, True)} if self.worked_example else {}
         messages = [
             # The worked example is narrowed only where the question's own
             # chunks were (narrow_hits returns a chunk it leaves whole as is).
-            build_messages(q, [h.content for h in found], with_worked_example=self.worked_example,
-                           focus_schema=self.focus_schema if any(n is not r for n, r in zip(found, raw)) else "")
+            build_messages(
+                q, [h.content for h in found], schema=schema,
+                example=examples.get(any(n is not r for n, r in zip(found, raw)), []),
+            )
             for q, found, raw in zip(questions, hits, retrieved)
         ]
         return messages, hits
@@ -122,7 +157,7 @@ class Predictor:
                 error = None
             per_question = (time.perf_counter() - began) / len(batch)
             for i, text, count in zip(batch, texts, counts):
-                if self.worked_example:  # the example answers with whole lines (prompts.WORKED_EXAMPLE_TURNS)
+                if self.worked_example:  # the example answers with whole lines (worked_example_turns)
                     text = strip_field_label(text, [h.content for h in hits[i]])
                 sources = [h.chunk_id for h in hits[i]]
                 results[i] = Answer(questions[i], text, per_question, count, sources, error, hits[i])
@@ -157,7 +192,8 @@ class Predictor:
         if contexts is not None:
             from dyag_mlops.grounding import span_constraint
 
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1])
+            refusal = self._schema.unknown_answer if self._schema else ""
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusal)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
@@ -186,7 +222,8 @@ class Predictor:
             from dyag_mlops.grounding import span_constraint
 
             contexts = [[h.content for h in hits[0]]]
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1])
+            refusal = self.schema_for([question]).unknown_answer
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusal)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer
@@ -238,18 +275,16 @@ def check_base_matches(adapter_dir: Path, base_model: str) -> str:
     return base_model
 
 
-def warn_focus_mismatch(adapter_dir: Path, focus_schema: str) -> None:
+def warn_focus_mismatch(adapter_dir: Path, focus: bool) -> None:
     """An adapter trained on narrowed sheets and asked with whole ones (or the
-    reverse) answers far worse: a 1.5B adapter trained on whole sheets fell
-    from 91.8 to 31.0 % asked with narrowed ones (docs/quality.md). Say so."""
-    trained = adapter_manifest(adapter_dir).get("focus_schema")
-    if trained is None or trained == focus_schema:
+    reverse) answers far worse (docs/quality.md). Say so."""
+    trained = adapter_manifest(adapter_dir).get("focus")
+    if trained is None or trained == focus:
         return
-    described = {schema: f"sheets narrowed with the {schema!r} schema" if schema else "whole sheets" for schema in (trained, focus_schema)}
-    flag = trained or "''"
+    described = {True: "sheets narrowed to the asked field", False: "whole sheets"}
     print(
         f"warning: adapter {adapter_dir} was trained on {described[trained]} and is asked with "
-        f"{described[focus_schema]}; ask it the way it was trained (--focus-schema {flag})",
+        f"{described[focus]}; ask it the way it was trained ({'--focus' if trained else '--no-focus'})",
         file=sys.stderr,
     )
 
@@ -267,7 +302,8 @@ def load_predictor(
     device: str = "auto",
     grounded: bool = False,
     worked_example: bool = False,
-    focus_schema: str = "",
+    focus: bool = False,
+    schema: str = "auto",
     precision: str = "auto",
 ) -> Predictor:
     """Build the predictor of a system from an adapter location and/or an index."""
@@ -280,7 +316,8 @@ def load_predictor(
         adapter_dir = locate_adapter(model)
         base_model = check_base_matches(adapter_dir, base_model)
         if system == "hybrid":
-            warn_focus_mismatch(adapter_dir, focus_schema)
+            warn_focus_mismatch(adapter_dir, focus)
+        schema = adapter_manifest(adapter_dir).get("schema") or schema
     base_model = base_model or DEFAULT_BASE_MODEL
     retriever = None
     if system in ("rag", "hybrid"):
@@ -315,7 +352,8 @@ def load_predictor(
         index_dir=index,
         grounded=grounded,
         worked_example=worked_example,
-        focus_schema=focus_schema,
+        focus=focus,
+        schema=schema,
     )
 
 
@@ -340,10 +378,10 @@ def pyfunc_model() -> Any:
                 index=context.artifacts.get("index", ""),
                 top_k=spec["top_k"],
                 max_new_tokens=spec["max_new_tokens"],
-                grounded=spec.get("grounded", False),  # models logged before grounding existed
-                worked_example=spec.get("worked_example", False),
-                # "" for models logged before narrowing existed
-                focus_schema=context.artifacts.get("focus_schema") or spec.get("focus_schema", ""),
+                grounded=spec["grounded"],
+                worked_example=spec["worked_example"],
+                focus=spec["focus"],
+                schema=context.artifacts.get("schema") or spec["schema"],
             )
 
         def predict(self, context, model_input, params=None):
@@ -376,7 +414,8 @@ def log_system_model(
     max_new_tokens: int = 64,
     grounded: bool = False,
     worked_example: bool = False,
-    focus_schema: str = "",
+    focus: bool = False,
+    schema: str = "auto",
     name: str = "model",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
@@ -384,7 +423,7 @@ def log_system_model(
     from dyag_mlops.files import atomic_write_json
 
     spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
-            "worked_example": worked_example, "focus_schema": focus_schema}
+            "worked_example": worked_example, "focus": focus, "schema": schema}
     spec_path = Path(workdir) / SYSTEM_SPEC
     atomic_write_json(spec_path, spec)
     artifacts = {"system": str(spec_path)}
@@ -392,8 +431,8 @@ def log_system_model(
         artifacts["adapter"] = adapter_dir
     if index_dir:
         artifacts["index"] = index_dir
-    if focus_schema and Path(focus_schema).is_file():
-        artifacts["focus_schema"] = focus_schema  # a user's schema file travels with the model
+    if Path(schema).is_file():
+        artifacts["schema"] = schema  # a user's schema file travels with the model
     return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
 
 

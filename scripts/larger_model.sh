@@ -8,9 +8,9 @@
 # access, use `-P base_model=qwen2.5:0.5b` (or 1.5b) instead.
 #
 #   bash scripts/main.sh -P base_model="$(bash scripts/larger_model.sh 0.5b)" -P lr=3e-4 \
-#       -P focus_schema= -P workdir=outputs/pipeline-qwen-coder -P registered_model=dyag-qa-qwen-coder
+#       -P focus=false -P workdir=outputs/pipeline-qwen-coder -P registered_model=dyag-qa-qwen-coder
 #
-# focus_schema= (whole retrieved sheets): narrowing each sheet to the asked
+# focus=false (whole retrieved sheets): narrowing each sheet to the asked
 # field helps the 135M model read but costs the 1.5B's rag 83.0 -> 76.0 %.
 # lr 3e-4: the pipeline's 1e-3 is tuned for the 135M model; these models'
 # adapters learn to refuse at that rate (hybrid 63.2 % against 79.5 % at

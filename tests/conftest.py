@@ -3,6 +3,7 @@ Hub), a session-wide sqlite tracking store, HF_HUB_OFFLINE=1."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,11 +34,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.prompts import FALLBACK_CHAT_TEMPLATE, SYSTEM_PROMPT
+    from dyag_mlops.inventory import cached_schema
+    from dyag_mlops.prompts import FALLBACK_CHAT_TEMPLATE
 
     out = tmp_path_factory.mktemp("tiny-llama")
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    texts = [c.content for c in load_corpus()] + [SYSTEM_PROMPT, "system user assistant Question Contexte"]
+    # (Byte-level: any text, English included, is tokenised; the vocabulary
+    # is the demo corpus's, and the memorisation test depends on it.)
+    texts = [c.content for c in load_corpus()] + [cached_schema("fr").system_prompt, "system user assistant Question Contexte"]
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -75,3 +79,58 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "dyag-original-format"
+
+
+@functools.lru_cache(maxsize=1)
+def demo_profile():
+    """The corpus profile of the bundled demo corpus (French schema), built once."""
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.inventory import build_profile, documents
+
+    return build_profile(documents(load_corpus()), "fr")
+
+
+class FixedRetriever:
+    """A retriever stand-in: the same chunk(s) for any question, with the
+    demo corpus's profile, schema and field router (what systems.Predictor
+    reads from a rag.Retriever)."""
+
+    ranking = "lexical"
+
+    def __init__(self, *hits, profile=None):
+        from dyag_mlops.inventory import cached_schema
+
+        self.hits = list(hits)
+        self.profile = profile or demo_profile()
+        self.schema = cached_schema(self.profile.schema)
+
+    @property
+    def router(self):
+        from dyag_mlops.rag import field_router
+
+        return field_router(self.profile, self.schema)
+
+    def retrieve(self, questions, top_k=1, doc_filter=None):
+        return [list(self.hits[:top_k]) for _ in questions]
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory) -> str:
+    """An index of the bundled demo corpus, built once; tests only read it."""
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+
+    index = str(tmp_path_factory.mktemp("demo-index") / "index")
+    rag.run(IndexConfig(index=index))
+    return index
+
+
+def demo_sheets() -> dict[str, str]:
+    """doc id -> the sheet the demo index stores for it."""
+    from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.inventory import documents, render_sheet
+
+    return {d.doc_id: render_sheet(d, demo_profile().name_label) for d in documents(load_corpus())}

@@ -43,6 +43,15 @@ def test_unknown_questions_need_an_admission():
     assert not is_correct("En production", "Je ne sais pas", scores("En production", "Je ne sais pas"))
 
 
+@pytest.mark.parametrize("expected", ["I don't know", "Je ne sais pas.", "Cette information n'est pas disponible", "Not available"])
+def test_any_refusal_as_expected_answer_makes_a_question_unanswerable(expected):
+    """Whatever the language or wording of an eval set's refusal: only an admission is right."""
+    for admission in ("I don't know.", "Je ne sais pas", "This is not available."):
+        assert is_correct(admission, expected, scores(admission, expected)), (admission, expected)
+    for answer in ("En production", "Active", expected.split()[0]):
+        assert not is_correct(answer, expected, scores(answer, expected)), (answer, expected)
+
+
 def test_eval_formats_and_errors(tmp_path):
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}]}])
     flat = write_jsonl(tmp_path / "flat.jsonl", [{"query": "Q?", "answer": "A", "metadata": {"doc_id": "d1"}}])
@@ -54,7 +63,64 @@ def test_eval_formats_and_errors(tmp_path):
     noq = write_jsonl(tmp_path / "n.jsonl", [{"expected_answer": "x"}])
     with pytest.raises(DyagError, match=r"n\.jsonl:1: no question"):
         load_eval_set(noq)
-    assert len(load_eval_set("")) >= 120  # the bundled hand-written set
+    # the bundled hand-written set: its test half by default
+    assert load_eval_set("") == load_eval_set(evaluate.demo_eval_path("test"))
+
+
+def read_lines(path):
+    return open(path, encoding="utf-8").read().splitlines()
+
+
+def test_the_bundled_eval_set_is_the_two_halves_split_eval_set_makes(tmp_path):
+    dev, test = (load_eval_set(evaluate.demo_eval_path(half)) for half in ("dev", "test"))
+    assert len(dev) + len(test) >= 120 and len(test) >= 60
+    assert not {i.question for i in dev} & {i.question for i in test}  # never tuned on a reported question
+    union = tmp_path / "demo_eval_all.jsonl"
+    union.write_text("".join(open(evaluate.demo_eval_path(h), encoding="utf-8").read() for h in ("dev", "test")), encoding="utf-8")
+    halves = evaluate.split_eval_set(union, tmp_path / "out")
+    assert halves == {"dev": tmp_path / "out" / "demo_eval_dev.jsonl", "test": tmp_path / "out" / "demo_eval_test.jsonl"}
+    for half, path in halves.items():
+        assert read_lines(path) == read_lines(evaluate.demo_eval_path(half)), half
+
+
+def test_split_eval_set_is_stratified_by_kind_and_deterministic(tmp_path):
+    import random
+    from collections import Counter
+
+    from click.testing import CliRunner
+
+    from dyag_mlops.cli import main
+
+    kinds = {"typo": 9, "alias": 6, "unanswerable": 5, "paraphrase": 1}
+    rows = [
+        {"question": f"Question {kind} {n} ?", "expected_answer": f"R{n}", "metadata": {"kind": kind}}
+        for kind, count in kinds.items() for n in range(count)
+    ]
+    rows.append({"question": "Sans genre ?", "expected_answer": "R"})  # no kind: a stratum of its own
+    (tmp_path / "a").mkdir()
+    first = evaluate.split_eval_set(write_jsonl(tmp_path / "a" / "eval.jsonl", rows), tmp_path / "a")
+    halves = {half: [json.loads(line) for line in read_lines(path)] for half, path in first.items()}
+    assert sorted(map(json.dumps, halves["dev"] + halves["test"])) == sorted(map(json.dumps, rows))  # each row once
+    count = {half: Counter((r.get("metadata") or {}).get("kind") for r in chosen) for half, chosen in halves.items()}
+    for kind in [*kinds, None]:
+        assert abs(count["dev"][kind] - count["test"][kind]) <= 1, kind
+    assert len(halves["dev"]) >= len(halves["test"])
+    # the same halves whatever the order of the file, each in the file's order
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    (tmp_path / "b").mkdir()
+    again = evaluate.split_eval_set(write_jsonl(tmp_path / "b" / "eval.jsonl", shuffled), tmp_path / "b")
+    for half in ("dev", "test"):
+        got = [json.loads(line) for line in read_lines(again[half])]
+        assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, halves[half]))
+        assert got == [r for r in shuffled if r in got]
+    # the command line: existing halves are kept unless --overwrite
+    runner = CliRunner()
+    refused = runner.invoke(main, ["split-eval", str(tmp_path / "a" / "eval.jsonl")])
+    assert refused.exit_code != 0 and "--overwrite" in refused.output
+    done = runner.invoke(main, ["split-eval", str(tmp_path / "a" / "eval.jsonl"), "--overwrite"])
+    assert done.exit_code == 0 and "eval_dev.jsonl" in done.output and "eval_test.jsonl" in done.output
+    assert {half: [json.loads(line) for line in read_lines(path)] for half, path in first.items()} == halves
 
 
 def test_evaluate_base_writes_seed_compatible_results(tmp_path, tiny_model_dir):

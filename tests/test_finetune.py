@@ -16,9 +16,11 @@ from dyag_mlops import finetune
 from dyag_mlops.config import FinetuneConfig
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import file_digest
+from dyag_mlops.inventory import cached_schema
 from dyag_mlops.prompts import build_messages
 from dyag_mlops.systems import load_predictor
 
+FR = cached_schema("fr")
 FACTS = [
     ("Quel est le statut de SIRENA ?", "En production"),
     ("Où est hébergé SIRENA ?", "Datacenter Lyon"),
@@ -28,7 +30,7 @@ FACTS = [
 
 
 def memorisation_set(path: Path, repeat: int = 4) -> Path:
-    return write_jsonl(path, [{"messages": build_messages(q, answer=a)} for q, a in FACTS * repeat])
+    return write_jsonl(path, [{"messages": build_messages(q, answer=a, schema=FR)} for q, a in FACTS * repeat])
 
 
 def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tiny_model_dir):
@@ -42,6 +44,8 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     final = Path(result.adapter_dir)
     manifest = json.loads((final / "dyag_manifest.json").read_text())
     assert manifest["base_model"] == str(tiny_model_dir) and manifest["datasets"]["train"]
+    # a user's dataset says neither how its contexts were narrowed nor its language
+    assert manifest["focus"] is None and manifest["schema"] is None
     assert (final / "adapter_model.safetensors").is_file() and (tmp_path / "out" / "loss_curve.png").is_file()
     assert (final / "chat_template.jinja").is_file() or "chat_template" in (final / "tokenizer_config.json").read_text()
     # loss finite and falling
@@ -115,7 +119,7 @@ def test_truncation_of_every_example_is_an_error(tmp_path, tiny_model_dir):
 
 
 def test_bad_dataset_names_file_and_line(tmp_path, tiny_model_dir):
-    data = write_jsonl(tmp_path / "train.jsonl", [{"messages": build_messages("q", answer="a")}, {"question": "q"}])
+    data = write_jsonl(tmp_path / "train.jsonl", [{"messages": build_messages("q", answer="a", schema=FR)}, {"question": "q"}])
     with pytest.raises(DyagError, match=r"train\.jsonl:2"):
         finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir)))
 
@@ -203,7 +207,7 @@ def test_every_answer_of_a_conversation_is_trained_and_nothing_else(tiny_model_d
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    single = build_messages("Quel est le statut de SIRENA ?", ["Statut : En production"], "En production")
+    single = build_messages("Quel est le statut de SIRENA ?", ["Statut: En production"], "En production", schema=FR)
     conversation = single + [
         {"role": "user", "content": "Et son hébergement ?"},
         {"role": "assistant", "content": "Datacenter Lyon"},

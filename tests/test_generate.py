@@ -4,13 +4,17 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_jsonl
+from conftest import demo_profile, demo_sheets, write_jsonl
 from dyag_mlops import generate
 from dyag_mlops.cli import main
 from dyag_mlops.config import GenerateConfig
 from dyag_mlops.errors import DyagError
+from dyag_mlops.inventory import cached_schema, field_questions
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import stage_run
+
+FR = cached_schema("fr")
+UNKNOWN = FR.unknown_answer
 
 
 def read(path):
@@ -70,9 +74,9 @@ def test_malformed_jsonl_names_file_and_line_and_writes_nothing(tmp_path):
     assert not list(tmp_path.glob("out*"))
 
 
-def test_no_field_found_lists_the_labels(tmp_path):
+def test_no_field_found_says_what_a_field_looks_like(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "content": "Rien d'utile ici."}])
-    with pytest.raises(DyagError, match="Statut"):
+    with pytest.raises(DyagError, match=r"no field found in .*c\.jsonl.*'Label: value' lines.*'## Label' headings"):
         generate.run(GenerateConfig(corpus=str(corpus), output=str(tmp_path / "o.jsonl")))
 
 
@@ -134,18 +138,13 @@ def test_generate_run_logs_datasets_to_mlflow(tmp_path):
     assert run.data.metrics["examples_train"] > 0
 
 
-def test_with_context_builds_raft_examples_from_the_index(tmp_path):
-    from dyag_mlops import rag
-    from dyag_mlops.config import IndexConfig
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, split_messages
+def test_with_context_builds_raft_examples_from_the_index(tmp_path, demo_index):
+    from dyag_mlops.prompts import build_messages, split_messages
 
-    index = str(tmp_path / "index")
-    rag.run(IndexConfig(index=index))
-    config = GenerateConfig(count=80, with_context=index, oracle_share=0.7, focus_schema="", output=str(tmp_path / "qa.jsonl"), split=False)
+    config = GenerateConfig(count=80, with_context=demo_index, oracle_share=0.7, focus=False, output=str(tmp_path / "qa.jsonl"), split=False)
     result = generate.run(config)
     rows = read(result.files["all"])
-    chunks = {c.id: c.content for c in load_corpus("")}
+    chunks = demo_sheets()  # the index holds one sheet per document, its id the document's
     oracle = [r for r in rows if r["metadata"]["context"] == "oracle"]
     distractors = [r for r in rows if r["metadata"]["context"] == "distractors"]
     assert len(oracle) + len(distractors) == len(rows) == 80
@@ -155,14 +154,15 @@ def test_with_context_builds_raft_examples_from_the_index(tmp_path):
         question, answer = split_messages(row["messages"])[0], row["messages"][-1]["content"]
         meta = row["metadata"]
         assert len(meta["context_ids"]) == 1
+        assert meta["focus"] is False and meta["schema"] == "fr"
         # the one prompt builder that serves query and evaluation built it
         bare_question = question.rsplit("Question : ", 1)[1]
-        assert row["messages"] == build_messages(bare_question, [chunks[i] for i in meta["context_ids"]], answer)
+        assert row["messages"] == build_messages(bare_question, [chunks[i] for i in meta["context_ids"]], answer, schema=FR)
         if meta["context"] == "oracle":
-            assert meta["doc_id"] in meta["context_ids"]
-            assert answer == UNKNOWN_ANSWER or answer in question  # the answer is in the context
+            assert meta["context_ids"] == [meta["doc_id"]]
+            assert answer == UNKNOWN or answer in question  # the answer is in the context
         else:
-            assert meta["doc_id"] not in meta["context_ids"] and answer == UNKNOWN_ANSWER
+            assert meta["doc_id"] not in meta["context_ids"] and answer == UNKNOWN
 
 
 @pytest.mark.parametrize("template", ["Quel est le statut de {doc} ?", "l'{doc} est où ?", "{doc}", "Où est {doc}s ?", "Le {doc}-bis et {doc} ?", "X{doc}"])
@@ -185,14 +185,15 @@ def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
 
 def demo_examples(augmented=True, titles=None):
     from dyag_mlops.corpus import load_corpus
+    from dyag_mlops.inventory import documents
 
-    chunks = load_corpus(None)
-    schema = generate.load_schema("fr")
-    facts, aliases = generate.extract_facts(chunks, schema)
+    docs = documents(load_corpus(None))
+    profile = demo_profile()
+    facts = generate.extract_facts(docs, profile)
     if titles:  # the same facts under awkward document names
         facts = [generate.Fact(f.doc_id, titles[i % len(titles)], f.field, f.label, f.value, f.chunk_id) for i, f in enumerate(facts)]
-    facts += generate.missing_facts(facts, chunks, schema)
-    return generate.rule_based_examples(facts, schema, aliases, augmented=augmented)
+    facts += generate.missing_facts(facts, docs, profile, UNKNOWN)
+    return generate.rule_based_examples(facts, profile, FR, augmented=augmented)
 
 
 @pytest.mark.parametrize("titles", [None, ["ΣΟΦΙΑ", "Ærø", "A.B.", "ﬁchier", "e-Subv", "_x_", "Quel"]])
@@ -210,7 +211,7 @@ def test_keys_are_normalised_questions_and_lines_are_the_example_dicts(titles):
     i = examples.group_of.index(1)
     meta = examples.metadata[1]
     fact = generate.Fact(meta["doc_id"], meta["title"], meta["field"], "", examples.answers[1], meta["chunk_id"])
-    assert examples.example(i) == generate.make_example(examples.questions[i], fact.value, fact, "augmented")
+    assert examples.example(i) == generate.make_example(examples.questions[i], fact.value, fact, "augmented", FR)
 
 
 def test_first_occurrences_keeps_the_first_of_each_key():
@@ -259,33 +260,25 @@ def test_split_positions_follows_the_round_robin_rule():
         ), trial
 
 
-def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path):
+def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path, demo_index):
     """Phrasings of a fact share their metadata dict until add_contexts
     changes one: an example left without context must not gain a context."""
-    from dyag_mlops import rag
-    from dyag_mlops.config import IndexConfig
-
-    index = str(tmp_path / "index")
-    rag.run(IndexConfig(index=index))
-    config = GenerateConfig(count=0, with_context=index, context_share=0.3, output=str(tmp_path / "qa.jsonl"), split=False)
+    config = GenerateConfig(count=0, with_context=demo_index, context_share=0.3, output=str(tmp_path / "qa.jsonl"), split=False)
     rows = read(generate.run(config).files["all"])
     with_context = [r for r in rows if "Contexte :" in r["messages"][1]["content"]]
     assert 0.2 < len(with_context) / len(rows) < 0.4
     assert all(("context" in r["metadata"]) == (r in with_context) for r in rows)
+    assert all(("focus" in r["metadata"]) == (r in with_context) for r in rows)
+    assert all(r["metadata"]["schema"] == "fr" for r in rows)
 
 
-def test_questions_on_one_context_become_one_conversation(tmp_path):
+def test_questions_on_one_context_become_one_conversation(tmp_path, demo_index):
     from collections import Counter
 
-    from dyag_mlops import rag
-    from dyag_mlops.config import IndexConfig
-    from dyag_mlops.corpus import load_corpus
     from dyag_mlops.prompts import build_messages
 
-    chunks = {c.id: c.content for c in load_corpus("")}
-    index = str(tmp_path / "index")
-    rag.run(IndexConfig(index=index))
-    common = dict(count=300, with_context=index, seed=3, focus_schema="")  # whole sheets: questions share one
+    chunks = demo_sheets()
+    common = dict(count=300, with_context=demo_index, seed=3, focus=False)  # whole sheets: questions share one
     single = generate.run(GenerateConfig(output=str(tmp_path / "one.jsonl"), **common))
     packed = generate.run(GenerateConfig(output=str(tmp_path / "conv.jsonl"), questions_per_example=4, **common))
     single_train, conversations = read(single.files["train"]), read(packed.files["train"])
@@ -313,7 +306,7 @@ def test_questions_on_one_context_become_one_conversation(tmp_path):
         assert len(set(meta["fact_ids"])) == len(meta["fact_ids"]) == (len(messages) - 1) // 2
         # only the first question carries the context, built by the one prompt builder
         first_question = messages[1]["content"].rsplit("Question : ", 1)[1]
-        assert messages[:2] == build_messages(first_question, [chunks[i] for i in meta["context_ids"]])
+        assert messages[:2] == build_messages(first_question, [chunks[i] for i in meta["context_ids"]], schema=FR)
         assert all("Contexte" not in m["content"] for m in messages[2:])
     assert not generate.validate_dataset(packed.files["train"])
 
@@ -347,7 +340,9 @@ def test_questions_per_example_must_be_positive():
 
 def test_phrasings_asks_each_fact_with_the_first_templates_of_its_field(tmp_path):
     rows = read(generate.run(GenerateConfig(phrasings=2, output=str(tmp_path / "qa.jsonl"), split=False)).files["all"])
-    templates = {s.name: s.templates for s in generate.load_schema("fr").fields}
+    templates = {info.name: field_questions(info, FR) for info in demo_profile().fields}
+    # the first two: the schema's first wording and a generic one with the corpus's label
+    assert templates["status"][:2] == ["Quel est le statut de {doc} ?", "Quel est le champ « statut » de {doc} ?"]
     per_fact = {}
     for r in rows:
         per_fact.setdefault(r["metadata"]["fact_id"], []).append(r["messages"][1]["content"])

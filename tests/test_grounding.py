@@ -1,19 +1,27 @@
 import pytest
 
+from conftest import FixedRetriever, demo_profile
 from dyag_mlops.grounding import span_texts
-from dyag_mlops.prompts import UNKNOWN_ANSWER, build_messages, render_prompt
+from dyag_mlops.inventory import cached_schema
+from dyag_mlops.prompts import build_messages, render_prompt
 
-SHEET = "Nom : SIRENA\nStatut : En production\nTechnologie principale : Java/Spring Boot\nContacts : Marie Dupont (marie.dupont@region-exemple.fr)"
+FR = cached_schema("fr")
+UNKNOWN = FR.unknown_answer
+# How the index renders a document: "Label: value" lines.
+SHEET = "Nom: SIRENA\nStatut: En production\nTechnologie principale: Java/Spring Boot\nContacts: Marie Dupont (marie.dupont@region-exemple.fr)"
 
 
 def test_spans_start_at_words_of_one_line_and_include_unknown():
-    spans = span_texts([f"[1] {SHEET}"])
-    assert "En production" in spans and "Statut : En production" in spans
+    spans = span_texts([f"[1] {SHEET}"], UNKNOWN)
+    assert "En production" in spans and "Statut: En production" in spans
     assert "Spring Boot" in spans  # after the slash
     assert "marie.dupont@region-exemple.fr)" in spans  # after the parenthesis
-    assert UNKNOWN_ANSWER in spans
+    assert UNKNOWN in spans
     assert not any(s.startswith("[1]") or "\n" in s for s in spans)
     assert "roduction" not in spans  # not from inside a word
+    # the refusal is the language's: an English context is refused in English
+    assert "I don't know" in span_texts(["Status: Active"], "I don't know")
+    assert UNKNOWN not in span_texts(["Status: Active"], "I don't know")
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -27,64 +35,76 @@ def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperat
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
-    predictor = Predictor("rag", model, tokenizer, max_new_tokens=12, temperature=temperature)
-    contexts = [[SHEET], ["Nom : GéoPlan\nHébergement : Cloud interministériel Nubo"], [SHEET, "Site web : https://x.fr"]]
-    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks)) for i, chunks in enumerate(contexts)]
+    predictor = Predictor("rag", model, tokenizer, max_new_tokens=12, temperature=temperature, schema="fr")
+    contexts = [[SHEET], ["Nom: GéoPlan\nHébergement: Cloud interministériel Nubo"], [SHEET, "Site web: https://x.fr"]]
+    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks, schema=FR)) for i, chunks in enumerate(contexts)]
     free, _ = predictor._generate(prompts)
     grounded, counts = predictor._generate(prompts, contexts)
     lines = [[line for chunk in chunks for line in chunk.splitlines()] for chunks in contexts]
     assert not all(any(text in line for line in own) for text, own in zip(free, lines) if text)  # the test can fail
     for text, own, count in zip(grounded, lines, counts):
         assert text and count >= 1
-        assert text == UNKNOWN_ANSWER or any(text in line for line in own), text
+        assert text == UNKNOWN or any(text in line for line in own), text
 
 
-class OneSheetRetriever:
-    """Retrieves SHEET for any question."""
+def one_sheet_retriever():
+    """Retrieves SHEET for any question (the demo corpus's profile)."""
+    from types import SimpleNamespace
 
-    def retrieve(self, questions, top_k=1):
-        from types import SimpleNamespace
-
-        return [[SimpleNamespace(content=SHEET, chunk_id="app-001#0", doc_id="app-001")] for _ in questions]
+    return FixedRetriever(SimpleNamespace(content=SHEET, chunk_id="app-001", doc_id="app-001", title="SIRENA"))
 
 
 def test_only_rag_sees_the_worked_example_and_its_answers_stay_in_the_retrieved_sheet(tiny_model_dir):
     import torch
 
     from dyag_mlops.models import load_base_model
-    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, WORKED_EXAMPLE_TURNS
     from dyag_mlops.systems import Predictor
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    turns = demo_profile().example["turns"]
+    assert turns, "the demo corpus gives a worked example"
 
     def predictor(system, worked_example):
-        return Predictor(system, model, tokenizer, retriever=OneSheetRetriever(), top_k=1, max_new_tokens=8,
+        return Predictor(system, model, tokenizer, retriever=one_sheet_retriever(), top_k=1, max_new_tokens=8,
                          grounded=True, worked_example=worked_example)
 
     rag = predictor("rag", True)
+    assert rag.schema_name == "fr"  # the index's corpus names the language
     (messages,), _ = rag.messages_for(["Quel est le statut de SIRENA ?"])
-    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(WORKED_EXAMPLE_TURNS) + ["user"]
-    assert WORKED_EXAMPLE_SHEET in messages[1]["content"] and SHEET in messages[-1]["content"]
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(turns) + ["user"]
+    assert turns[0]["sheet"] in messages[1]["content"] and SHEET in messages[-1]["content"]
+    assert [m["content"] for m in messages[2:-1:2]] == [turn["answer"] for turn in turns]
     for other in (predictor("rag", False), predictor("hybrid", True)):
         (plain,), _ = other.messages_for(["Quel est le statut de SIRENA ?"])
-        assert plain == build_messages("Quel est le statut de SIRENA ?", [SHEET])
+        assert plain == build_messages("Quel est le statut de SIRENA ?", [SHEET], schema=FR)
     for answer in rag.answer(["Quel est le statut de SIRENA ?", "qui contacter ?"]):
-        assert answer.text == UNKNOWN_ANSWER or any(answer.text in line for line in SHEET.splitlines()), answer.text
-        assert not any(answer.text.startswith(line.partition(" : ")[0] + " : ") for line in SHEET.splitlines())
+        assert answer.text == UNKNOWN or any(answer.text in line for line in SHEET.splitlines()), answer.text
+        assert not any(answer.text.startswith(line.partition(": ")[0] + ": ") for line in SHEET.splitlines())
 
 
 def test_a_whole_line_answer_loses_its_label_and_other_answers_stay_whole():
-    from dyag_mlops.prompts import WORKED_EXAMPLE_SHEET, WORKED_EXAMPLE_TURNS, strip_field_label
+    from dyag_mlops.prompts import strip_field_label
 
+    assert strip_field_label("Statut: En production", [SHEET]) == "En production"
+    assert strip_field_label("Technologie principale: Java/Spring Boot", ["Nom: X", SHEET]) == "Java/Spring Boot"
+    # either way of writing a field line: "Label : value" (the demo corpus) and "Label: value" (sheets)
+    old_style = SHEET.replace(": ", " : ")
+    assert strip_field_label("Statut : En production", [old_style]) == "En production"
     assert strip_field_label("Statut : En production", [SHEET]) == "En production"
-    assert strip_field_label("Technologie principale : Java/Spring Boot", ["Nom : X", SHEET]) == "Java/Spring Boot"
+    assert strip_field_label("Statut: En production", [old_style]) == "En production"
     assert strip_field_label("En production", [SHEET]) == "En production"
-    assert strip_field_label(UNKNOWN_ANSWER, [SHEET]) == UNKNOWN_ANSWER
-    # " : " inside a value, or a label that begins no line of the chunks: unchanged
-    assert strip_field_label("Note : voir le wiki", [SHEET]) == "Note : voir le wiki"
-    assert strip_field_label("Statut : En production", ["Nom : GéoPlan"]) == "Statut : En production"
-    assert strip_field_label("Statut : ", [SHEET]) == "Statut : "
-    # the worked example answers whole lines of its sheet (or "Je ne sais pas")
-    lines = WORKED_EXAMPLE_SHEET.splitlines()
-    assert all(answer == UNKNOWN_ANSWER or answer in lines for _, answer in WORKED_EXAMPLE_TURNS)
+    assert strip_field_label(UNKNOWN, [SHEET]) == UNKNOWN
+    # a colon inside a value, or a label that begins no line of the chunks: unchanged
+    assert strip_field_label("Note: voir le wiki", [SHEET]) == "Note: voir le wiki"
+    assert strip_field_label("Statut: En production", ["Nom: GéoPlan"]) == "Statut: En production"
+    assert strip_field_label("Statut: ", [SHEET]) == "Statut: "
+    # the corpus's worked example answers whole lines of its sheet (or the refusal),
+    # so that stripping the label leaves the value
+    turns = demo_profile().example["turns"]
+    assert turns
+    for turn in turns:
+        answer = turn["answer"]
+        assert answer == UNKNOWN or answer in turn["sheet"].splitlines()
+        if answer != UNKNOWN:
+            assert strip_field_label(answer, [turn["sheet"]]) == answer.partition(": ")[2]

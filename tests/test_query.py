@@ -12,13 +12,16 @@ from conftest import write_jsonl
 from dyag_mlops import finetune, generate
 from dyag_mlops.cli import main
 from dyag_mlops.config import FinetuneConfig, GenerateConfig
+from dyag_mlops.inventory import cached_schema
 from dyag_mlops.prompts import build_messages
+
+FR = cached_schema("fr")
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("adapter")
-    data = write_jsonl(tmp / "train.jsonl", [{"messages": build_messages("Statut de SIRENA ?", answer="En production")}] * 8)
+    data = write_jsonl(tmp / "train.jsonl", [{"messages": build_messages("Statut de SIRENA ?", answer="En production", schema=FR)}] * 8)
     return finetune.run(FinetuneConfig(dataset=str(data), output=str(tmp / "out"), base_model=str(tiny_model_dir), epochs=1, batch_size=4, grad_accum=1)).adapter_dir
 
 
@@ -31,6 +34,32 @@ def test_query_finetuned_direct_and_interactive(adapter):
     assert chat.output.count("> ") >= 3  # two questions answered, then /exit
     eof = runner.invoke(main, ["query-finetuned", "--model", adapter, "--max-tokens", "4"], input="")
     assert eof.exit_code == 0  # Ctrl-D ends cleanly
+
+
+@pytest.mark.parametrize("flag, source", [("--focus", "app-001#status"), ("--no-focus", "app-001")])
+def test_query_rag_narrows_the_sheet_unless_told_not_to(tiny_model_dir, demo_index, flag, source):
+    result = CliRunner().invoke(main, ["query-rag", "Quel est le statut de SIRENA ?", "--index", demo_index,
+                                       "--base-model", str(tiny_model_dir), "--max-tokens", "4", flag])
+    assert result.exit_code == 0, result.output
+    assert f"[sources: {source}]" in result.stderr  # the sheet, or its status line only
+
+
+def test_hybrid_query_warns_when_the_adapter_was_trained_otherwise(adapter, demo_index, tmp_path):
+    import shutil
+
+    from dyag_mlops.systems import ADAPTER_MANIFEST
+
+    trained_narrowed = tmp_path / "adapter"
+    shutil.copytree(adapter, trained_narrowed)
+    manifest = json.loads((trained_narrowed / ADAPTER_MANIFEST).read_text())
+    (trained_narrowed / ADAPTER_MANIFEST).write_text(json.dumps({**manifest, "focus": True}))
+    runner = CliRunner()
+    args = ["query-rag", "Quel est le statut de SIRENA ?", "--index", demo_index, "--model", str(trained_narrowed), "--max-tokens", "4"]
+    asked_otherwise = runner.invoke(main, [*args, "--no-focus"])
+    assert asked_otherwise.exit_code == 0, asked_otherwise.output
+    assert "warning" in asked_otherwise.stderr and "(--focus)" in asked_otherwise.stderr
+    as_trained = runner.invoke(main, [*args, "--focus"])
+    assert as_trained.exit_code == 0 and "warning" not in as_trained.stderr
 
 
 def test_query_with_missing_adapter_is_one_line_error(tmp_path):

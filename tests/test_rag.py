@@ -138,10 +138,8 @@ def test_ranking_is_recorded_and_checked(built, tmp_path):
     manifest_path = Path(config.index) / rag.MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     assert manifest["ranking"] == IndexConfig.ranking
-    del manifest["ranking"]  # an index built before the setting existed
-    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    with rag.Retriever(config.index) as retriever:
-        assert retriever.ranking == rag.RANKING_BEFORE_SETTING
+    with rag.Retriever(config.index, ranking="dense") as retriever:
+        assert retriever.ranking == "dense", "asked for: overrides the index's"
     with pytest.raises(DyagError, match="ranking must be one of"):
         rag.Retriever(config.index, ranking="bm42")
     with pytest.raises(ValueError, match="--ranking"):
@@ -165,15 +163,50 @@ def test_incremental_reindex(built, tmp_path):
     assert not list(tmp_path.glob(".index.*")), "staging copies must not be left behind"
 
 
-def test_long_chunks_are_split(tmp_path):
+def test_long_chunks_are_split_and_sheets_never(tmp_path):
+    from dyag_mlops.inventory import build_profile, documents
+
     rows = corpus_rows()
-    rows[0]["content"] = "\n".join(f"Ligne {n} : valeur numéro {n}" for n in range(40))
+    rows[0]["content"] = "\n".join(f"La ligne {n} donne la valeur numéro {n}." for n in range(40))  # free text
+    rows[1]["content"] += "".join(f"\nChamp {n}: valeur numéro {n}" for n in range(20))  # a long sheet
     config = IndexConfig(corpus=write_corpus(tmp_path / "c.jsonl", rows), index=str(tmp_path / "i"), chunk_size=200)
     result = rag.run(config)
-    parts = rag.index_chunks(rag.load_corpus(config.corpus), 200)
+    corpus = rag.load_corpus(config.corpus)
+    parts = rag.index_chunks(rag.assemble(corpus, build_profile(documents(corpus))), 200)
     assert result.chunks_total == len(parts) > 6
-    assert all(len(c.content) <= 200 for c in parts)
     assert [c.id for c in parts if c.doc_id == "app-a"][:2] == ["app-a#p0", "app-a#p1"]
+    assert all(len(c.content) <= 200 for c in parts if c.doc_id == "app-a")
+    (sheet,) = [c for c in parts if c.doc_id == "app-b"]  # narrowing needs every field of a sheet
+    assert sheet.id == "app-b" and len(sheet.content) > 200 and "Champ 19: valeur numéro 19" in sheet.content
+
+
+def test_a_document_of_several_chunks_is_stored_as_one_sheet_with_the_corpus_profile(tmp_path):
+    """dyag's original layout: one field per chunk, the document named by
+    metadata.id; the index stores the document's assembled sheet."""
+    rows = [
+        {"id": f"chunk_{app_id}_{n}", "content": f"Application: {name}\n{line}", "metadata": {"id": app_id, "nom": name}}
+        for app_id, name, full, body in APPS
+        for n, line in enumerate([f"Nom complet: {full}", *body.replace(" : ", ": ").splitlines(), "Statut: En production"])
+    ]
+    config = IndexConfig(corpus=write_corpus(tmp_path / "c.jsonl", rows), index=str(tmp_path / "i"))
+    assert rag.run(config).chunks_total == len(APPS)
+    profile = rag.read_profile(config.index)
+    assert profile.schema == "fr" and profile.documents == len(APPS) and profile.name_label == "Application"
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.profile == profile and retriever.schema.unknown_answer == "Je ne sais pas"
+        assert retriever.router.entries(retriever.chunks_of("app-d")[0].content) is not None
+        (hit,) = retriever.retrieve(["Où est hébergé MAREA ?"], top_k=1)[0]
+        assert hit.chunk_id == hit.doc_id == "app-d"
+        assert hit.content == (
+            "Application: MAREA\nNom complet: Observatoire des Marées\nHébergement: Cloud Nubo\n"
+            "Technologie: Java\nStatut: En production"
+        )
+        # the full name (an alias field) names the document too
+        assert retriever.named_documents("l'observatoire des marées, statut ?") == ["app-d"]
+    # an index built before the corpus profile existed is refused, not misread
+    (Path(config.index) / rag.PROFILE).unlink()
+    with pytest.raises(DyagError, match="built by an older dyag.*dyag index-rag"):
+        rag.Retriever(config.index)
 
 
 def test_crash_during_reindex_keeps_previous_index(built, tmp_path, monkeypatch):

@@ -1,0 +1,420 @@
+"""What a corpus holds: documents, their fields, and the language it speaks.
+
+A document is every chunk that shares its id; its facts are the "Label: value"
+pairs of all its chunks, whatever the layout (`Label: value`, `Label : value`,
+`- **Label**: value`, or a `## Label` heading with the value below it). Every
+label the corpus uses is a field. A schema (shipped: fr, en) is optional help:
+it names the language (refusal phrase, prompt wording, generic question
+templates) and, for labels it knows, synonyms and question templates. The
+corpus profile (`Profile`) is what the platform understood; it travels with
+the index, so retrieval, narrowing and prompts agree with generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import itertools
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from dyag_mlops.errors import DyagError
+from dyag_mlops.text import normalise
+
+SHIPPED_SCHEMAS = ("fr", "en")
+DOC_PLACEHOLDER = "{doc}"
+LABEL_PLACEHOLDER = "{label}"
+# How an assembled sheet writes a field: "Statut: En production".
+SEPARATOR = ": "
+
+HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
+# "Label: value", "Label : value", "- **Label**: value", "**Label** : value".
+FIELD_LINE = re.compile(
+    r"^\s*(?:[-*+]\s+)?(?:\*\*|__)?(?P<label>[^:\n*_#][^:\n*]{0,59}?)(?:\*\*|__)?\s*:(?:\*\*|__)?\s+(?P<value>\S.*?)\s*$"
+)
+# A label is a short name, not a sentence that happens to hold a colon.
+MAX_LABEL_WORDS = 6
+
+
+# ---------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    combined_with: tuple[str, ...] = ()
+    # Its value is another name of the document ("Nom complet").
+    alias: bool = False
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A language pack and, optionally, known fields with their wordings."""
+
+    language: str
+    fields: tuple[FieldSpec, ...] = ()
+    unknown_answer: str = "I don't know"
+    system_prompt: str = "Answer briefly with the exact value from the records, otherwise “I don't know”."
+    context_heading: str = "Context:"
+    question_heading: str = "Question: "
+    name_label: str = "Name"
+    # llm-based generation: how a model is asked for pairs ({n}, {chunk}).
+    llm_instruction: str = (
+        "Here is a record. Write {n} question/answer pairs whose answer is found word for word in the record. "
+        "Format, one pair per line: Q: <question> || A: <answer>\n\nRecord:\n{chunk}"
+    )
+    # Templates with {label} and {doc}: how any field is asked about.
+    generic_templates: tuple[str, ...] = ()
+    # Common words of the language: how a corpus's language is recognised.
+    stop_words: frozenset[str] = frozenset()
+    # A spaCy package whose word vectors help the field router ("" for none).
+    word_vectors: str = ""
+    # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
+    sentence_encoder: str = ""
+    source: str = ""
+
+    @functools.cached_property
+    def _by_key(self) -> dict[tuple[str, ...], FieldSpec]:
+        return {label_key(label): spec for spec in reversed(self.fields) for label in spec.labels}
+
+    def field_for_label(self, label: str) -> FieldSpec | None:
+        return self._by_key.get(label_key(label))
+
+
+def load_schema(name_or_path: str) -> Schema:
+    """A shipped schema (`fr`, `en`) or a user's JSON file of the same shape."""
+    if name_or_path in SHIPPED_SCHEMAS:
+        text = (resources.files("dyag_mlops") / "resources" / "schemas" / f"{name_or_path}.json").read_text("utf-8")
+        where = name_or_path
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise DyagError(f"--schema {name_or_path}: not {', '.join(SHIPPED_SCHEMAS)}, auto or an existing JSON file")
+        try:
+            text = path.read_text("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DyagError(f"{path}: not UTF-8") from None
+        where = str(path)
+    try:
+        data = json.loads(text)
+        specs = tuple(
+            FieldSpec(
+                f["name"], tuple(f["labels"]), tuple(f.get("templates", ())), tuple(f.get("combined_with", ())),
+                bool(f.get("alias", False)),
+            )
+            for f in data.get("fields", ())
+        )
+        language = str(data["language"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DyagError(f"{where}: not a valid field schema ({exc})") from None
+    for spec in specs:
+        if any(DOC_PLACEHOLDER not in t for t in spec.templates):
+            raise DyagError(f"{where}: every template of field {spec.name!r} must contain {DOC_PLACEHOLDER}")
+    generic = tuple(data.get("generic_templates", ()))
+    if any(DOC_PLACEHOLDER not in t or LABEL_PLACEHOLDER not in t for t in generic):
+        raise DyagError(f"{where}: every generic template must contain {DOC_PLACEHOLDER} and {LABEL_PLACEHOLDER}")
+    word_vectors = data.get("word_vectors", "")
+    if word_vectors and importlib.util.find_spec(word_vectors) is None:
+        raise DyagError(f"{where}: word_vectors {word_vectors!r} is not installed (pip install {word_vectors})")
+    defaults = Schema(language)
+    return Schema(
+        language=language,
+        fields=specs,
+        unknown_answer=data.get("unknown_answer", defaults.unknown_answer),
+        system_prompt=data.get("system_prompt", defaults.system_prompt),
+        context_heading=data.get("context_heading", defaults.context_heading),
+        question_heading=data.get("question_heading", defaults.question_heading),
+        name_label=data.get("name_label", defaults.name_label),
+        llm_instruction=data.get("llm_instruction", defaults.llm_instruction),
+        generic_templates=generic,
+        stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
+        word_vectors=word_vectors,
+        sentence_encoder=data.get("sentence_encoder", ""),
+        source=name_or_path,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def cached_schema(name_or_path: str) -> Schema:
+    return load_schema(name_or_path)
+
+
+def detect_schema(texts: Iterable[str]) -> str:
+    """The shipped schema whose language's common words the texts use most."""
+    words = Counter(w for text in texts for w in normalise(text).split())
+    scores = {name: sum(words[w] for w in cached_schema(name).stop_words) for name in SHIPPED_SCHEMAS}
+    return max(SHIPPED_SCHEMAS, key=lambda name: scores[name])
+
+
+def resolve_schema(name: str, texts: Iterable[str]) -> str:
+    """`auto` (or empty) -> the detected shipped schema; anything else as given."""
+    return detect_schema(texts) if name in ("", "auto") else name
+
+
+# ---------------------------------------------------------------- fields of a chunk
+
+
+def label_key(label: str) -> tuple[str, ...]:
+    """What makes two labels the same field: their words, case, accents and a
+    final plural s/x ignored ("Sites web" = "Site web")."""
+    return tuple(w[:-1] if len(w) > 3 and w[-1] in "sx" else w for w in normalise(label).split())
+
+
+def _is_label(label: str) -> bool:
+    words = label.split()
+    return (
+        0 < len(words) <= MAX_LABEL_WORDS
+        and not label.lower().startswith(("http", "www."))
+        and not any(c in label for c in "<>@|=[]{}")  # an address or markup, not a name
+    )
+
+
+def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(label, value) pairs of a chunk, and its lines that belong to no field.
+
+    A `## Label` heading holds the text written below it (unless that text is
+    itself "Label: value" lines: then the heading only groups them); a
+    `Label: value` line holds its value, continued by unlabelled lines up to a
+    blank line. A top-level `# Title` heading names the document, not a field."""
+    pairs: list[list[str]] = []
+    loose: list[str] = []
+    current: list[str] | None = None  # the field that unlabelled lines continue
+    under_heading = False  # current is a heading's field, still waiting for or collecting its text
+    for raw in content.splitlines():
+        line = raw.strip()
+        heading = HEADING.match(line)
+        if heading:
+            current, under_heading = None, False
+            if len(heading.group(1)) > 1:
+                current, under_heading = [heading.group(2).strip(" *_:"), ""], True
+                pairs.append(current)
+            continue
+        if not line:
+            if not under_heading:
+                current = None
+            continue
+        match = FIELD_LINE.match(line)
+        is_field = bool(match) and _is_label(match.group("label"))
+        if under_heading and current is not None and not current[1] and is_field:
+            pairs.remove(current)  # a heading over "Label: value" lines groups them
+            under_heading = False
+        if is_field and not under_heading:
+            current = [match.group("label").strip(), match.group("value").strip()]
+            pairs.append(current)
+        elif current is not None:
+            current[1] = f"{current[1]} {line}" if current[1] else line
+        else:
+            loose.append(line)
+    return [(label, value) for label, value in pairs if value], loose
+
+
+# ---------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    fields: tuple[tuple[str, str], ...]  # (label as written, value), in corpus order; the name line left out
+    chunk_ids: tuple[str, ...]
+    free_text: tuple[str, ...] = ()  # chunks (or their lines) that hold no field
+    name_label: str = ""  # the label of the line that names the document ("Application"), if any
+
+
+def documents(chunks: Sequence[Any]) -> list[Document]:
+    """Chunks (corpus.Chunk) grouped into documents, in corpus order."""
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for chunk in chunks:
+        grouped[chunk.doc_id].append(chunk)
+    docs = []
+    for doc_id, members in grouped.items():
+        title = members[0].title
+        fields: dict[tuple[str, ...], tuple[str, str]] = {}
+        free: list[str] = []
+        name_label = ""
+        for chunk in members:
+            pairs, loose = parse_fields(chunk.content)
+            for label, value in pairs:
+                if normalise(value) == normalise(title) and (not name_label or label == name_label):
+                    name_label = label  # "Application: Marégraphe", "Nom : SIRENA": the name, not a fact
+                    continue
+                fields.setdefault(label_key(label), (label, value))
+            if loose and not pairs:
+                free.append(chunk.content)
+            elif loose:
+                free.append("\n".join(loose))
+        docs.append(Document(doc_id, title, tuple(fields.values()), tuple(c.id for c in members), tuple(free), name_label))
+    return docs
+
+
+# ---------------------------------------------------------------- profile
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str  # the schema's field name when it knows the label, else the corpus's label
+    labels: tuple[str, ...]  # the corpus's spellings first, then the schema's
+    templates: tuple[str, ...] = ()  # the schema's templates (generic ones are added when asking)
+    documents: int = 0  # how many documents have it; 0 for a schema field the corpus lacks
+    alias: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the platform understood of a corpus."""
+
+    schema: str  # the schema (language pack) used: fr, en or a path
+    language: str
+    documents: int
+    name_label: str
+    fields: tuple[FieldInfo, ...]
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # doc id -> its other names
+    # A document of the corpus asked about field by field: shown to the
+    # untrained base model before the real question (systems.Predictor).
+    example: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def _by_key(self) -> dict[tuple[str, ...], FieldInfo]:
+        return {label_key(label): info for info in reversed(self.fields) for label in info.labels}
+
+    def field_for_label(self, label: str) -> FieldInfo | None:
+        return self._by_key.get(label_key(label))
+
+    @property
+    def corpus_fields(self) -> list[FieldInfo]:
+        return [f for f in self.fields if f.documents]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["fields"] = [asdict(f) for f in self.fields]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
+        fields = tuple(
+            FieldInfo(f["name"], tuple(f["labels"]), tuple(f["templates"]), f["documents"], f.get("alias", False))
+            for f in data["fields"]
+        )
+        return cls(
+            data["schema"], data["language"], data["documents"], data["name_label"], fields,
+            dict(data.get("aliases", {})), dict(data.get("example", {})),
+        )
+
+
+def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profile:
+    """Fields from the corpus (every label it uses), helped by the schema."""
+    schema_name = resolve_schema(schema_name, (f"{label} {value}" for d in docs for label, value in d.fields))
+    schema = cached_schema(schema_name)
+    spellings: dict[str, Counter] = defaultdict(Counter)  # field name -> corpus labels
+    holders: dict[str, set[str]] = defaultdict(set)
+    for doc in docs:
+        for label, _ in doc.fields:
+            spec = schema.field_for_label(label)
+            name = spec.name if spec else _corpus_field_name(label, spellings)
+            spellings[name][label] += 1
+            holders[name].add(doc.doc_id)
+    fields = []
+    for name, labels in spellings.items():
+        spec = next((s for s in schema.fields if s.name == name), None)
+        corpus_labels = [label for label, _ in labels.most_common()]
+        extra = [label for label in (spec.labels if spec else ()) if label_key(label) not in {label_key(c) for c in corpus_labels}]
+        fields.append(FieldInfo(name, tuple(corpus_labels + extra), spec.templates if spec else (), len(holders[name]), bool(spec and spec.alias)))
+    # Fields the schema knows and the corpus lacks stay as classes of the
+    # router: a question about them finds no line, and the answer is a refusal.
+    known = {f.name for f in fields}
+    fields += [FieldInfo(s.name, s.labels, s.templates, 0, s.alias) for s in schema.fields if s.name not in known]
+    name_labels = Counter(d.name_label for d in docs if d.name_label)
+    aliases = {
+        d.doc_id: [value for label, value in d.fields if (info := _alias_field(fields, label)) is not None]
+        for d in docs
+    }
+    profile = Profile(
+        schema=schema_name,
+        language=schema.language,
+        documents=len(docs),
+        name_label=name_labels.most_common(1)[0][0] if name_labels else schema.name_label,
+        fields=tuple(fields),
+        aliases={doc_id: names for doc_id, names in aliases.items() if names},
+    )
+    return dataclasses.replace(profile, example=worked_example(docs, profile, schema))
+
+
+# A worked example asks about short values: long ones would cost prompt tokens
+# on every question.
+EXAMPLE_VALUE_CHARS = 80
+EXAMPLE_ANSWERS = 4
+REFUSAL_AT = 3  # the refusal comes between answers, never last (it would prime the next answer)
+
+
+def worked_example(docs: Sequence[Document], profile: Profile, schema: Schema) -> dict:
+    """Turns {question, answer, title, sheet}: the corpus's fullest document
+    asked about some of its short fields (answered with the whole line, label
+    first), and another document asked about a field it lacks (answered with
+    the refusal). Empty when no document has a field."""
+    candidates = [d for d in docs if d.fields]
+    if not candidates:
+        return {}
+    doc = max(candidates, key=lambda d: len(d.fields))  # the first of the fullest
+
+    def turn(document: Document, info: FieldInfo, answer: str) -> dict:
+        question = field_questions(info, schema)[0].replace(DOC_PLACEHOLDER, document.title)
+        return {"question": question, "answer": answer, "title": document.title, "sheet": render_sheet(document, profile.name_label)}
+
+    turns = []
+    for label, value in doc.fields:
+        info = profile.field_for_label(label)
+        # (A field with no question: a user's schema without generic templates.)
+        if info is not None and not info.alias and len(value) <= EXAMPLE_VALUE_CHARS and field_questions(info, schema):
+            turns.append(turn(doc, info, f"{label}{SEPARATOR}{value}"))
+        if len(turns) == EXAMPLE_ANSWERS:
+            break
+    for other in candidates:
+        has = {info.name for label, _ in other.fields if (info := profile.field_for_label(label)) is not None}
+        lacking = [f for f in profile.corpus_fields if f.name not in has and not f.alias and field_questions(f, schema)]
+        if lacking:
+            turns.insert(min(REFUSAL_AT, len(turns)), turn(other, max(lacking, key=lambda f: f.documents), schema.unknown_answer))
+            break
+    return {"turns": turns}
+
+
+def _corpus_field_name(label: str, seen: dict[str, Counter]) -> str:
+    """A label the schema does not know names its own field; its variants join it."""
+    key = label_key(label)
+    return next((name for name, labels in seen.items() if any(label_key(l) == key for l in labels)), label)
+
+
+def _alias_field(fields: list[FieldInfo], label: str) -> FieldInfo | None:
+    key = label_key(label)
+    return next((f for f in fields if f.alias and any(label_key(l) == key for l in f.labels)), None)
+
+
+def render_sheet(doc: Document, name_label: str) -> str:
+    """A document's fields as one sheet: its name line, then one line per field."""
+    lines = [f"{doc.name_label or name_label}{SEPARATOR}{doc.title}"]
+    lines += [f"{label}{SEPARATOR}{' '.join(value.split())}" for label, value in doc.fields]
+    return "\n".join(lines)
+
+
+def field_questions(info: FieldInfo, schema: Schema) -> list[str]:
+    """Every template that asks for a field: the schema's and the generic ones
+    filled with each of its labels, taken in turn (so the first few hold both
+    the schema's wording and the corpus's own label)."""
+    generic = [
+        t.replace(LABEL_PLACEHOLDER, label if label.isupper() else label.lower())
+        for label in info.labels
+        for t in schema.generic_templates
+    ]
+    mixed = [t for pair in itertools.zip_longest(info.templates, generic) for t in pair if t is not None]
+    return list(dict.fromkeys(mixed))
