@@ -422,8 +422,8 @@ def training_metadata(train_path: Path, key: str) -> Any:
     """The one value of `key` in the metadata of a training set's examples,
     as generate-training records it (`focus`: whether RAFT sheets were
     narrowed; `schema`: the language pack of its prompts); None when no
-    example, or not all alike, record it (a user's dataset)."""
-    found = {json.dumps(obj.get("metadata", {}).get(key)) for _, obj in read_jsonl(train_path)}
+    example records it (a user's dataset) or examples disagree."""
+    found = {json.dumps(obj["metadata"][key]) for _, obj in read_jsonl(train_path) if key in obj.get("metadata", {})}
     return json.loads(found.pop()) if len(found) == 1 else None
 
 

@@ -50,11 +50,6 @@ def _stems(text: str) -> set[str]:
     return {word[:STEM_LENGTH] for word in normalise(text).split()}
 
 
-def _name_stems(names: str) -> set[str]:
-    """Stems of the words of 4+ letters of an application's names."""
-    return {word[:STEM_LENGTH] for word in normalise(names).split() if len(word) >= 4}
-
-
 def _without_words(text: str, stems: set[str]) -> str:
     """`text` without its words of 4+ letters whose stem is in `stems`; a
     hyphenated word goes whole when one of its parts does ("URBA-Net" leaves
@@ -171,7 +166,8 @@ class FieldRouter:
             self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000, class_weight="balanced")).fit(questions, fields)
         # What a question may say without asking for a detail: the fields' wording.
         self.label_stems = {info.name: [_stems(label) for label in info.labels] for info in classes}
-        self.field_stems = set().union(*(_stems(q) for q in questions))
+        # ... and the corpus's common words: neither points to a detail of one sheet.
+        self.field_stems = set().union(*(_stems(q) for q in questions)) | set(profile.common_words)
 
     def evidence_words(self, question: str, names: str) -> set[str]:
         """The question's own words (stems): 4+ letters, not a function word,
@@ -261,13 +257,6 @@ class FieldRouter:
             detail = self._detail(entries, wanted)
             if detail:
                 return detail
-        if len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
-            # The sheet says none of what the question is about: "Combien
-            # coûte la maintenance annuelle de FINANCIA ?", or, naming no name
-            # of the sheet's application, "Qui est le contact de l'application
-            # de gestion des cantines des collèges ?" (another application).
-            if not says_label or not _stems(question) & _name_stems(names):
-                return field, ""
         return field, _lines_of(entries, field)
 
     @staticmethod

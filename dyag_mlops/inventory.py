@@ -38,6 +38,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 FIELD_LINE = re.compile(
     r"^\s*(?:[-*+]\s+)?(?:\*\*|__)?(?P<label>[^:\n*_#][^:\n*]{0,59}?)(?:\*\*|__)?\s*:(?:\*\*|__)?\s+(?P<value>\S.*?)\s*$"
 )
+# Words are compared by their first letters ("saisies" meets "saisi").
+STEM = 5
 # A label is a short name, not a sentence that happens to hold a colon.
 MAX_LABEL_WORDS = 6
 
@@ -284,6 +286,9 @@ class Profile:
     # A document of the corpus asked about field by field: shown to the
     # untrained base model before the real question (systems.Predictor).
     example: dict = field(default_factory=dict)
+    # Word stems found in the values of many documents ("package", "région"):
+    # a question saying them points to no detail of one sheet (focus.py).
+    common_words: list[str] = field(default_factory=list)
 
     @functools.cached_property
     def _by_key(self) -> dict[tuple[str, ...], FieldInfo]:
@@ -309,7 +314,7 @@ class Profile:
         )
         return cls(
             data["schema"], data["language"], data["documents"], data["name_label"], fields,
-            dict(data.get("aliases", {})), dict(data.get("example", {})),
+            dict(data.get("aliases", {})), dict(data.get("example", {})), list(data.get("common_words", [])),
         )
 
 
@@ -348,7 +353,22 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
         fields=tuple(fields),
         aliases={doc_id: names for doc_id, names in aliases.items() if names},
     )
-    return dataclasses.replace(profile, example=worked_example(docs, profile, schema))
+    return dataclasses.replace(profile, example=worked_example(docs, profile, schema), common_words=common_words(docs))
+
+
+# A word in the values of at least this share of the documents says nothing
+# about one of them.
+COMMON_SHARE = 0.25
+
+
+def common_words(docs: Sequence[Document]) -> list[str]:
+    """Stems (first STEM letters) of the words in the values of COMMON_SHARE or more of the documents."""
+    with_fields = [d for d in docs if d.fields]
+    counts: Counter = Counter()
+    for doc in with_fields:
+        counts.update({w[:STEM] for _, value in doc.fields for w in normalise(value).split()})
+    least = max(2, COMMON_SHARE * len(with_fields))
+    return sorted(w for w, n in counts.items() if n >= least)
 
 
 # A worked example asks about short values: long ones would cost prompt tokens
