@@ -3,9 +3,10 @@
     dyag generate-training corpus.jsonl --method augmented --output data/qa.jsonl
 
 Methods:
-- rule-based: fields found through a field schema (labels -> question
-  templates); the first `--phrasings` (4) templates of each field.
-- augmented: every phrasing, the document named by its short and full name,
+- rule-based: every field of the corpus (inventory.Profile) asked with the
+  first `--phrasings` (4) of its templates (the schema's and generic ones
+  built from its label, in turn).
+- augmented: every phrasing, the document named by its title and aliases,
   plus combined questions over two fields; never the same (question, answer) twice.
 - llm-based: a model writes question/answer pairs from each chunk; a pair whose
   answer is not found in its chunk is dropped and counted.
@@ -17,9 +18,9 @@ fine-tuning is meant to learn), val likewise; no question is in two splits.
 Context-grounded examples (RAFT, `--with-context INDEX`): the prompt holds
 the chunks the retriever returns for the question, exactly as the rag and
 hybrid systems will see them at answering time (same retriever, same prompt
-builder). In a share of examples the right chunk is replaced by distractors
-only and the answer becomes "Je ne sais pas", so the model learns to copy the
-value from its context and to admit when the context does not have it.
+builder). Fields a document lacks are answered with the refusal; with whole
+sheets, a share of examples also holds distractors only, so the model learns
+to copy the value from its context and to admit when the context lacks it.
 With `--questions-per-example N` the train split asks up to N questions on
 one retrieved context as one conversation (`conversations`), so a context's
 ~200 tokens are trained on once for several answers; closed-book questions

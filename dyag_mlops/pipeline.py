@@ -114,20 +114,12 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
 def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict) -> str:
     """generate_training (every fact, no context) -> finetune; the adapter's run URI.
 
-    Every fact, asked in every phrasing of the augmented method (full names,
+    Every fact, asked in every phrasing of the augmented method (aliases,
     two facts at once) and 30 % of them as typed in a hurry, all in the train
-    split, 8 questions on different facts per conversation. Measured on 10
-    applications (docs/quality.md, 14th session): 19/45 closed-book answers
-    right with 4 rule-based phrasings and 8 epochs, 23-25/45 with these data
-    and 2 epochs at lr 1e-3-3e-3, at 1.3x the tokens; on all 40, finetuned
-    61.4 % of the hand-written set against 16.4 % for the RAFT adapter (51.5 %
-    with seed 43), and with the retrieved sheet (hybrid) 66.1 % against 55.0 %
-    (56.1 % with seed 43). A soup of such adapters is worse (45.6 %). With
-    sheets narrowed to the asked field (16th session, through the pipeline),
-    its hybrid gives 78.4 %, the RAFT adapter trained on narrowed sheets 80.1 %
-    (80.1 and 85.4 % with the 17th session's focus, 83.0 and 90.6 % with the
-    19th session's router): hybrid keeps the RAFT adapter, finetuned takes
-    this one.
+    split, 8 questions on different facts per conversation: the adapter
+    learns the facts themselves, which the finetuned system (no retrieval)
+    needs; hybrid keeps the RAFT adapter, which reads a narrowed sheet better
+    (docs/quality.md).
     """
     from dyag_mlops import finetune, generate
     from dyag_mlops.evaluate import demo_eval_path
@@ -178,9 +170,8 @@ def run(config: PipelineConfig) -> dict:
         raise DyagError(f"--systems {config.systems}: give at least two of base, finetuned, rag, hybrid")
     timings: dict[str, float] = {}
     # Each adapter system answers with the adapter that serves it best: the
-    # closed-book adapter, when asked for, knows the facts (finetuned 61.4 %
-    # against 17.0 %), the RAFT adapter reads a narrowed sheet better (hybrid
-    # 90.6 % against 83.0 %; docs/quality.md, 19th session).
+    # closed-book adapter, when asked for, knows the facts; the RAFT adapter
+    # reads a narrowed sheet better (docs/quality.md).
     closed_book = config.closed_book_epochs > 0 and "finetuned" in systems
     raft_adapter = "hybrid" in systems or ("finetuned" in systems and not closed_book)
     with stage_run("main", config) as parent:

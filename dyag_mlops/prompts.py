@@ -1,7 +1,8 @@
-"""The one system prompt and the one chat-formatting function.
+"""The one chat-formatting path, in the wording of the corpus's language.
 
-Training (finetune), generation of datasets, query and evaluation all build
-their prompts here, so a model is always asked a question exactly the way it
+The system prompt, the refusal and the headings come from the schema
+(inventory.Schema). Training (finetune), generation of datasets, query and
+evaluation all build their prompts here, so a model is always asked a question exactly the way it
 was trained to answer it. A fine-tuned model that never stops is almost always
 a template mismatch between training and inference; sharing these functions
 rules that out.

@@ -5,9 +5,10 @@
 Index: a ChromaDB persistent store (cosine space), `index_manifest.json` and
 the corpus profile (`corpus_profile.json`, inventory.Profile) in one
 directory. A document's fields, from however many chunks, are stored as one
-assembled sheet; chunks that hold no field are stored as they are. Each stored chunk carries doc_id, title, chunk_id and the
-hash of the text that was embedded, so re-indexing embeds only new or changed
-chunks and deletes the ones that left the corpus.
+assembled sheet; chunks that hold no field are stored as they are. Each
+stored chunk carries doc_id, title, chunk_id and the hash of the text that
+was embedded, so re-indexing embeds only new or changed chunks and deletes
+the ones that left the corpus.
 
 Crash safety: the update is made in a staging copy of the index directory,
 next to it, and swapped in with renames once complete; a crash mid-way leaves
@@ -16,12 +17,12 @@ no staging: chunks are upserted in place, batch by batch, each with its hash,
 so re-running after a crash finishes the job.
 
 Retrieval: questions are embedded in one batch. A question that names a
-document (its title, or the "Nom complet : ..." line of its content) is
-searched within that document's chunks only (names: titles and the values of
-alias fields); a question that names only a document the index never mentions (a word of 4+ characters with 2+
-capitals, "PEGASE", "VELO-Reg", found in no chunk and close to no document
-name) retrieves nothing: grounded rag and hybrid then answer "Je ne sais pas"
-(the only span left) instead of reading another application's sheet.
+document (its title or an alias: the value of an alias field) is searched
+within that document's chunks only; a question that names only a document
+the index never mentions (a word of 4+ characters with 2+ capitals,
+"PEGASE", "VELO-Reg", found in no chunk and close to no document name)
+retrieves nothing: grounded rag and hybrid then answer the refusal (the only
+span left) instead of reading another document's sheet.
 
 Ranking (the index's `ranking`, chosen at `index-rag`, RANKINGS): lexical
 (default: BM25 order, chunks sharing no word with the question after it in
