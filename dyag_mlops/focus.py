@@ -17,7 +17,6 @@ the router. Training (RAFT contexts), query and evaluation all narrow through
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from typing import Any, Sequence
 

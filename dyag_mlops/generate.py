@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib.util
 import json
 import os
 import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
