@@ -184,8 +184,9 @@ class FieldRouter:
         """The most likely field of each question. With `names` (per question:
         the application's names, as `sheet_names` gives them), the question's
         words that belong to those names are left out first, as the templates
-        leave out {doc}: "Le réseau d'alerte crues, il tourne sur quelle
-        techno ?" is routed as ", il tourne sur quelle techno ?"."""
+        leave out {doc}: "Le portail des salles, il tourne sur quelle
+        techno ?" (ORBIS, "Portail des salles") is routed as ", il tourne
+        sur quelle techno ?"."""
         if not questions:
             return []
         if self.only is not None:
