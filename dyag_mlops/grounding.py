@@ -24,14 +24,16 @@ CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
 
 def span_texts(chunks: Sequence[str], refusal: str) -> list[str]:
     """Every allowed answer, longest form: from each word start of each
-    context line to the end of the line, plus the refusal. An answer may
-    stop at any token of one of these."""
+    context line to the end of the line, plus the refusal (none for "";
+    always when the context is empty). An answer may stop at any token of
+    one of these."""
     texts = []
     for chunk in chunks:
         for line in chunk.splitlines():
             line = CHUNK_NUMBER.sub("", line).rstrip()
             texts += [line[m.start():] for m in WORD_START.finditer(line)]
-    texts.append(refusal)
+    if refusal or not texts:
+        texts.append(refusal)
     return list(dict.fromkeys(texts))
 
 
@@ -66,8 +68,11 @@ class SpanConstraint:
         return allowed or [self.eos]
 
 
-def span_constraint(tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusal: str) -> SpanConstraint:
+def span_constraint(
+    tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusals: Sequence[str]
+) -> SpanConstraint:
     """The constraint for a batch whose row i holds the chunks `contexts[i]`
-    in a prompt padded to `prompt_length` tokens."""
-    tries = [span_trie(tokenizer, chunks, refusal) for chunks in contexts]
+    in a prompt padded to `prompt_length` tokens, and may refuse with
+    `refusals[i]` ("": may not)."""
+    tries = [span_trie(tokenizer, chunks, refusal) for chunks, refusal in zip(contexts, refusals)]
     return SpanConstraint(tries, prompt_length, tokenizer.eos_token_id)

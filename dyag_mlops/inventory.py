@@ -75,6 +75,10 @@ class Schema:
     )
     # Templates with {label} and {doc}: how any field is asked about.
     generic_templates: tuple[str, ...] = ()
+    # Kind of value (VALUE_KINDS) -> templates with {doc} (and maybe {label}):
+    # how a field the schema does not know is asked about, from what its
+    # values look like ("Who maintains {doc}?" for a field of e-mail addresses).
+    kind_templates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Common words of the language: how a corpus's language is recognised.
     stop_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
@@ -123,6 +127,11 @@ def load_schema(name_or_path: str) -> Schema:
     generic = tuple(data.get("generic_templates", ()))
     if any(DOC_PLACEHOLDER not in t or LABEL_PLACEHOLDER not in t for t in generic):
         raise DyagError(f"{where}: every generic template must contain {DOC_PLACEHOLDER} and {LABEL_PLACEHOLDER}")
+    kinds = data.get("kind_templates", {})
+    if not isinstance(kinds, dict) or set(kinds) - set(VALUE_KINDS):
+        raise DyagError(f"{where}: kind_templates must map some of {', '.join(VALUE_KINDS)} to templates")
+    if any(DOC_PLACEHOLDER not in t for templates in kinds.values() for t in templates):
+        raise DyagError(f"{where}: every kind template must contain {DOC_PLACEHOLDER}")
     word_vectors = data.get("word_vectors", "")
     if word_vectors and importlib.util.find_spec(word_vectors) is None:
         raise DyagError(f"{where}: word_vectors {word_vectors!r} is not installed (pip install {word_vectors})")
@@ -137,6 +146,7 @@ def load_schema(name_or_path: str) -> Schema:
         name_label=data.get("name_label", defaults.name_label),
         llm_instruction=data.get("llm_instruction", defaults.llm_instruction),
         generic_templates=generic,
+        kind_templates={kind: tuple(templates) for kind, templates in kinds.items()},
         stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
@@ -162,6 +172,53 @@ def resolve_schema(name: str, texts: Iterable[str]) -> str:
 
 
 # ---------------------------------------------------------------- fields of a chunk
+
+# What a field's values look like, tested in this order; a field takes the
+# kind of most of its values (KIND_SHARE). Language-neutral: the wording of
+# the questions for each kind is the schema's (`kind_templates`).
+VALUE_KINDS = {
+    "url": re.compile(r"^(?:https?://|www\.)\S+$", re.I),
+    "person": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    "date": re.compile(r"^(?:\d{4}-\d{1,2}(?:-\d{1,2})?|\d{1,2}/\d{1,2}/\d{2,4})$"),
+    # "18062", "6 200", "3,5 Go"; not "0.9" (versions outnumber decimal points).
+    "number": re.compile(r"^[<>~≈]?\s*\d[\d\s]*(?:,\d+)?\s*(?:%|[^\W\d]{1,4}\.?)?$"),
+    # "text": not a pattern; the kind of the corpus's wordiest field (`_text_field`).
+    "text": None,
+}
+KIND_SHARE = 0.6
+# The wordiest field is a description when its values average this many words.
+TEXT_WORDS = 4
+
+
+def value_kind(values: Sequence[str]) -> str:
+    """The kind (VALUE_KINDS) of most of `values`, or "" when none has KIND_SHARE of them."""
+    kinds = Counter(
+        next((kind for kind, pattern in VALUE_KINDS.items() if pattern is not None and pattern.search(v.strip())), "")
+        for v in values
+    )
+    kind, count = kinds.most_common(1)[0] if kinds else ("", 0)
+    return kind if count >= KIND_SHARE * len(values) else ""
+
+
+# A shared value is short: a category, not a sentence two documents happen to repeat.
+SHARED_VALUE_WORDS = 3
+
+
+def shared_values(values: Sequence[str]) -> tuple[str, ...]:
+    """The short values found in two documents or more, most frequent first."""
+    counts = Counter(" ".join(v.split()) for v in values if len(v.split()) <= SHARED_VALUE_WORDS)
+    return tuple(v for v, n in counts.most_common() if n >= 2)
+
+
+def _text_field(values: dict[str, list[str]], kinds: dict[str, str]) -> str:
+    """The field whose values hold the most words (on average, TEXT_WORDS at
+    least) among those of no other kind: what "what is X?" asks for."""
+    words = {
+        name: sum(len(v.split()) for v in vs) / len(vs) for name, vs in values.items() if vs and not kinds.get(name)
+    }
+    best = max(words, key=words.__getitem__, default="")
+    return best if best and words[best] >= TEXT_WORDS else ""
+
 
 
 def label_key(label: str) -> tuple[str, ...]:
@@ -267,6 +324,10 @@ class FieldInfo:
     templates: tuple[str, ...] = ()  # the schema's templates (generic ones are added when asking)
     documents: int = 0  # how many documents have it; 0 for a schema field the corpus lacks
     alias: bool = False
+    kind: str = ""  # what its values look like (VALUE_KINDS), "" when they share no kind
+    # Short values several documents share ("optional", "En production"), for
+    # a field of no kind (a category): a question that says one asks about it.
+    shared_values: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -309,7 +370,10 @@ class Profile:
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
         fields = tuple(
-            FieldInfo(f["name"], tuple(f["labels"]), tuple(f["templates"]), f["documents"], f.get("alias", False))
+            FieldInfo(
+                f["name"], tuple(f["labels"]), tuple(f["templates"]), f["documents"], f.get("alias", False),
+                f.get("kind", ""), tuple(f.get("shared_values", ())),
+            )
             for f in data["fields"]
         )
         return cls(
@@ -324,18 +388,28 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
     schema = cached_schema(schema_name)
     spellings: dict[str, Counter] = defaultdict(Counter)  # field name -> corpus labels
     holders: dict[str, set[str]] = defaultdict(set)
+    values: dict[str, list[str]] = defaultdict(list)
     for doc in docs:
-        for label, _ in doc.fields:
+        for label, value in doc.fields:
             spec = schema.field_for_label(label)
             name = spec.name if spec else _corpus_field_name(label, spellings)
             spellings[name][label] += 1
             holders[name].add(doc.doc_id)
+            values[name].append(value)
+    kinds = {name: value_kind(vs) for name, vs in values.items()}
+    if text := _text_field(values, kinds):
+        kinds[text] = "text"
     fields = []
     for name, labels in spellings.items():
         spec = next((s for s in schema.fields if s.name == name), None)
         corpus_labels = [label for label, _ in labels.most_common()]
         extra = [label for label in (spec.labels if spec else ()) if label_key(label) not in {label_key(c) for c in corpus_labels}]
-        fields.append(FieldInfo(name, tuple(corpus_labels + extra), spec.templates if spec else (), len(holders[name]), bool(spec and spec.alias)))
+        fields.append(
+            FieldInfo(
+                name, tuple(corpus_labels + extra), spec.templates if spec else (), len(holders[name]),
+                bool(spec and spec.alias), kinds[name], () if kinds[name] else shared_values(values[name]),
+            )
+        )
     # Fields the schema knows and the corpus lacks stay as classes of the
     # router: a question about them finds no line, and the answer is a refusal.
     known = {f.name for f in fields}
@@ -427,14 +501,25 @@ def render_sheet(doc: Document, name_label: str) -> str:
     return "\n".join(lines)
 
 
+def spoken_labels(info: FieldInfo) -> list[str]:
+    """A field's labels as a question says them: lower case (acronyms kept),
+    and "installed size" for "Installed-Size"."""
+    spoken = []
+    for label in info.labels:
+        said = label if label.isupper() else label.lower()
+        spoken += [said, " ".join(re.split(r"[-_]+", said))]
+    return list(dict.fromkeys(spoken))
+
+
 def field_questions(info: FieldInfo, schema: Schema) -> list[str]:
-    """Every template that asks for a field: the schema's and the generic ones
-    filled with each of its labels, taken in turn (so the first few hold both
-    the schema's wording and the corpus's own label)."""
-    generic = [
-        t.replace(LABEL_PLACEHOLDER, label if label.isupper() else label.lower())
-        for label in info.labels
-        for t in schema.generic_templates
-    ]
-    mixed = [t for pair in itertools.zip_longest(info.templates, generic) for t in pair if t is not None]
+    """Every template that asks for a field, taken in turn so the first few
+    hold both the schema's wording and the corpus's own label: the schema's
+    (or, for a field it does not know, those of its values' kind) and the
+    generic ones filled with each of its labels."""
+    labels = spoken_labels(info)
+    own = info.templates or tuple(
+        t.replace(LABEL_PLACEHOLDER, labels[i % len(labels)]) for i, t in enumerate(schema.kind_templates.get(info.kind, ()))
+    )
+    generic = [t.replace(LABEL_PLACEHOLDER, label) for label in labels for t in schema.generic_templates]
+    mixed = [t for pair in itertools.zip_longest(own, generic) for t in pair if t is not None]
     return list(dict.fromkeys(mixed))

@@ -51,7 +51,9 @@ from dyag_mlops.config import RANKINGS, IndexConfig
 from dyag_mlops.corpus import Chunk, load_corpus
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json
-from dyag_mlops.inventory import SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, render_sheet
+from dyag_mlops.inventory import (
+    SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, field_questions, render_sheet,
+)
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
@@ -71,6 +73,8 @@ NAME_LIKE = re.compile(r"\w[\w-]*\w")
 NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
 # How close (difflib ratio) a word must be to a document name to count as a misspelling of it.
 NAME_TYPO_RATIO = 0.8
+# Shorter words are not corrected: one changed letter of four is another word.
+TYPO_MIN_LENGTH = 5
 
 
 # ---------------------------------------------------------------- embeddings
@@ -491,6 +495,7 @@ class Retrieved:
     title: str
     content: str
     score: float  # lexical: BM25 score (0: no word shared); fused: RRF score; dense: cosine similarity
+    field: str = ""  # the field a sheet was narrowed to (focus.narrow_hits); "" when whole
 
 
 def _name_tokens(name: str) -> tuple[str, ...]:
@@ -594,29 +599,96 @@ class Retriever:
 
     # -- queries
 
+    @functools.cached_property
+    def _known_words(self) -> dict[str, list[str]]:
+        """What a question's words are checked against (`spelled`), by first
+        letter: the index's words and the wording of its fields' questions."""
+        words = set(self.vocabulary) | set(self.schema.stop_words)
+        for info in self.profile.fields:
+            for text in field_questions(info, self.schema) + list(info.labels):
+                words.update(normalise(text).split())
+        by_letter: dict[str, list[str]] = {}
+        for word in sorted(words):
+            by_letter.setdefault(word[0], []).append(word)
+        return by_letter
+
+    @functools.cached_property
+    def _is_language_word(self) -> Any:
+        """Whether a word is one of the language's (a word of the embedding
+        model's tokenizer, or of the schema's word vectors): "released" is
+        an English word, not a misspelling of the corpus's "related"."""
+        vocab = self.embedder.tokenizer.get_vocab() if hasattr(self.embedder, "tokenizer") else {}
+        lexemes = None
+        if self.schema.word_vectors:
+            from dyag_mlops.focus import load_vectors
+
+            lexemes = load_vectors(self.schema.word_vectors).vocab
+
+        def known(word: str) -> bool:
+            lower = word.lower()
+            return lower in vocab or normalise(lower) in vocab or bool(
+                lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector
+            )
+
+        return known
+
+    def spelled(self, question: str) -> str:
+        """The question with each misspelt word (one neither the corpus, its
+        field wording nor the language holds) replaced by the closest word of
+        the corpus or its field wording (TYPO_MIN_LENGTH letters or more,
+        NAME_TYPO_RATIO alike, same first letter): "pyhton3 verison" reads
+        "python3 version", so retrieval finds the document and the router the
+        field. A word close to nothing is left as written."""
+        import difflib
+
+        def fix(match: re.Match) -> str:
+            word = match.group()
+            key = normalise(word)
+            if len(key) < TYPO_MIN_LENGTH or " " in key:
+                return word
+            known = self._known_words.get(key[0], [])
+            if key in known or self._is_language_word(word):
+                return word
+            close = difflib.get_close_matches(key, known, n=1, cutoff=NAME_TYPO_RATIO)
+            return close[0] if close else word
+
+        return re.sub(r"\w+", fix, question)
+
     def named_documents(self, question: str) -> list[str]:
         """Doc ids of the documents a question names; a name inside a longer
-        matched name ("SIG" in "SIG-Eau") does not count."""
-        tokens = normalise(question).split()
-        found = [name for name in self.names if _contains(tokens, name)]
+        matched name ("SIG" in "SIG-Eau") does not count. Neighbouring words
+        glued count too ("boto 3" names boto3)."""
+        words = normalise(question).split()
+        tokens = words + [a + b for a, b in zip(words, words[1:])]
+        found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in tokens)]
         kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
         return sorted({doc_id for name in kept for doc_id in self.names[name]})
 
+    def _is_common_word(self, word: str) -> bool:
+        """A word of the language or of the fields' wording (each part of a
+        hyphenated one: "arch-specific")."""
+        parts = [p for p in word.split("-") if p]
+        return all(self._is_language_word(p) or normalise(p) in self._known_words.get(normalise(p)[:1], ()) for p in parts)
+
     def unknown_names(self, question: str) -> list[str]:
-        """Words of the question that look like application names (NAME_LIKE)
-        but that no chunk holds and that are no misspelling of a document name."""
+        """Words of the question that look like names (NAME_LIKE) of things the
+        index does not hold: no chunk has them, they misspell no document name,
+        and they are in capitals or no common word."""
         import difflib
 
         names = ["".join(n) for n in self.names]
         unknown = []
         for match in NAME_LIKE.finditer(question):
             word = match.group()
-            if len(word) < NAME_MIN_LENGTH or sum(c.isupper() for c in word) < NAME_MIN_CAPITALS:
+            if len(word) < NAME_MIN_LENGTH:
                 continue
             key = "".join(normalise(word).split())
             if key in self.vocabulary or difflib.get_close_matches(key, names, n=1, cutoff=NAME_TYPO_RATIO):
                 continue
-            unknown.append(word)
+            # Capitals ("PEGASE", "GéoPlan"), or a word neither the language
+            # nor the fields' wording holds ("nginx", "postgresql").
+            if sum(c.isupper() for c in word) >= NAME_MIN_CAPITALS or not self._is_common_word(word):
+                unknown.append(word)
         return unknown
 
     def chunks_of(self, doc_id: str) -> list[Retrieved]:

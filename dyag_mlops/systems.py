@@ -120,7 +120,9 @@ class Predictor:
         schema = self.schema_for(questions)
         if self.retriever is None:
             return [build_messages(q, schema=schema) for q in questions], [[] for _ in questions]
-        retrieved = self.retriever.retrieve(list(questions), top_k=self.top_k)
+        # Misspelt names and field words corrected first: the prompt asks the corrected question.
+        questions = [self.retriever.spelled(q) for q in questions]
+        retrieved = self.retriever.retrieve(questions, top_k=self.top_k)
         hits = narrow_hits(self.retriever.router if self.focus else None, questions, retrieved)
         examples = {narrowed: self.worked_example_turns(narrowed) for narrowed in (False, True)} if self.worked_example else {}
         messages = [
@@ -149,7 +151,8 @@ class Predictor:
             began = time.perf_counter()
             try:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
-                texts, counts = self._generate([prompts[i] for i in batch], contexts)
+                refusals = [self.refusal_for(hits[i]) for i in batch]
+                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -180,9 +183,21 @@ class Predictor:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _generate(self, prompts: list[str], contexts: list[list[str]] | None = None) -> tuple[list[str], list[int]]:
+    def refusal_for(self, hits: Sequence[Any]) -> str:
+        """The refusal a grounded answer may give: none when a sheet narrowed
+        to the asked field kept lines (the router found the field on the
+        document: the answer is there, and a small model refuses too often),
+        else the schema's."""
+        if any(h.field and h.content.strip() for h in hits):
+            return ""
+        return self._schema.unknown_answer if self._schema else ""
+
+    def _generate(
+        self, prompts: list[str], contexts: list[list[str]] | None = None, refusals: Sequence[str] | None = None
+    ) -> tuple[list[str], list[int]]:
         """Answers to rendered prompts; with `contexts` (the chunks each
-        prompt holds), each answer is a span of its own chunks."""
+        prompt holds), each answer is a span of its own chunks or its refusal
+        (`refusals`, refusal_for)."""
         import torch
 
         self.tokenizer.padding_side = "left"  # decoder-only: pad on the left for batched generation
@@ -192,8 +207,9 @@ class Predictor:
         if contexts is not None:
             from dyag_mlops.grounding import span_constraint
 
-            refusal = self._schema.unknown_answer if self._schema else ""
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusal)
+            if refusals is None:
+                refusals = [self.refusal_for([])] * len(contexts)
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
@@ -222,8 +238,9 @@ class Predictor:
             from dyag_mlops.grounding import span_constraint
 
             contexts = [[h.content for h in hits[0]]]
-            refusal = self.schema_for([question]).unknown_answer
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusal)
+            self.schema_for([question])
+            refusals = [self.refusal_for(hits[0])]
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer

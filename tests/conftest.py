@@ -116,6 +116,9 @@ class FixedRetriever:
     def retrieve(self, questions, top_k=1, doc_filter=None):
         return [list(self.hits[:top_k]) for _ in questions]
 
+    def spelled(self, question):
+        return question
+
 
 @pytest.fixture(scope="session")
 def demo_index(tmp_path_factory) -> str:

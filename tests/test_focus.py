@@ -25,18 +25,13 @@ def router():
 
 
 # Phrasings written for this test, none of them a template of the schema
-# (the router is trained on the templates and labels only).
+# (the router is trained on the templates, labels and shared values only).
 @pytest.mark.parametrize(
     "question, field",
     [
-        pytest.param(
-            "orbis, il est en prod ou pas ?",
-            "status",
-            # Since the router reads word vectors (19th session), "prod" pulls
-            # it towards the technology; it routed right without them. Still
-            # so with the corpus-built router.
-            marks=pytest.mark.xfail(strict=True, reason="'prod' lies near the technology words"),
-        ),
+        # "prod" lies near the technology words in the vector space; the
+        # status values the sheets share ("En production") pull it back.
+        ("orbis, il est en prod ou pas ?", "status"),
         ("Sur quels serveurs tourne ORBIS ?", "hosting"),
         ("le lien vers orbis svp", "website"),
         ("Quelle personne joindre au sujet d'ORBIS ?", "contacts"),
@@ -48,16 +43,32 @@ def test_the_router_names_the_field_of_a_phrasing_it_never_saw(question, field):
     assert router().fields([question]) == [field]
 
 
-@pytest.mark.parametrize("question", ["Quel logiciel fait tourner ORBIS ?", "C'est du Java ou du PHP, ORBIS ?"])
-def test_word_vectors_route_a_word_no_template_holds(question):
-    # No technology template says "logiciel", "Java" or "PHP"; their vectors
-    # lie near "progiciel", "langage", "framework". Without vectors, the
-    # router takes "fait" for the description, "c'est ... ou" for the status.
+def test_word_vectors_route_a_word_no_template_holds():
+    # No technology template says "logiciel"; its vector lies near
+    # "progiciel", "langage", "framework". Without vectors, the router takes
+    # "fait" for the description.
     import dataclasses
 
+    question = "Quel logiciel fait tourner ORBIS ?"
     assert router().fields([question], ["ORBIS"]) == ["technology"]
     without = FieldRouter(demo_profile(), dataclasses.replace(FR, word_vectors=""))
     assert without.fields([question], ["ORBIS"]) != ["technology"]
+
+
+def test_values_the_documents_share_route_to_their_field():
+    # "Java" and "PHP" are values of several sheets' technology: no template
+    # needs to say them, and no word vector either.
+    import dataclasses
+
+    profile = demo_profile()
+    technology = next(f for f in profile.fields if f.name == "technology")
+    assert {"Java", "PHP"} <= {v.split("/")[0] for v in technology.shared_values}
+    without = FieldRouter(profile, dataclasses.replace(FR, word_vectors=""))
+    assert without.fields(["C'est du Java ou du PHP, ORBIS ?"], ["ORBIS"]) == ["technology"]
+    unshared = dataclasses.replace(profile, fields=tuple(dataclasses.replace(f, shared_values=()) for f in profile.fields))
+    assert FieldRouter(unshared, dataclasses.replace(FR, word_vectors="")).fields(
+        ["C'est du Java ou du PHP, ORBIS ?"], ["ORBIS"]
+    ) != ["technology"]
 
 
 def test_a_schema_naming_word_vectors_that_are_not_installed_is_refused(tmp_path):

@@ -108,3 +108,33 @@ def test_a_whole_line_answer_loses_its_label_and_other_answers_stay_whole():
         assert answer == UNKNOWN or answer in turn["sheet"].splitlines()
         if answer != UNKNOWN:
             assert strip_field_label(answer, [turn["sheet"]]) == answer.partition(": ")[2]
+
+
+def test_no_refusal_is_offered_where_the_sheet_kept_the_asked_field():
+    assert UNKNOWN not in span_texts(["Statut: En production"], "")
+    assert span_texts([""], "") == [""] and span_texts([""], UNKNOWN) == [UNKNOWN]
+
+
+def test_a_sheet_narrowed_to_the_asked_field_is_answered_from(tiny_model_dir):
+    import dataclasses
+
+    import torch
+
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.rag import Retrieved
+    from dyag_mlops.systems import Predictor
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    kept = Retrieved("app-001#status", "app-001", "SIRENA", "Statut: En production", 1.0, field="status")
+    lacking = dataclasses.replace(kept, chunk_id="app-001#website", content="", field="website")
+    whole = Retrieved("app-001", "app-001", "SIRENA", SHEET, 1.0)
+    predictor = Predictor("rag", model, tokenizer, retriever=FixedRetriever(kept), top_k=1, max_new_tokens=8,
+                          grounded=True, focus=True)
+    predictor.schema_for(["?"])
+    # the router found the field on the document: the answer is there; otherwise the refusal may be given
+    assert predictor.refusal_for([kept]) == ""
+    assert predictor.refusal_for([lacking]) == predictor.refusal_for([whole]) == predictor.refusal_for([]) == UNKNOWN
+    (answer,) = Predictor("rag", model, tokenizer, retriever=FixedRetriever(kept), top_k=1, max_new_tokens=8,
+                          grounded=True, focus=False).answer(["Quel est le statut de SIRENA ?"])
+    assert answer.text != UNKNOWN and answer.text in "Statut: En production", answer.text

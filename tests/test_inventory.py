@@ -23,6 +23,8 @@ from dyag_mlops.inventory import (
     parse_fields,
     render_sheet,
     resolve_schema,
+    shared_values,
+    value_kind,
 )
 from dyag_mlops.text import normalise
 
@@ -132,7 +134,12 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
         info = by_name[label]  # the corpus's label names the field
         assert info.labels == (label,) and info.templates == () and info.documents >= 1
         questions = field_questions(info, schema)
-        assert questions and all("{doc}" in q and normalise(label) in normalise(q) for q in questions)
+        assert questions and all("{doc}" in q for q in questions)
+        assert len([q for q in questions if normalise(label) in normalise(q)]) >= len(schema.generic_templates)
+    # a field the schema lacks is also asked about the way its values look
+    assert by_name["Mise en production"].kind == "date" and by_name["Identifiant"].kind == "number"
+    dates = [t for t in schema.kind_templates["date"] if "{label}" not in t]
+    assert dates and set(dates) <= set(field_questions(by_name["Mise en production"], schema))
     # labels the schema knows take its field's name, its wordings, and keep the corpus's spelling first
     assert by_name["status"].labels[0] == "Statut" and by_name["status"].templates and by_name["status"].documents == 2
     assert by_name["website"].labels[0] == "Sites web" and "Site web" not in by_name["website"].labels
@@ -172,6 +179,18 @@ def test_label_variants_meet_in_one_field():
     assert linked is profile.field_for_label("Donnée liée") is profile.field_for_label("DONNEES LIEES")
     assert linked.name == "Donnée liée" and linked.documents == 3 and set(linked.labels) == {"Donnée liée", "Données liées", "DONNEES LIEES"}
     assert len([f for f in profile.corpus_fields]) == 3  # website, the linked data, status
+
+
+def test_value_kinds_come_from_most_values():
+    assert value_kind(["https://a.example.org", "http://b.example.org/x", "www.c.example.org"]) == "url"
+    assert value_kind(["Ann Lee <ann@example.org>", "Bob <bob@x.org>, Cy <cy@x.org>"]) == "person"
+    assert value_kind(["2016-09-02", "02/09/2016", "12/2019"]) == "date"
+    assert value_kind(["18062", "6 200", "3,5 Go", "12 %"]) == "number"
+    assert value_kind(["1.6-2.1", "0.9", "2.1.0"]) == ""  # versions are no numbers
+    assert value_kind(["https://a.example.org", "En production", "Abandonné"]) == ""  # no kind holds most
+    assert shared_values(["optional", "required", "optional", "a sentence of more than three words", "required"]) == (
+        "optional", "required",
+    )
 
 
 # ---------------------------------------------------------------- any language

@@ -114,6 +114,38 @@ def test_question_naming_an_unknown_application_retrieves_nothing(built):
         assert retriever.retrieve(["Quel est le statut de PEGASE ?"], top_k=2, doc_filter=False)[0], "no guard without the name filter"
 
 
+PACKAGES = [
+    ("boto3", "Version: 1.34.0\nSummary: The AWS SDK for Python\nHomepage: https://github.com/boto/boto3"),
+    ("cryptography", "Version: 42.0.5\nSummary: Recipes and primitives for developers\nHomepage: https://cryptography.io"),
+    ("werkzeug", "Version: 3.0.1\nSummary: The comprehensive WSGI web application library\nHomepage: https://palletsprojects.com"),
+]
+
+
+@pytest.fixture()
+def english_index(tmp_path):
+    rows = [{"id": name, "content": f"Name: {name}\n{body}", "metadata": {"id": name, "title": name}} for name, body in PACKAGES]
+    config = IndexConfig(corpus=write_corpus(tmp_path / "packages.jsonl", rows), index=str(tmp_path / "index"))
+    rag.run(config)
+    return config.index
+
+
+def test_misspelt_words_are_read_as_the_corpus_writes_them(english_index):
+    with rag.Retriever(english_index) as retriever:
+        assert retriever.spelled("what vesion of cryptograpy is it") == "what version of cryptography is it"
+        assert retriever.spelled("werkzueg homepge?") == "werkzeug homepage?"
+        # English words are no misspellings, even close to a word of the corpus ("released"/"related").
+        assert retriever.spelled("Under which terms is it released?") == "Under which terms is it released?"
+        # Neighbouring words glued name a document.
+        assert retriever.named_documents("boto 3 version") == ["boto3"]
+
+
+def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(english_index):
+    with rag.Retriever(english_index) as retriever:
+        assert retriever.unknown_names("What version of nginx is installed?") == ["nginx"]
+        assert retriever.unknown_names("Which version does the web application library have?") == []
+        assert retriever.retrieve(["What version of nginx is installed?"], top_k=1) == [[]]
+
+
 @pytest.mark.parametrize("ranking", ["lexical", "fused"])
 def test_ranking_with_bm25(built, ranking):
     config, _, _ = built
