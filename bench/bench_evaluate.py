@@ -1,4 +1,4 @@
-"""Batched answering vs one question at a time (the seed's way).
+"""Batched answering vs one question at a time.
 
     python bench/bench_evaluate.py --questions 48 --batch-size 8
 

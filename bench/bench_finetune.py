@@ -2,21 +2,14 @@
 
     python bench/bench_finetune.py --steps 12 --warmup 4 [--raft]
 
-Each run happens in its own (forked) process, so each reports its own peak
-RSS; `--raft` trains on context-grounded examples (a retrieved sheet in every
-prompt, ~260 tokens, what the pipeline trains on) instead of closed-book ones.
-
-Same base model (smollm2:135m), same data (the demo corpus's rule-based train
-split), same LoRA (r=16, alpha=32, all-linear), batch size, learning rate and
-seed, same number of optimizer steps, one after the other in this process.
-The plain script is what a user would write from trl's documentation (a
-conversational prompt-completion dataset, trl tokenising it), with the same
-fp32 precision and no gradient checkpointing. With `--trl-defaults` it keeps
-trl's own defaults instead (bf16 autocast and gradient checkpointing: on a CPU
-without native bf16 that is two orders of magnitude slower, measured 145 s per
-step, see docs/performance.md). Steady-state
-tokens/s is measured between step `warmup` and the last step (the first
-steps are slower). Prints both, and the ratio dyag / plain (target >= 1.0).
+Same base model (smollm2:135m), data (the demo corpus's rule-based train
+split; `--raft`: examples with a retrieved sheet in the prompt, what the
+pipeline trains on), LoRA (r=16, alpha=32, all-linear), batch, learning rate,
+seed and steps, each run in its own forked process (its own peak RSS). The
+plain script is what a user writes from trl's documentation, in fp32 without
+gradient checkpointing (`--trl-defaults`: trl's own bf16 autocast and
+checkpointing instead). Steady-state tokens/s between step `warmup` and the
+last; prints both and the ratio dyag / plain (target >= 1.0).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
     python bench/bench_generate.py --chunks 10000
 
-Target (issue 3): a 10,000-chunk corpus in under 10 s on one core. Baseline
-named by the issue: the 10 s budget itself, so the ratio printed is
+Target: a 10,000-chunk corpus in under 10 s on one core. Baseline: the
+10 s budget itself, so the ratio printed is
 budget / measured (>= 1.0 meets it). Runs pinned to one core where possible.
 """
 

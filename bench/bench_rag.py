@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import rag  # noqa: E402
+from dyag_mlops import embeddings, rag  # noqa: E402
 from dyag_mlops.config import RANKINGS, IndexConfig  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "tel", "vo", "ne", "sy", "bar", "quo", "pi", "dra", "zen", "fu", "ori", "gal"]
@@ -124,7 +124,7 @@ def main() -> None:
         config = IndexConfig(corpus=str(corpus), index=str(Path(tmp) / "index"))
 
         start = time.perf_counter()
-        rag.load_embedder(config.embedding_model)
+        embeddings.load_embedder(config.embedding_model)
         model_load_s = time.perf_counter() - start
         build = rag.run(config)
         rebuild = rag.run(config)

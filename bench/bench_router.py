@@ -2,22 +2,14 @@
 
     HF_HUB_OFFLINE=1 python bench/bench_router.py --json outputs/bench_router.json
 
-The router of the demo corpus (its profile: the corpus's fields, helped by the
-`fr` schema) with the schema as shipped (character n-grams + fr_core_news_md
-word vectors) and the same schema without vectors, in one run:
-
-- build time (seconds, in this process; the vectors' first load included);
-- each schema template left out in turn, routed by a router built on the
-  others (96 for `fr`: wordings the router never saw, none from the eval
-  set; the generic "{label}" templates stay in);
-- PHRASINGS: 20 phrasings written by hand for the router, none a template
-  and none from the eval set (6 from tests/test_focus.py, 14 written in the
-  19th session before any router was run on them);
-- the hand-written eval set's answerable questions whose own sheet (as the
-  index stores it) keeps the asked field (`FieldRouter.focus`, the detail
-  rule included); --half dev, test or all (both halves: the whole set).
-
-Prints a table; --json writes the figures.
+The demo corpus's router with the `fr` schema as shipped (character n-grams
++ fr_core_news_md word vectors) and without vectors, in one run: build time;
+each schema template left out in turn and routed by a router built on the
+others; PHRASINGS, 20 phrasings written by hand for the router (none a
+template, none from an eval set); and the demo eval set's answerable
+questions whose own sheet keeps the asked field (`FieldRouter.focus`, the
+detail rule included; --half dev, test or all). Prints a table; --json
+writes the figures.
 """
 
 from __future__ import annotations

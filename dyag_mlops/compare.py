@@ -3,17 +3,13 @@
     dyag compare-models                       # latest finished evaluate run per system
     dyag compare-models --parent-run-id RUN   # the evaluate runs of one pipeline run
 
-For each metric: its direction, every system's value, the best system, the
-difference to the runner-up and a paired-bootstrap confidence interval of that
-difference over the per-question scores. A difference whose interval contains 0
-is a tie, not a win.
-
-Overall winner: the winner of the primary metric (default `correct`); if that
-is a tie, the tied system with the best value of the primary metric, then of
-token_f1, then the fastest. The winner's model is registered (default name
-`dyag-qa`); alias `champion` moves to it only if it beats the current champion
-significantly on the primary metric (the former champion keeps alias
-`previous`); otherwise the version is registered but not promoted.
+Per metric: every system's value, the best one, its difference to the
+runner-up with a paired-bootstrap confidence interval over the per-question
+scores (an interval holding 0 is a tie). The overall winner is that of the
+primary metric (`correct`), ties broken by the metric, then token_f1, then
+speed. Its model is registered (`dyag-qa`); alias `champion` moves to it only
+if it beats the current champion significantly (the former one becomes
+`previous`). docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -67,9 +63,9 @@ def results_from_file(path: str, system: str) -> SystemResult:
 
 
 def rescore_correct(rows: list[dict], metrics: dict) -> None:
-    """`correct` again from the stored answers, with today's rule: a run
-    evaluated before the rule changed (13th session) is compared, and
-    challenged for the registry, by the same rule as a new one."""
+    """`correct` again from the stored answers, with the current rule
+    (evaluate.is_correct): every run is compared, and challenged for the
+    registry, by the same rule, whenever it was evaluated."""
     needed = {"question", "expected_answer", "generated_answer", "exact_match", "contains"}
     if not rows or not all(needed <= r.keys() for r in rows):
         return  # an older or foreign results file: keep what it says

@@ -104,7 +104,7 @@ class FinetuneConfig:
     seed: int = _f(42, "Random seed.")
     # Adapters trained alone differ by several points with the seed (LoRA init
     # and example order); the mean of their updates answers better than any of
-    # them (docs/quality.md, 9th session).
+    # them (docs/decisions/0004-training-defaults.md).
     soup: int = _f(1, "Train N adapters (seeds seed, seed+1, ...) and average their updates into one adapter (a model soup of LoRA rank N x r); N x the training time.")
     dora: bool = _f(False, "Use DoRA (weight-decomposed LoRA).")
     quantize: str = _f("none", "none or 4bit (QLoRA, CUDA only).")
@@ -140,9 +140,8 @@ class IndexConfig:
     embedding_model: str = _f("all-minilm-l6-v2", "Sentence-transformers model (all-minilm-l6-v2 is bundled).")
     chunk_size: int = _f(1200, "Split chunks longer than this many characters (0: never).")
     chroma_host: str = _f("", "host:port of a ChromaDB server instead of the embedded store.")
-    # Measured on the hand-written set (167 questions with a document): right
-    # sheet first lexical 100 %, fused 97.6 %, dense 95.8 %; the bundled
-    # embedding model is English, the demo corpus French (docs/rag.md).
+    # BM25 first: the bundled embedding model is English, corpora need not be;
+    # the three rankings are compared in docs/rag.md.
     ranking: str = _f("lexical", "How the index ranks chunks: lexical (BM25, dense hits after), fused (dense + BM25, reciprocal rank fusion) or dense.")
     schema: str = _f("auto", SCHEMA_HELP)
 
@@ -215,32 +214,28 @@ class PipelineConfig:
     eval_file: str = _f("", "Eval set (empty: bundled hand-written set).")
     base_model: str = _f(DEFAULT_BASE_MODEL, "Base model for every system.")
     method: str = _f("rule-based", "generate-training method.")
-    count: int = _f(700, "Questions generated (80 % train); 0: all. 700 make 560 training examples of ~80 tokens with narrowed sheets (~4.5 min on 2 CPU cores), ~190 conversations of ~340 tokens with whole ones.")
+    count: int = _f(700, "Questions generated (80 % train); 0: all.")
     context_share: float = _f(1.0, "Share of training examples that hold retrieved chunks (RAFT); 0: closed-book training only.")
-    # Measured with whole sheets: hybrid 56.7 % with 207 single questions,
-    # 62.6 % with 560 questions in 187 conversations, ~10 % more training time
-    # (docs/quality.md). A narrowed sheet holds one fact: nothing to pack then.
+    # One context paid once for several trained answers
+    # (docs/decisions/0004-training-defaults.md). A narrowed sheet holds one
+    # fact: nothing to pack then.
     questions_per_example: int = _f(4, "RAFT training: questions on one retrieved context asked in one conversation (whole sheets only).")
-    # 0: measured 56.1 % hybrid at 0.3 against 59.6 % without, same seed (docs/quality.md).
+    # 0: hurried rewrites of RAFT questions did not help hybrid (docs/decisions/0004-training-defaults.md).
     hurried_share: float = _f(0.0, "Share of training questions rewritten as typed in a hurry (generate-training --hurried-share).")
     epochs: float = _f(1.0, "Fine-tuning epochs.")
-    # One short epoch (~190 steps): a higher rate than finetune's 3-epoch default.
-    # Tuned for smollm2:135m (5e-4: hybrid 55.7 % against 60.8 %, mean of three
-    # seeds). Larger models want less: Qwen2.5-Coder-0.5B hybrid 63.2 % at 1e-3,
-    # 79.5 % at 3e-4 (docs/quality.md).
+    # One short epoch: a higher rate than finetune's 3-epoch default, tuned
+    # for smollm2:135m; larger models want less (docs/decisions/0004-training-defaults.md).
     lr: float = _f(0.001, "Fine-tuning learning rate (tuned for smollm2:135m; 3e-4 for 0.5B+ models).")
-    # One example per optimizer step: 200 steps learn more than 25 steps of 8
-    # in the same time (hybrid 48.0 % -> 56.7 %, docs/quality.md).
+    # One example per optimizer step: many small steps learn more than a few
+    # large ones in the same time (docs/decisions/0004-training-defaults.md).
     grad_accum: int = _f(1, "Fine-tuning examples per optimizer step (one per forward pass).")
-    # 1 keeps the pipeline under 15 minutes on 2 CPU cores. 3 took it to 22 min
-    # and hybrid from 55.0 % (its seed-42 member alone) to 68.4 % (docs/quality.md).
+    # 1 keeps the pipeline within its time budget; 3 is the quality setting
+    # (docs/decisions/0004-training-defaults.md).
     soup: int = _f(1, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
-    # 0 keeps the pipeline under 15 minutes: the RAFT adapter asked without
-    # context says "Je ne sais pas" to nearly everything (finetuned 16.4 %).
-    # 2 epochs over every fact (8,266 questions, 1,039 conversations): 41-44
-    # min on 2 CPU cores, finetuned 61.4 % with seed 42, 51.5 % with 43
-    # (docs/quality.md, 14th and 15th sessions).
+    # 0 keeps the pipeline within its time budget, and finetuned then asks
+    # the RAFT adapter without context, which mostly refuses; 2 epochs over
+    # every fact cost 30-45 minutes on 2 cores (docs/quality.md).
     closed_book_epochs: float = _f(0.0, "Epochs of a closed-book adapter trained on every fact (augmented phrasings, a share typed in a hurry, no context), which finetuned then answers with; hybrid keeps the RAFT adapter. 0: none (finetuned asks the RAFT adapter without context).")
     closed_book_lr: float = _f(0.003, "Learning rate of the closed-book adapter (closed_book_epochs > 0).")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")

@@ -2,25 +2,15 @@
 
     dyag evaluate-finetuned data/dataset_test.jsonl --model outputs/adapter
 
-Metrics, per question and averaged, with the same names for every system:
-
-- exact_match          normalised prediction == normalised expected answer
-                       (case, accents, punctuation and whitespace ignored)
-- token_f1             SQuAD-style token overlap F1 on normalised text
-- rouge_l              ROUGE-L F-measure (rouge-score) on normalised text
-- contains             the normalised expected answer appears in the prediction
-- semantic_similarity  cosine of all-MiniLM-L6-v2 embeddings
-- correct              the decision rule below
-
-`correct` rule: when the expected answer is a refusal ("Je ne sais pas", "I
-don't know"), the prediction must say it does not know (UNKNOWN_MARKERS). Otherwise it is correct when
-it is an exact match, or has token_f1 >= 0.8, or contains the expected answer
-while being at most twice as long (plus 8 tokens) — so dumping a whole chunk
-that happens to contain the value does not count.
-
-Figures of dyag's evaluate-rag results are kept: success_rate (questions answered without error and
-with a non-empty answer), exact_match_rate, avg_time_seconds, avg_tokens,
-total_tokens, plus questions_per_second. A failed question counts as wrong.
+Per question and averaged, with the same names for every system:
+exact_match, token_f1, rouge_l and contains on normalised text (case, accents,
+punctuation, whitespace ignored), semantic_similarity (MiniLM cosine), and
+`correct`: a refusal expected must be a refusal (any language); otherwise an
+exact match, token_f1 >= 0.8, or the expected answer inside a prediction at
+most twice as long (plus 8 tokens), so a dumped chunk does not count. dyag's
+evaluate-rag figures are kept too (success_rate, exact_match_rate,
+avg_time_seconds, avg_tokens, total_tokens). A failed question counts as
+wrong. docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -177,7 +167,7 @@ def token_f1_beyond_question(prediction: str, expected: str, question: str) -> f
 def semantic_similarities(predictions: list[str], expected: list[str]) -> list[float]:
     """Cosine similarity with the bundled all-MiniLM-L6-v2; raises if unavailable
     (a missing expected metric fails the run rather than vanishing)."""
-    from dyag_mlops.rag import load_embedder
+    from dyag_mlops.embeddings import load_embedder
 
     model = load_embedder("all-minilm-l6-v2")
     a = model.encode(predictions, normalize_embeddings=True, batch_size=64, show_progress_bar=False)

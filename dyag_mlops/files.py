@@ -86,20 +86,3 @@ def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise DyagError(f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
-
-
-MLFLOW_URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:")
-
-
-def download_mlflow_uri(uri: str, option: str) -> Path:
-    """Local copy of a runs:/, models:/ or mlflow-artifacts: URI; a failure is a
-    DyagError naming the option it came from."""
-    import mlflow
-
-    from dyag_mlops.tracking import configure
-
-    configure()
-    try:
-        return Path(mlflow.artifacts.download_artifacts(uri))
-    except Exception as exc:
-        raise DyagError(f"{option} {uri}: cannot download ({exc})") from None

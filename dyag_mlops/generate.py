@@ -2,30 +2,16 @@
 
     dyag generate-training corpus.jsonl --method augmented --output data/qa.jsonl
 
-Methods:
-- rule-based: every field of the corpus (inventory.Profile) asked with the
-  first `--phrasings` (4) of its templates (the schema's and generic ones
-  built from its label, in turn).
-- augmented: every phrasing, the document named by its title and aliases,
-  plus combined questions over two fields; never the same (question, answer) twice.
-- llm-based: a model writes question/answer pairs from each chunk; a pair whose
-  answer is not found in its chunk is dropped and counted.
-
-Split: each *fact* (document, field, value) keeps at least one phrasing in
-train; the test split holds other phrasings of facts that train covers (what
-fine-tuning is meant to learn), val likewise; no question is in two splits.
-
-Context-grounded examples (RAFT, `--with-context INDEX`): the prompt holds
-the chunks the retriever returns for the question, exactly as the rag and
-hybrid systems will see them at answering time (same retriever, same prompt
-builder). Fields a document lacks are answered with the refusal; with whole
-sheets, a share of examples also holds distractors only, so the model learns
-to copy the value from its context and to admit when the context lacks it.
-With `--questions-per-example N` the train split asks up to N questions on
-one retrieved context as one conversation (`conversations`), so a context's
-~200 tokens are trained on once for several answers; closed-book questions
-(no context) are packed N to a conversation the same way, so the system
-prompt is paid once for N answers.
+Methods: rule-based (every field of the corpus asked with its first
+templates), augmented (every phrasing, aliases, questions on two fields) and
+llm-based (a model writes pairs; one whose answer is not in its chunk is
+dropped). Split by fact: every fact keeps a phrasing in train; val and test
+hold other phrasings of covered facts; no question is in two splits.
+With `--with-context INDEX` (RAFT) each prompt holds what the retriever and
+router hand rag and hybrid at answering time; a field the document lacks is
+answered with the refusal. `--questions-per-example N` asks N questions on one
+context (or N closed-book questions) as one conversation, so the shared
+tokens are paid once. docs/architecture.md.
 """
 
 from __future__ import annotations

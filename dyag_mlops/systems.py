@@ -23,10 +23,10 @@ from typing import Any, Iterator, Sequence
 
 from dyag_mlops.config import DEFAULT_BASE_MODEL
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import MLFLOW_URI_PREFIXES, download_mlflow_uri
 from dyag_mlops.focus import narrow_hits
 from dyag_mlops.inventory import Schema, cached_schema, detect_schema
 from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label, user_content
+from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
 SYSTEM_SPEC = "system.json"

@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from dyag_mlops.errors import DyagError
 from dyag_mlops.files import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -219,3 +220,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+MLFLOW_URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:")
+
+
+def download_mlflow_uri(uri: str, option: str) -> Path:
+    """Local copy of a runs:/, models:/ or mlflow-artifacts: URI; a failure is a
+    DyagError naming the option it came from."""
+    import mlflow
+
+    configure()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(uri))
+    except Exception as exc:
+        raise DyagError(f"{option} {uri}: cannot download ({exc})") from None

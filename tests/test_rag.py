@@ -10,7 +10,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from dyag_mlops import rag  # noqa: E402
+from dyag_mlops import embeddings, rag  # noqa: E402
 from dyag_mlops.config import IndexConfig  # noqa: E402
 from dyag_mlops.errors import DyagError  # noqa: E402
 from dyag_mlops.tracking import NullTracker  # noqa: E402
@@ -304,10 +304,10 @@ def test_empty_corpus(tmp_path):
 
 
 def test_resolve_embedding_model():
-    bundled = rag.resolve_embedding_model("all-minilm-l6-v2")
+    bundled = embeddings.resolve_embedding_model("all-minilm-l6-v2")
     assert Path(bundled).is_dir()
-    assert rag.resolve_embedding_model("sentence-transformers/all-MiniLM-L6-v2") == bundled
-    assert rag.resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+    assert embeddings.resolve_embedding_model("sentence-transformers/all-MiniLM-L6-v2") == bundled
+    assert embeddings.resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
 
 
 def test_retrieval_metrics():
