@@ -258,7 +258,7 @@ class FieldRouter:
         wanted = self.evidence_words(question, names)
         # A question the router is sure of asks for its field, whatever words
         # it shares with a description: they name the document ("Who maintains
-        # the library for escaping HTML?"), not the answer.
+        # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
             detail = self._detail(entries, wanted)
             if detail:

@@ -560,8 +560,8 @@ class Retriever:
         """The question with each misspelt word (one neither the corpus, its
         field wording nor the language holds) replaced by the closest word of
         the corpus or its field wording (TYPO_MIN_LENGTH letters or more,
-        NAME_TYPO_RATIO alike, same first letter): "pyhton3 verison" reads
-        "python3 version", so retrieval finds the document and the router the
+        NAME_TYPO_RATIO alike, same first letter): "cipherkti verison" reads
+        "cipherkit version", so retrieval finds the document and the router the
         field. A word close to nothing is left as written."""
         import difflib
 
@@ -581,7 +581,7 @@ class Retriever:
     def named_documents(self, question: str) -> list[str]:
         """Doc ids of the documents a question names; a name inside a longer
         matched name ("SIG" in "SIG-Eau") does not count. Neighbouring words
-        glued count too ("boto 3" names boto3)."""
+        glued count too ("logrota 3" names logrota3)."""
         words = normalise(question).split()
         tokens = words + [a + b for a, b in zip(words, words[1:])]
         found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in tokens)]
@@ -610,7 +610,7 @@ class Retriever:
             if key in self.vocabulary or difflib.get_close_matches(key, names, n=1, cutoff=NAME_TYPO_RATIO):
                 continue
             # Capitals ("PEGASE", "GéoPlan"), or a word neither the language
-            # nor the fields' wording holds ("nginx", "postgresql").
+            # nor the fields' wording holds ("zenquard", "vortexdb").
             if sum(c.isupper() for c in word) >= NAME_MIN_CAPITALS or not self._is_common_word(word):
                 unknown.append(word)
         return unknown

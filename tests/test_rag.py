@@ -115,9 +115,9 @@ def test_question_naming_an_unknown_application_retrieves_nothing(built):
 
 
 PACKAGES = [
-    ("boto3", "Version: 1.34.0\nSummary: The AWS SDK for Python\nHomepage: https://github.com/boto/boto3"),
-    ("cryptography", "Version: 42.0.5\nSummary: Recipes and primitives for developers\nHomepage: https://cryptography.io"),
-    ("werkzeug", "Version: 3.0.1\nSummary: The comprehensive WSGI web application library\nHomepage: https://palletsprojects.com"),
+    ("logrota3", "Version: 1.34.0\nSummary: Rotates the log files of a server\nHomepage: https://logrota.example.org"),
+    ("cipherkit", "Version: 42.0.5\nSummary: Recipes and primitives for developers\nHomepage: https://cipherkit.example.org"),
+    ("tessellate", "Version: 3.0.1\nSummary: The comprehensive tiling library\nHomepage: https://tiles.example.org"),
 ]
 
 
@@ -131,19 +131,19 @@ def english_index(tmp_path):
 
 def test_misspelt_words_are_read_as_the_corpus_writes_them(english_index):
     with rag.Retriever(english_index) as retriever:
-        assert retriever.spelled("what vesion of cryptograpy is it") == "what version of cryptography is it"
-        assert retriever.spelled("werkzueg homepge?") == "werkzeug homepage?"
+        assert retriever.spelled("which verison of cipherkti is that") == "which version of cipherkit is that"
+        assert retriever.spelled("tesselate homepge?") == "tessellate homepage?"
         # English words are no misspellings, even close to a word of the corpus ("released"/"related").
         assert retriever.spelled("Under which terms is it released?") == "Under which terms is it released?"
         # Neighbouring words glued name a document.
-        assert retriever.named_documents("boto 3 version") == ["boto3"]
+        assert retriever.named_documents("logrota 3 version") == ["logrota3"]
 
 
 def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(english_index):
     with rag.Retriever(english_index) as retriever:
-        assert retriever.unknown_names("What version of nginx is installed?") == ["nginx"]
-        assert retriever.unknown_names("Which version does the web application library have?") == []
-        assert retriever.retrieve(["What version of nginx is installed?"], top_k=1) == [[]]
+        assert retriever.unknown_names("Which release of zenquard is out?") == ["zenquard"]
+        assert retriever.unknown_names("Which version does the tiling library have?") == []
+        assert retriever.retrieve(["Which release of zenquard is out?"], top_k=1) == [[]]
 
 
 @pytest.mark.parametrize("ranking", ["lexical", "fused"])
