@@ -21,14 +21,11 @@ import re
 from typing import Any, Sequence
 
 from dyag_mlops.embeddings import load_vectors
-from dyag_mlops.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, Profile, Schema, field_questions
+from dyag_mlops.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, STEM, Profile, Schema, field_questions
 from dyag_mlops.text import normalise
 
 # A chunk is a sheet when at least this share of its lines carries a field's label.
 SHEET_SHARE = 0.5
-# Words compared by their first letters, so "saisies" meets "saisi" and
-# "inventoriés" meets "inventaire".
-STEM_LENGTH = 5
 # How many of a question's own words one sentence of a sheet must hold to be
 # taken for the answer's place, whatever field the router names.
 EVIDENCE_WORDS = 2
@@ -50,7 +47,7 @@ FUNCTION_WORDS = frozenset(
 
 
 def _stems(text: str) -> set[str]:
-    return {word[:STEM_LENGTH] for word in normalise(text).split()}
+    return {word[:STEM] for word in normalise(text).split()}
 
 
 def _without_words(text: str, stems: set[str]) -> str:
@@ -59,7 +56,7 @@ def _without_words(text: str, stems: set[str]) -> str:
     no "-Net" behind to be taken for a web address)."""
     def keep(match: re.Match) -> str:
         parts = normalise(match.group()).split()
-        return "" if any(len(w) >= 4 and w[:STEM_LENGTH] in stems for w in parts) else match.group()
+        return "" if any(len(w) >= 4 and w[:STEM] in stems for w in parts) else match.group()
 
     return re.sub(r"\w+(?:-\w+)*", keep, text)
 
@@ -176,7 +173,7 @@ class FieldRouter:
         not in the fields' wording, not in `names` (the application's names)."""
         ignored = self.field_stems | _stems(names)
         words = (w for w in normalise(question).split() if len(w) >= 4 and w not in FUNCTION_WORDS)
-        return {w[:STEM_LENGTH] for w in words} - ignored
+        return {w[:STEM] for w in words} - ignored
 
     def names_label(self, question: str, field: str) -> bool:
         """Whether the question says every word of one label of `field` ("statut")."""

@@ -38,7 +38,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 FIELD_LINE = re.compile(
     r"^\s*(?:[-*+]\s+)?(?:\*\*|__)?(?P<label>[^:\n*_#][^:\n*]{0,59}?)(?:\*\*|__)?\s*:(?:\*\*|__)?\s+(?P<value>\S.*?)\s*$"
 )
-# Words are compared by their first letters ("saisies" meets "saisi").
+# Words are compared by their first letters ("saisies" meets "saisi",
+# "inventoriés" meets "inventaire"): here and in the field router (focus.py).
 STEM = 5
 # A label is a short name, not a sentence that happens to hold a colon.
 MAX_LABEL_WORDS = 6
@@ -218,7 +219,6 @@ def _text_field(values: dict[str, list[str]], kinds: dict[str, str]) -> str:
     }
     best = max(words, key=words.__getitem__, default="")
     return best if best and words[best] >= TEXT_WORDS else ""
-
 
 
 def label_key(label: str) -> tuple[str, ...]:

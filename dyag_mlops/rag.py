@@ -526,54 +526,61 @@ class Retriever:
     # -- queries
 
     @functools.cached_property
-    def _known_words(self) -> dict[str, list[str]]:
-        """What a question's words are checked against (`spelled`), by first
-        letter: the index's words and the wording of its fields' questions."""
+    def _known_words(self) -> set[str]:
+        """The index's words and the wording of its fields' questions."""
         words = set(self.vocabulary) | set(self.schema.stop_words)
         for info in self.profile.fields:
             for text in field_questions(info, self.schema) + list(info.labels):
                 words.update(normalise(text).split())
+        return words
+
+    @functools.cached_property
+    def _known_by_letter(self) -> dict[str, list[str]]:
+        """`_known_words` by first letter: where `spelled` looks for a correction."""
         by_letter: dict[str, list[str]] = {}
-        for word in sorted(words):
+        for word in sorted(self._known_words):
             by_letter.setdefault(word[0], []).append(word)
         return by_letter
 
     @functools.cached_property
-    def _is_language_word(self) -> Any:
-        """Whether a word is one of the language's (a word of the embedding
-        model's tokenizer, or of the schema's word vectors): "released" is
-        an English word, not a misspelling of the corpus's "related"."""
+    def _language_words(self) -> tuple[Any, Any]:
+        """The embedding model's tokenizer vocabulary and the schema's word
+        vectors (None without): the words of the language."""
         vocab = self.embedder.tokenizer.get_vocab() if hasattr(self.embedder, "tokenizer") else {}
-        lexemes = None
-        if self.schema.word_vectors:
-            lexemes = load_vectors(self.schema.word_vectors).vocab
+        lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
+        return vocab, lexemes
 
-        def known(word: str) -> bool:
-            lower = word.lower()
-            return lower in vocab or normalise(lower) in vocab or bool(
-                lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector
+    def _is_common_word(self, word: str) -> bool:
+        """A word of the language ("released" is English, not a misspelling of
+        the corpus's "related") or of the index and its fields' wording; a
+        hyphenated word is common when each part is ("arch-specific")."""
+        vocab, lexemes = self._language_words
+
+        def common(part: str) -> bool:
+            lower = part.lower()
+            return (
+                normalise(lower) in self._known_words
+                or lower in vocab
+                or normalise(lower) in vocab
+                or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
             )
 
-        return known
+        return all(common(p) for p in word.split("-") if p)
 
     def spelled(self, question: str) -> str:
-        """The question with each misspelt word (one neither the corpus, its
-        field wording nor the language holds) replaced by the closest word of
-        the corpus or its field wording (TYPO_MIN_LENGTH letters or more,
-        NAME_TYPO_RATIO alike, same first letter): "cipherkti verison" reads
-        "cipherkit version", so retrieval finds the document and the router the
-        field. A word close to nothing is left as written."""
+        """The question with each misspelt word (no common word) replaced by
+        the closest word of the index or its fields' wording (TYPO_MIN_LENGTH
+        letters or more, NAME_TYPO_RATIO alike, same first letter): "cipherkti
+        verison" reads "cipherkit version", so retrieval finds the document and
+        the router the field. A word close to nothing is left as written."""
         import difflib
 
         def fix(match: re.Match) -> str:
             word = match.group()
             key = normalise(word)
-            if len(key) < TYPO_MIN_LENGTH or " " in key:
+            if len(key) < TYPO_MIN_LENGTH or " " in key or self._is_common_word(word):
                 return word
-            known = self._known_words.get(key[0], [])
-            if key in known or self._is_language_word(word):
-                return word
-            close = difflib.get_close_matches(key, known, n=1, cutoff=NAME_TYPO_RATIO)
+            close = difflib.get_close_matches(key, self._known_by_letter.get(key[0], []), n=1, cutoff=NAME_TYPO_RATIO)
             return close[0] if close else word
 
         return re.sub(r"\w+", fix, question)
@@ -583,16 +590,10 @@ class Retriever:
         matched name ("SIG" in "SIG-Eau") does not count. Neighbouring words
         glued count too ("logrota 3" names logrota3)."""
         words = normalise(question).split()
-        tokens = words + [a + b for a, b in zip(words, words[1:])]
-        found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in tokens)]
+        glued = {a + b for a, b in zip(words, words[1:])}
+        found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in glued)]
         kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
         return sorted({doc_id for name in kept for doc_id in self.names[name]})
-
-    def _is_common_word(self, word: str) -> bool:
-        """A word of the language or of the fields' wording (each part of a
-        hyphenated one: "arch-specific")."""
-        parts = [p for p in word.split("-") if p]
-        return all(self._is_language_word(p) or normalise(p) in self._known_words.get(normalise(p)[:1], ()) for p in parts)
 
     def unknown_names(self, question: str) -> list[str]:
         """Words of the question that look like names (NAME_LIKE) of things the
