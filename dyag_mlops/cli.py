@@ -57,19 +57,17 @@ def make_config(config_cls: type, **kwargs: Any) -> Any:
 
 
 def friendly(func: Callable) -> Callable:
-    """A DyagError becomes one line on stderr and exit status 2; an
-    interruption (Ctrl-C, SIGTERM) one line and status 130."""
+    """Any failure becomes one line on stderr (errors.report): exit 2 for bad
+    input, 1 for other failures, 130 for an interruption (Ctrl-C, SIGTERM)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dyag_mlops.errors import report
+
         try:
             return func(*args, **kwargs)
-        except DyagError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: an open MLflow run is marked KILLED (finetune --resume continues from its last checkpoint).", err=True)
-            sys.exit(130)
+        except (Exception, KeyboardInterrupt) as exc:
+            sys.exit(report(exc))
 
     return wrapper
 
@@ -82,9 +80,16 @@ def echo_json(data: Any) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dyag-mlops")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure (same as DYAG_DEBUG=1).")
+def main(debug: bool) -> None:
     """Build small LLMs that answer questions about a corpus (LoRA fine-tuning,
     RAG or both) and decide with evidence which is best, tracked in MLflow."""
+    import os
+
+    from dyag_mlops.errors import DEBUG_VARIABLE
+
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
 
 
 # ---------------------------------------------------------------- models
@@ -184,8 +189,8 @@ def query_options(func: Callable) -> Callable:
     for option in reversed(
         [
             click.option("--base-model", default="", help="Base model (default: the adapter's recorded base, else smollm2:135m)."),
-            click.option("--temperature", type=float, default=EvaluateConfig.temperature, show_default=True, help="0: greedy."),
-            click.option("--max-tokens", type=int, default=EvaluateConfig.max_new_tokens, show_default=True, help="Maximum tokens per answer."),
+            click.option("--temperature", type=click.FloatRange(min=0), default=EvaluateConfig.temperature, show_default=True, help="0: greedy."),
+            click.option("--max-tokens", type=click.IntRange(min=1), default=EvaluateConfig.max_new_tokens, show_default=True, help="Maximum tokens per answer."),
             click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu."),
             click.option("--precision", type=click.Choice(PRECISIONS), default=EvaluateConfig.precision, show_default=True, help=PRECISION_HELP),
         ]
@@ -194,11 +199,20 @@ def query_options(func: Callable) -> Callable:
     return func
 
 
-def answer_or_chat(predictor: Any, question: str) -> None:
-    if question:
+def check_question(question: str | None) -> None:
+    """An empty QUESTION is a mistake (a script's empty variable), not a wish
+    for the interactive chat, which leaving QUESTION out asks for."""
+    if question is not None and not question.strip():
+        raise DyagError("QUESTION is empty (leave it out for the interactive chat)")
+
+
+def answer_or_chat(predictor: Any, question: str | None) -> None:
+    if question is not None:
         answer = predictor.answer([question])[0]
         if answer.error:
             raise DyagError(f"generation failed: {answer.error}")
+        if answer.warning:
+            click.echo(f"warning: {answer.warning}", err=True)
         click.echo(answer.text)
         if answer.sources:
             click.echo(f"[sources: {', '.join(answer.sources)}]", err=True)
@@ -207,16 +221,17 @@ def answer_or_chat(predictor: Any, question: str) -> None:
 
 
 @main.command("query-finetuned")
-@click.argument("question", required=False, default="")
+@click.argument("question", required=False, default=None)
 @click.option("--model", required=True, help="Adapter directory, runs:/ or models:/ URI.")
 @query_options
 @friendly
 def query_finetuned(
-    question: str, model: str, base_model: str, temperature: float, max_tokens: int, device: str, precision: str
+    question: str | None, model: str, base_model: str, temperature: float, max_tokens: int, device: str, precision: str
 ) -> None:
     """Ask a fine-tuned model QUESTION (interactive chat without one)."""
     from dyag_mlops.systems import load_predictor
 
+    check_question(question)
     system = "finetuned"
     if model.startswith("models:/"):
         system = _registered_system(model)
@@ -243,9 +258,9 @@ def _registered_system(uri: str) -> str:
 
 
 @main.command("query-rag")
-@click.argument("question", required=False, default="")
+@click.argument("question", required=False, default=None)
 @click.option("--index", required=True, help="Index directory built by `dyag index-rag`.")
-@click.option("--top-k", type=int, default=EvaluateConfig.top_k, show_default=True, help="Chunks retrieved per question.")
+@click.option("--top-k", type=click.IntRange(min=1), default=EvaluateConfig.top_k, show_default=True, help="Chunks retrieved per question.")
 @click.option("--model", default="", help="Adapter for hybrid answering (optional).")
 @click.option("--grounded/--free", default=EvaluateConfig.grounded, show_default=True, help="Answer with a span of the retrieved chunks (or the refusal) / free text.")
 @click.option("--worked-example/--no-worked-example", default=EvaluateConfig.worked_example, show_default=True, help="Without --model: show the base model a worked example first.")
@@ -253,12 +268,13 @@ def _registered_system(uri: str) -> str:
 @query_options
 @friendly
 def query_rag(
-    question: str, index: str, top_k: int, model: str, grounded: bool, worked_example: bool, focus: bool,
+    question: str | None, index: str, top_k: int, model: str, grounded: bool, worked_example: bool, focus: bool,
     base_model: str, temperature: float, max_tokens: int, device: str, precision: str,
 ) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
     from dyag_mlops.systems import load_predictor
 
+    check_question(question)
     predictor = load_predictor(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,

@@ -87,12 +87,23 @@ def results_from_run(client: Any, run: Any) -> SystemResult:
     return result
 
 
+def _evaluate_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise DyagError(f"--run-ids {run_id}: no such run in {configure()}") from None
+    if run.data.tags.get("dyag.stage") != "evaluate":
+        raise DyagError(f"--run-ids {run_id}: not an evaluate run (stage {run.data.tags.get('dyag.stage', 'unknown')})")
+    return run
+
+
 def find_evaluate_runs(client: Any, config: CompareConfig) -> list[Any]:
     """The evaluate runs to compare: ids given, children of a pipeline run, or
     the latest finished run of each system in the experiment."""
     if config.run_ids:
-        return [client.get_run(r.strip()) for r in config.run_ids.split(",") if r.strip()]
-    import mlflow
+        return [_evaluate_run(client, r.strip()) for r in config.run_ids.split(",") if r.strip()]
 
     if config.experiment:
         experiment = client.get_experiment_by_name(config.experiment)
@@ -299,7 +310,10 @@ def register_winner(winner: SystemResult, config: CompareConfig, primary: str) -
         champion = None
     decision = "promoted to champion (no champion before)"
     promote = True
-    if champion is not None and champion.version != version.version:
+    if len(winner.rows) < config.min_questions:
+        promote = False
+        decision = f"registered, not promoted: {len(winner.rows)} eval questions decide nothing (--min-questions {config.min_questions})"
+    elif champion is not None and champion.version != version.version:
         champion_run = champion.tags.get("dyag.source_run")
         if champion_run:
             previous = results_from_run(client, client.get_run(champion_run))

@@ -144,6 +144,7 @@ class IndexConfig:
     # the three rankings are compared in docs/rag.md.
     ranking: str = _f("lexical", "How the index ranks chunks: lexical (BM25, dense hits after), fused (dense + BM25, reciprocal rank fusion) or dense.")
     schema: str = _f("auto", SCHEMA_HELP)
+    rebuild: bool = _f(False, "Embed every chunk again; required to change the embedding model of an existing index.")
 
     def __post_init__(self) -> None:
         if self.chunk_size < 0:
@@ -187,6 +188,9 @@ class EvaluateConfig:
             raise ValueError("--batch-size, --max-new-tokens and --top-k must be >= 1, --limit >= 0")
 
 
+MIN_QUESTIONS_HELP = "Fewest eval questions on which the winner may be promoted to champion (fewer: registered only)."
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """compare: evaluate runs from the tracking store -> winners, report, registry."""
@@ -204,6 +208,14 @@ class CompareConfig:
     output_dir: str = _f("outputs/compare", "Where comparison.json, comparison.md and the chart go.")
     force: bool = _f(False, "Compare runs evaluated on different eval sets.")
     seed: int = _f(42, "Bootstrap seed.")
+    # A winner on a handful of questions decides nothing.
+    min_questions: int = _f(20, MIN_QUESTIONS_HELP)
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 1 or self.min_questions < 1:
+            raise ValueError("--n-bootstrap and --min-questions must be >= 1")
+        if not 0 < self.confidence < 1:
+            raise ValueError("--confidence must be between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -249,6 +261,7 @@ class PipelineConfig:
     systems: str = _f("base,finetuned,rag,hybrid", "Systems to evaluate.")
     workdir: str = _f("outputs/pipeline", "Where the stages write their files.")
     registered_model: str = _f("dyag-qa", "Registered model name for the winner.")
+    min_questions: int = _f(CompareConfig.min_questions, MIN_QUESTIONS_HELP)
     reuse: bool = _f(True, "Reuse a finished step with the same parameters and code.")
 
     def __post_init__(self) -> None:
@@ -288,10 +301,14 @@ def from_strings(config_cls: type, values: dict[str, str]) -> Any:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"parameter {name}: expected true or false, got {raw!r}")
             converted[name] = raw.lower() in ("true", "1", "yes")
-        elif kind == "int":
-            converted[name] = int(float(raw))
-        elif kind == "float":
-            converted[name] = float(raw)
+        elif kind in ("int", "float"):
+            try:
+                number = float(raw)
+            except ValueError:
+                raise ValueError(f"parameter {name}: expected a number, got {raw!r}") from None
+            if kind == "int" and not number.is_integer():
+                raise ValueError(f"parameter {name}: expected a whole number, got {raw!r}")
+            converted[name] = int(number) if kind == "int" else number
         else:
             converted[name] = raw
     return config_cls(**converted)

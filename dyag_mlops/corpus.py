@@ -14,9 +14,17 @@ from importlib import resources
 from pathlib import Path
 
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import read_jsonl
+from dyag_mlops.files import read_jsonl, read_text
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
+# A chunk is a passage of a document, not the document: longer than this, it
+# would be copied whole into every dataset and prompt that cites it.
+MAX_CHUNK_CHARS = 100_000
+
+
+def _check_length(content: str, where: str) -> None:
+    if len(content) > MAX_CHUNK_CHARS:
+        raise DyagError(f"{where}: a chunk of {len(content):,} characters (at most {MAX_CHUNK_CHARS:,}); split the document into smaller chunks")
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,11 @@ def load_corpus(path: str | Path = "") -> list[Chunk]:
         raise DyagError(f"{path}: corpus not found (give a JSONL file or a folder of Markdown files)")
     if not chunks:
         raise DyagError(f"{path}: the corpus is empty (no chunk with content)")
-    ids = [c.id for c in chunks]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DyagError(f"{path}: chunk id {dup!r} appears more than once")
+    seen: set[str] = set()
+    for chunk in chunks:
+        if chunk.id in seen:
+            raise DyagError(f"{path}: chunk id {chunk.id!r} appears more than once")
+        seen.add(chunk.id)
     return chunks
 
 
@@ -58,6 +67,7 @@ def _load_jsonl(path: Path) -> list[Chunk]:
             raise DyagError(f"{path}:{lineno}: a chunk needs a string 'content'")
         if not content.strip():
             continue
+        _check_length(content, f"{path}:{lineno}")
         meta = obj.get("metadata") or {}
         if not isinstance(meta, dict):
             raise DyagError(f"{path}:{lineno}: 'metadata' must be an object")
@@ -71,10 +81,7 @@ def _load_jsonl(path: Path) -> list[Chunk]:
 def _load_markdown(folder: Path) -> list[Chunk]:
     chunks = []
     for md in sorted(folder.rglob("*.md")):
-        try:
-            text = md.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DyagError(f"{md}: cannot read ({exc})") from None
+        text = read_text(md)
         doc_id = md.relative_to(folder).with_suffix("").as_posix()
         title = md.stem
         sections: list[list[str]] = [[]]
@@ -87,5 +94,6 @@ def _load_markdown(folder: Path) -> list[Chunk]:
             sections[-1].append(line)
         for n, lines in enumerate(s for s in sections if "".join(s).strip()):
             content = "\n".join(lines).strip()
+            _check_length(content, f"{md} (section {n + 1})")
             chunks.append(Chunk(f"{doc_id}#{n}", content, doc_id, title, {"source": str(md), "title": title}))
     return chunks

@@ -39,6 +39,7 @@ def run_entrypoint(stage: str, config_cls: type, body: Callable[[Any, Any], Any]
 
         with stage_run(stage, config) as tracker:
             body(config, tracker)
-    except DyagError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except (Exception, KeyboardInterrupt) as exc:
+        from dyag_mlops.errors import report
+
+        sys.exit(report(exc))

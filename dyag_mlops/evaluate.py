@@ -199,6 +199,7 @@ def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
                 "sources": answer.sources,
                 "doc_id": item.doc_id,
                 "error": answer.error,
+                "warning": answer.warning,
             }
         )
     return rows
@@ -311,7 +312,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     tracker.log_dataset(eval_path, context="eval")
     tracker.log_metrics(metrics)
     tracker.log_table(
-        {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k != "error"},
+        {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k not in ("error", "warning")},
         "eval_results.json",
     )
     tracker.log_artifact(output, "results")

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Iterator
 
 from dyag_mlops.errors import DyagError
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 def file_digest(path: str | Path) -> str:
     """Short sha256 of a file's bytes: the identity of a dataset across runs."""
@@ -38,11 +40,40 @@ def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
         # 100,000 system calls.
         with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
             fh.writelines(chunks)
+        # mkstemp makes the file private (0600); an output gets the permissions
+        # any new file of the user gets.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a directory, or a file created if
+    needed) for the block; when another process holds it, say so on stderr
+    and wait. The lock goes with the process that held it, killed or not."""
+    import fcntl
+    import sys
+
+    fd = os.open(path, os.O_RDONLY if Path(path).is_dir() else os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is writing {what} (lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -62,23 +93,43 @@ def jsonl_lines(rows: list[dict]) -> list[bytes]:
     return [orjson.dumps(r) + b"\n" for r in rows]
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a malformed line is
-    a DyagError naming the file and line."""
+def decoded_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) of a UTF-8 text file; a byte-order mark is
+    skipped, and bytes that are not UTF-8 (or a NUL: binary data) are a
+    DyagError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise DyagError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DyagError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DyagError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+                if b"\0" in raw:  # valid UTF-8, but no text file holds a NUL byte
+                    raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DyagError(f"{path}:{lineno}: not UTF-8 text (convert it, e.g. `iconv -f latin1 -t utf-8`)") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content (decoded_lines' rules)."""
+    return "".join(line for _, line in decoded_lines(path))
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; a malformed line is
+    a DyagError naming the file and line."""
+    for lineno, line in decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DyagError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DyagError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:

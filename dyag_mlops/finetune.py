@@ -137,11 +137,16 @@ class TrackingCallback:
         return _Callback()
 
 
+def check_output(config: FinetuneConfig) -> None:
+    out = Path(config.output)
+    if out.exists() and any(out.iterdir()) and not config.resume and not config.overwrite:
+        raise DyagError(f"--output {out} is not empty (pass --resume to continue it or --overwrite to replace it)")
+
+
 def prepare_output(config: FinetuneConfig) -> Path:
+    check_output(config)
     out = Path(config.output)
     if out.exists() and any(out.iterdir()) and not config.resume:
-        if not config.overwrite:
-            raise DyagError(f"--output {out} is not empty (pass --resume to continue it or --overwrite to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -201,9 +206,9 @@ def peak_memory_mb(device: str) -> float:
 
 def build_model(config: FinetuneConfig, device: str, precision: str) -> tuple[Any, Any, str]:
     """Base model wrapped with a trainable LoRA (new or continued) adapter."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from dyag_mlops.models import load_base_model, load_tokenizer
+    from dyag_mlops.models import attach_adapter, load_base_model, load_tokenizer
 
     base_name = config.base_model
     if config.init_adapter:
@@ -216,7 +221,7 @@ def build_model(config: FinetuneConfig, device: str, precision: str) -> tuple[An
     if config.quantize == "4bit":
         model = prepare_model_for_kbit_training(model)
     if config.init_adapter:
-        model = PeftModel.from_pretrained(model, str(init_dir), is_trainable=True)
+        model = attach_adapter(model, str(init_dir), base_name, is_trainable=True)
         tokenizer = load_tokenizer(str(init_dir))
     else:
         targets = config.target_modules
@@ -269,9 +274,9 @@ HISTORY_FILE = "history.json"
 
 
 def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
-    from dyag_mlops.models import detect_device, release_memory, resolve_precision, torch_dtype
+    from dyag_mlops.models import detect_device, resolve_precision
 
-    out = prepare_output(config)
+    check_output(config)
     train_path = resolve_dataset(config.dataset)
     val_path = resolve_dataset(config.val) if config.val else None
     train_examples = load_examples(train_path)
@@ -280,11 +285,23 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     if config.quantize == "4bit" and device != "cuda":
         raise DyagError("--quantize 4bit (QLoRA) needs a CUDA GPU; on CPU/MPS train without quantisation")
     precision = resolve_precision(config.precision, device)
+    out = prepare_output(config)
+    try:
+        return _train(config, tracker, out, (train_path, train_examples, val_path, val_examples), device, precision)
+    except BaseException:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failure before the first checkpoint leaves nothing behind
+        raise
+
+
+def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tuple, device: str, precision: str) -> FinetuneResult:
+    from dyag_mlops.models import release_memory, torch_dtype
+
+    train_path, _, val_path, _ = datasets
     tracker.log_dataset(train_path, context="train")
     if val_path:
         tracker.log_dataset(val_path, context="val")
     tracker.set_tags({"dyag.base_model": config.base_model, "dyag.dtype": str(torch_dtype(precision)).replace("torch.", "")})
-    datasets = (train_path, train_examples, val_path, val_examples)
 
     if config.soup == 1:
         trained = train_adapter(config, datasets, device, precision, out, tracker)

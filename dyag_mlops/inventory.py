@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from dyag_mlops.errors import DyagError
+from dyag_mlops.files import read_text
 from dyag_mlops.text import normalise
 
 SHIPPED_SCHEMAS = ("fr", "en")
@@ -105,10 +106,7 @@ def load_schema(name_or_path: str) -> Schema:
         path = Path(name_or_path)
         if not path.is_file():
             raise DyagError(f"--schema {name_or_path}: not {', '.join(SHIPPED_SCHEMAS)}, auto or an existing JSON file")
-        try:
-            text = path.read_text("utf-8-sig")
-        except UnicodeDecodeError:
-            raise DyagError(f"{path}: not UTF-8") from None
+        text = read_text(path)
         where = str(path)
     try:
         data = json.loads(text)

@@ -340,3 +340,20 @@ def speed_up_lm_head(model: Any) -> None:
         return torch.mm(head.weight, rows.t()).t().reshape(*hidden.shape[:-1], head.out_features)
 
     head.forward = forward
+
+
+def attach_adapter(model: Any, adapter_dir: str, base_model: str, **kwargs: Any) -> Any:
+    """peft's PeftModel of `model` with the adapter in `adapter_dir`; an adapter
+    trained on another base is a DyagError naming both, not peft's page of
+    tensor size mismatches."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, **kwargs)
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise DyagError(
+            f"adapter {adapter_dir} does not fit base model {base_model!r} (its tensors have other shapes): "
+            "pass the --base-model it was trained on"
+        ) from None

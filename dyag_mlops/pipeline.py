@@ -207,7 +207,10 @@ def run(config: PipelineConfig) -> dict:
 
         # The evaluate runs of this pipeline, reused ones included (those belong
         # to an earlier parent run), are compared by id.
-        cmp_cfg = CompareConfig(run_ids=",".join(eval_runs), registered_model=config.registered_model, output_dir=str(work / "compare"))
+        cmp_cfg = CompareConfig(
+            run_ids=",".join(eval_runs), registered_model=config.registered_model, output_dir=str(work / "compare"),
+            min_questions=config.min_questions,
+        )
         report: dict = {}
         step("compare", cmp_cfg, lambda t: report.update(compare.run(cmp_cfg, t)), [], False, timings)
         parent.log_metrics({f"stage_seconds.{k}": v for k, v in timings.items()})

@@ -44,7 +44,7 @@ from dyag_mlops.embeddings import (
 from dyag_mlops.embeddings import embed as _embed
 from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json
+from dyag_mlops.files import atomic_write_json, exclusive_lock
 from dyag_mlops.inventory import (
     SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, field_questions, render_sheet,
 )
@@ -249,18 +249,25 @@ def _update_collection(
         model_key(previous.get("embedding_model", "")) == model_key(config.embedding_model)
         and previous.get("embedding_dimension") == dimension
     )
-    if not same_model:
-        # Vectors from another model are not comparable: start the collection over.
-        with contextlib.suppress(Exception):
-            client.delete_collection(config.collection)
+    if previous is not None and not same_model and not config.rebuild:
+        raise DyagError(
+            f"{config.index}: built with embedding model {previous.get('embedding_model')!r}; "
+            f"--embedding-model {config.embedding_model!r} needs --rebuild (every chunk is embedded again)"
+        )
     collection = _open_collection(client, config.collection, create=True)
-
     stored = _stored_hashes(collection)
-    wanted = {c.id for c in chunks}
-    removed = [chunk_id for chunk_id in stored if chunk_id not in wanted]
-    todo = [c for c in chunks if stored.get(c.id) != c.hash]
-    for start in range(0, len(removed), 5000):
-        collection.delete(ids=removed[start : start + 5000])
+    if config.rebuild or not same_model:
+        # Vectors from another model are not comparable: start the collection over.
+        client.delete_collection(config.collection)
+        collection = _open_collection(client, config.collection, create=True)
+        removed = [chunk_id for chunk_id in stored if chunk_id not in {c.id for c in chunks}]
+        todo = list(chunks)
+    else:
+        wanted = {c.id for c in chunks}
+        removed = [chunk_id for chunk_id in stored if chunk_id not in wanted]
+        todo = [c for c in chunks if stored.get(c.id) != c.hash]
+        for start in range(0, len(removed), 5000):
+            collection.delete(ids=removed[start : start + 5000])
 
     with tqdm(total=len(todo), desc="embedding", unit="chunk", disable=not todo) as bar:
         for start in range(0, len(todo), EMBED_BATCH):
@@ -320,6 +327,15 @@ def run(config: IndexConfig, tracker: NullTracker = NullTracker()) -> IndexResul
     digest = corpus_digest(corpus)
     index_dir = Path(config.index)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One writer at a time: a second index-rag on the same index waits for the first.
+    with exclusive_lock(index_dir.parent / f".{index_dir.name}.lock", f"index {index_dir}"):
+        return _index(config, corpus, profile, chunks, digest, index_dir, started, tracker)
+
+
+def _index(
+    config: IndexConfig, corpus: list, profile: Profile, chunks: list[IndexedChunk], digest: str, index_dir: Path,
+    started: float, tracker: NullTracker,
+) -> IndexResult:
     _recover(index_dir)
 
     previous = None

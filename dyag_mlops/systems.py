@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,6 +41,12 @@ class Answer:
     sources: list[str] = field(default_factory=list)  # chunk ids put in the prompt
     error: str | None = None
     retrieved: list = field(default_factory=list, repr=False)  # rag.Retrieved hits
+    warning: str | None = None
+
+
+# A question longer than this is cut to it (with a warning on its answer): the
+# prompt must leave room for the context and the answer in a small model's window.
+MAX_QUESTION_TOKENS = 256
 
 
 class Predictor:
@@ -139,8 +145,27 @@ class Predictor:
     # -- generation
 
     def answer(self, questions: Sequence[str]) -> list[Answer]:
-        """Answer every question; a question whose generation fails gets an
-        Answer with `error` set (and counts as wrong downstream)."""
+        """Answer every question; a blank question, or one whose generation
+        fails, gets an Answer with `error` set (and counts as wrong
+        downstream); a question over MAX_QUESTION_TOKENS is cut, with a warning."""
+        results: list[Answer | None] = [None] * len(questions)
+        asked, warnings = [], {}
+        for i, question in enumerate(questions):
+            if not question.strip():
+                results[i] = Answer(question, "", 0.0, 0, error="empty question")
+                continue
+            ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
+            if len(ids) > MAX_QUESTION_TOKENS:
+                question = self.tokenizer.decode(ids[:MAX_QUESTION_TOKENS], skip_special_tokens=True)
+                warnings[i] = f"question cut to its first {MAX_QUESTION_TOKENS} of {len(ids)} tokens"
+            asked.append((i, question))
+        for i, answer in zip([i for i, _ in asked], self._answer([q for _, q in asked])):
+            results[i] = replace(answer, question=questions[i], warning=warnings.get(i))
+        return [r for r in results if r is not None]
+
+    def _answer(self, questions: Sequence[str]) -> list[Answer]:
+        if not questions:
+            return []
         messages, hits = self.messages_for(questions)
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
         results: list[Answer | None] = [None] * len(questions)
@@ -345,14 +370,12 @@ def load_predictor(
         retriever = Retriever(index)
     lm, tokenizer, _ = load_base_model(base_model, device=device, precision=precision)
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        from dyag_mlops.models import load_tokenizer
+        from dyag_mlops.models import attach_adapter, load_tokenizer
 
         # Merged into the base weights: answering never trains, and an unmerged
         # LoRA adds two small matmuls to every linear layer (hybrid answering
         # measured 1.25x faster merged, docs/performance.md).
-        lm = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
+        lm = attach_adapter(lm, str(adapter_dir), base_model).merge_and_unload()
         tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
     speed_up_lm_head(lm)
     return Predictor(
@@ -375,6 +398,91 @@ def load_predictor(
 
 
 # ---------------------------------------------------------------- MLflow pyfunc
+
+
+class SharedBatches:
+    """Questions of concurrent requests answered together, one batch at a
+    time: a served model gets one thread per request, and threads that each
+    generate at once share the cores and all miss their deadline; a thread
+    that finds the model busy waits, and the next batch answers every
+    question that arrived meanwhile."""
+
+    def __init__(self, answer: Any):
+        import threading
+
+        self._answer = answer
+        self._busy = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._pending: list[dict] = []
+
+    def answer(self, questions: list[str]) -> list[Any]:
+        import threading
+
+        request = {"questions": questions, "done": threading.Event(), "answers": None, "error": None}
+        with self._queue_lock:
+            self._pending.append(request)
+        while not request["done"].is_set():
+            with self._busy:
+                if request["done"].is_set():
+                    break
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    answers = self._answer([q for r in batch for q in r["questions"]])
+                except Exception as exc:  # every request of the batch hears of it
+                    for r in batch:
+                        r["error"] = exc
+                        r["done"].set()
+                    continue
+                start = 0
+                for r in batch:
+                    r["answers"] = answers[start : start + len(r["questions"])]
+                    start += len(r["questions"])
+                    r["done"].set()
+        if request["error"] is not None:
+            raise request["error"]
+        return request["answers"]
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A served row that is not a question (answered with this reason, never guessed at)."""
+
+    reason: str
+
+
+def served_questions(model_input: Any) -> list[str | Invalid]:
+    """The questions of a served request, one per row: a DataFrame with a
+    `question` column, a string, or a list of strings. A row whose question is
+    missing, blank or not a string is Invalid; a request with no `question`
+    column, no row or no valid row is an MLflow INVALID_PARAMETER_VALUE
+    error (HTTP 400), never an answer to something that was not asked."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    def refuse(message: str) -> MlflowException:
+        return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+    if isinstance(model_input, pd.DataFrame):
+        if "question" not in model_input.columns:
+            raise refuse(f"the input needs a 'question' column (got {', '.join(map(str, model_input.columns)) or 'none'})")
+        values = list(model_input["question"])
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, (list, tuple)) or type(model_input).__name__ == "ndarray":
+        values = list(model_input)
+    else:
+        raise refuse(f"expected questions as a 'question' column, a string or a list, got {type(model_input).__name__}")
+    if not values:
+        raise refuse("no question given")
+    questions: list[str | Invalid] = [
+        str(value) if isinstance(value, str) and value.strip() else Invalid("question must be a non-empty string")
+        for value in values
+    ]
+    if all(isinstance(q, Invalid) for q in questions):
+        raise refuse("question must be a non-empty string" + (" in every row" if len(values) > 1 else ""))
+    return questions
 
 
 def pyfunc_model() -> Any:
@@ -400,21 +508,22 @@ def pyfunc_model() -> Any:
                 focus=spec["focus"],
                 schema=context.artifacts.get("schema") or spec["schema"],
             )
+            self.batches = SharedBatches(self.predictor.answer)
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
 
-            if isinstance(model_input, pd.DataFrame):
-                column = "question" if "question" in model_input.columns else model_input.columns[0]
-                questions = [str(q) for q in model_input[column]]
-            elif isinstance(model_input, str):
-                questions = [model_input]
-            else:
-                questions = [str(q) for q in model_input]
-            answers = self.predictor.answer(questions)
-            return pd.DataFrame(
-                {"answer": [a.text for a in answers], "sources": [",".join(a.sources) for a in answers]}
-            )
+            questions = served_questions(model_input)
+            valid = [q for q in questions if not isinstance(q, Invalid)]
+            answers = iter(self.batches.answer(valid))
+            rows = []
+            for question in questions:
+                if isinstance(question, Invalid):
+                    rows.append({"answer": "", "sources": "", "error": question.reason})
+                else:
+                    answer = next(answers)
+                    rows.append({"answer": answer.text, "sources": ",".join(answer.sources), "error": answer.error or answer.warning or ""})
+            return pd.DataFrame(rows, columns=["answer", "sources", "error"])
 
     return DyagQA()
 
@@ -436,21 +545,26 @@ def log_system_model(
     name: str = "model",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
-    base model by name (never its weights, see mlflow#23761)."""
+    base model by name (never its weights, see mlflow#23761). The spec is
+    written in a temporary folder under `workdir`, never over a user's file."""
+    import tempfile
+
     from dyag_mlops.files import atomic_write_json
 
     spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
             "worked_example": worked_example, "focus": focus, "schema": schema}
-    spec_path = Path(workdir) / SYSTEM_SPEC
-    atomic_write_json(spec_path, spec)
-    artifacts = {"system": str(spec_path)}
-    if adapter_dir:
-        artifacts["adapter"] = adapter_dir
-    if index_dir:
-        artifacts["index"] = index_dir
-    if Path(schema).is_file():
-        artifacts["schema"] = schema  # a user's schema file travels with the model
-    return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=".system-") as folder:
+        spec_path = Path(folder) / SYSTEM_SPEC
+        atomic_write_json(spec_path, spec)
+        artifacts = {"system": str(spec_path)}
+        if adapter_dir:
+            artifacts["adapter"] = adapter_dir
+        if index_dir:
+            artifacts["index"] = index_dir
+        if Path(schema).is_file():
+            artifacts["schema"] = schema  # a user's schema file travels with the model
+        return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
 
 
 def pyfunc_requirements() -> list[str]:

@@ -14,28 +14,93 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import file_digest
+from dyag_mlops.files import exclusive_lock, file_digest, read_jsonl
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "dyag-mlops"
 SECRET_MARKERS = ("token", "api_key", "apikey", "secret", "password")
 
 
+# Seconds a tracking server has to answer its health check: a store that is
+# down is said at once, not after MLflow's minutes of retries.
+STORE_TIMEOUT = 5.0
+
+
 def configure() -> str:
-    """Set the tracking URI (env or sqlite default) and return it."""
+    """Set the tracking URI (env or sqlite default), checked once (check_store), and return it."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
+    create_local_store(uri)
     return uri
+
+
+@functools.lru_cache(maxsize=None)
+def create_local_store(uri: str) -> None:
+    """Create a new sqlite store's tables while holding a lock on its folder:
+    two processes that create one store at once break MLflow's migrations."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_file() and path.stat().st_size > 0:
+        return
+    from mlflow import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path.parent, f"the tracking store {uri}"):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _shown(uri: str) -> str:
+    """`uri` without a password it may carry (user:secret@host)."""
+    return re.sub(r"//([^/@:]+):[^/@]+@", r"//\1:***@", uri)
+
+
+@functools.lru_cache(maxsize=None)
+def check_store(uri: str) -> None:
+    """A DyagError, within seconds, when the tracking store cannot be used: a
+    server that does not answer its health check, a local database or folder
+    that cannot be written."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme
+    way_out = "start it, or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db"
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            # The health check needs no credentials; urllib would take "user:pw@" for the host.
+            health = re.sub(r"//[^/@]+@", "//", uri.rstrip("/")) + "/health"
+            with urllib.request.urlopen(health, timeout=STORE_TIMEOUT) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DyagError(f"tracking store {_shown(uri)} does not answer its health check ({reason}); {way_out}") from None
+        return
+    if scheme == "sqlite":
+        path = Path(uri.split("sqlite:///", 1)[-1]) if uri.startswith("sqlite:///") else None
+    elif scheme in ("", "file"):
+        path = Path(urlparse(uri).path if scheme == "file" else uri)
+    else:
+        return  # another backend (postgresql, databricks...): its own client reports
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(target, os.W_OK):
+        raise DyagError(f"tracking store {uri}: {target} is not writable; point MLFLOW_TRACKING_URI elsewhere")
 
 
 def git_commit() -> str:
@@ -143,7 +208,7 @@ class Tracker(NullTracker):
         import pandas as pd
 
         path = Path(path)
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for _, row in read_jsonl(path)]
         frame = pd.DataFrame({"record": [json.dumps(r, ensure_ascii=False) for r in rows]})
         digest = file_digest(path)
         dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name or path.name, digest=digest)
@@ -154,6 +219,18 @@ class Tracker(NullTracker):
 
         info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
         return info.model_uri
+
+
+def set_experiment(name: str) -> None:
+    """mlflow.set_experiment, once more if another process created the
+    experiment between this one's lookup and its creation."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.set_experiment(name)
+    except MlflowException:
+        mlflow.set_experiment(name)
 
 
 @contextlib.contextmanager
@@ -177,7 +254,7 @@ def stage_run(
     configure()
     joined = os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None and not nested
     if not joined and not nested and mlflow.active_run() is None:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     # start_run() picks up MLFLOW_RUN_ID by itself when it is set.
     with mlflow.start_run(nested=nested, run_name=run_name or (None if joined else stage)) as run:
         tracker = Tracker(run.info.run_id)
@@ -191,12 +268,33 @@ def stage_run(
         )
         tracker.log_params(config_params(config))
         tracker.log_dict(config_params(config), "config.yaml")
+        if getattr(config, "resume", False):
+            close_abandoned_runs(stage, run.info.experiment_id, str(getattr(config, "output", "")), run.info.run_id)
         try:
             with sigterm_as_interrupt():
                 yield tracker
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")  # start_run's own exit would say FAILED
             raise
+
+
+def close_abandoned_runs(stage: str, experiment_id: str, output: str, current: str) -> list[str]:
+    """End as KILLED the runs of `stage` on the same output that still say
+    RUNNING: a process killed outright (SIGKILL, power loss) could not end its
+    own run, and the run that resumes its work replaces it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    quoted = output.replace("'", "\\'")
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`dyag.stage` = '{stage}' and params.output = '{quoted}'",
+    )
+    closed = [r.info.run_id for r in runs if r.info.run_id != current]
+    for run_id in closed:
+        client.set_terminated(run_id, "KILLED")
+        client.set_tag(run_id, "dyag.closed_by", current)
+    return closed
 
 
 @contextlib.contextmanager

@@ -107,7 +107,29 @@ def test_registry_promotion_and_rollback(tmp_path, experiment, tiny_model_dir):
     # the champion loads as a pyfunc model that answers questions
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     answers = model.predict(["Quel est le statut de SIRENA ?"])
-    assert list(answers.columns) == ["answer", "sources"] and len(answers) == 1
+    assert list(answers.columns) == ["answer", "sources", "error"] and len(answers) == 1
+    assert answers["error"][0] == ""
+    # a row that is not a question is refused, never answered; the others are answered
+    import pandas as pd
+
+    mixed = model.predict(pd.DataFrame({"question": ["Quel est le statut de SIRENA ?", "", 42]}))
+    assert list(mixed["error"]) == ["", "question must be a non-empty string", "question must be a non-empty string"]
+    assert list(mixed["answer"][1:]) == ["", ""]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="'question' column"):
+        model.predict(pd.DataFrame({"q": ["Quel est le statut de SIRENA ?"]}))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="non-empty string"):
+        model.predict(pd.DataFrame({"question": [None]}))
+
+
+def test_a_winner_on_few_questions_is_registered_not_promoted(tmp_path, experiment, tiny_model_dir):
+    name = f"qa-{uuid.uuid4().hex[:6]}"
+    fake_evaluate_run(tmp_path, "base", [0] * 5)
+    fake_evaluate_run(tmp_path, "rag", [1] * 5, model_base=tiny_model_dir)
+    report = compare.run(config(tmp_path, experiment, register=True, registered_model=name))
+    assert report["winner"] == "rag" and not report["registry"]["promoted"]
+    assert "--min-questions 20" in report["registry"]["decision"]
+    told = compare.run(config(tmp_path, experiment, register=True, registered_model=name, min_questions=5))
+    assert told["registry"]["promoted"]
 
 
 def test_results_written_under_an_older_correct_rule_are_rescored(tmp_path):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -282,7 +283,8 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
     with stage_run("evaluate", EvaluateConfig(system="rag")) as tracker:
         uri = log_system_model(tracker, tmp_path, system="rag", base_model=str(tiny_model_dir), index_dir=index,
                                top_k=1, max_new_tokens=4, grounded=True, focus=True, schema=str(schema))
-    spec = json.loads((tmp_path / "system.json").read_text())
+    assert not (tmp_path / "system.json").exists()  # written aside, never next to a user's files
+    spec = json.loads(next(Path(mlflow.artifacts.download_artifacts(uri)).rglob("system.json")).read_text())
     assert {k: spec[k] for k in ("grounded", "worked_example", "focus", "schema")} == {
         "grounded": True, "worked_example": False, "focus": True, "schema": str(schema)}
     schema.unlink()  # the served model must not need the user's file

@@ -54,7 +54,7 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     work = tmp_path / "work"
     cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e",
            "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=6", "-P", f"workdir={work}",
-           "-P", "registered_model=e2e-qa"]
+           "-P", "registered_model=e2e-qa", "-P", "min_questions=1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -99,7 +99,7 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     finally:
         serve.terminate()
         serve.wait(timeout=30)
-    assert [list(a) for a in answers] == [["answer", "sources"]] * 2, answers
+    assert [list(a) for a in answers] == [["answer", "sources", "error"]] * 2, answers
     assert all(isinstance(a["answer"], str) for a in answers)
 
 
