@@ -391,3 +391,81 @@ def test_a_read_only_store_is_one_line(tmp_path: Path) -> None:
     store.chmod(0o555)
     result = CliRunner().invoke(main, ["generate-training", names["good"], "--output", str(tmp_path / "d")], env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"})
     assert result.exit_code == 2 and "is not writable" in result.stderr
+
+
+def test_an_adapter_on_another_base_is_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """An adapter without dyag's manifest, asked to load on a base of other shapes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    wider = tmp_path / "wider"
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.intermediate_size = 32, 64
+    LlamaForCausalLM(config).save_pretrained(wider)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, wider / name)
+    result = CliRunner().invoke(main, ["query-finetuned", "Status of tool1?", "--model", str(adapter), "--base-model", str(wider)])
+    assert result.exit_code == 2, result.output
+    assert "does not fit base model" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.output
+
+
+def test_an_overlong_question_is_cut_with_a_warning(tiny_model_dir: Path) -> None:
+    from dyag_mlops.systems import MAX_QUESTION_TOKENS, load_predictor
+
+    predictor = load_predictor("base", base_model=str(tiny_model_dir), max_new_tokens=2)
+    long, blank, short = predictor.answer(["word " * 20_000, "  ", "Status of tool1?"])
+    assert long.error is None and f"first {MAX_QUESTION_TOKENS} of" in long.warning
+    assert long.question.startswith("word word")  # the answer keeps the question as asked
+    assert blank.error == "empty question" and blank.tokens == 0
+    assert short.error is None and short.warning is None
+
+
+def test_an_entry_point_names_the_parameter(capsys) -> None:
+    from dyag_mlops.config import GenerateConfig
+    from dyag_mlops.entry import run_entrypoint
+
+    for value, said in (("abc", "expected a number"), ("2.5", "expected a whole number")):
+        with pytest.raises(SystemExit) as stop:
+            run_entrypoint("generate_training", GenerateConfig, lambda config, tracker: None, ["--count", value])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip() == f"Error: parameter count: {said}, got {value!r}"
+
+
+@pytest.fixture(scope="module")
+def built_index(tmp_path_factory) -> Path:
+    from dyag_mlops import rag
+    from dyag_mlops.config import IndexConfig
+
+    tmp = tmp_path_factory.mktemp("hostile-index")
+    write_jsonl(tmp / "good.jsonl", GOOD_ROWS)
+    rag.run(IndexConfig(corpus=str(tmp / "good.jsonl"), index=str(tmp / "ix")))
+    return tmp / "ix"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"collection": "elsewhere"}, r"collection 'elsewhere' not found"),
+        ({"embedding_dimension": 7}, r"differ in dimension; rebuild the index"),
+        ({"ranking": "psychic"}, r"ranking must be one of"),
+        (None, r"unreadable index manifest"),
+    ],
+    ids=["other-collection", "other-dimension", "unknown-ranking", "corrupt"],
+)
+def test_an_index_whose_manifest_disagrees_is_one_line(built_index: Path, tmp_path: Path, change, message) -> None:
+    index = tmp_path / "ix"
+    shutil.copytree(built_index, index)
+    manifest = index / "index_manifest.json"
+    if change is None:
+        manifest.write_text("{half a manifest")
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **change}))
+    result = CliRunner().invoke(main, ["query-rag", "Status of tool1?", "--index", str(index)])
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error:") and __import__("re").search(message, last), last
