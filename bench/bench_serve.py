@@ -1,6 +1,7 @@
 """Concurrent requests to a served system: shared batches vs a thread each.
 
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --model models:/dyag-qa@champion [--clients 8 --requests 5]
+    python bench/bench_serve.py --http http://127.0.0.1:5001 [--clients 8 --requests 25]
 
 `mlflow models serve` answers each request in a thread of its own. The
 baseline lets every thread call the predictor at once (each request
@@ -10,7 +11,9 @@ was generated are answered in the next one. Both run in one process on the
 same loaded model, in turn, `--clients` clients sending `--requests` one-
 question requests each (questions of the bundled demo dev half). Reported:
 requests per second, the ratio, and each mode's slowest request (the served
-model's deadline is 60 s).
+model's deadline is 60 s). With `--http`, the clients send the requests to
+a running `mlflow models serve` instead, and the HTTP status codes are
+counted too (a 5xx is a request the server failed or timed out).
 """
 
 from __future__ import annotations
@@ -35,16 +38,20 @@ def load_questions(n: int) -> list[str]:
 
 
 def hammer(answer, questions: list[str], clients: int) -> dict:
-    """`clients` threads, each sending its share of `questions` one at a time."""
+    """`clients` threads, each sending its share of `questions` one at a time;
+    `answer` returns an HTTP status (or None in process)."""
     latencies: list[float] = []
+    codes: dict[str, int] = {}
     lock = threading.Lock()
 
     def client(mine: list[str]) -> None:
         for question in mine:
             began = time.perf_counter()
-            answer([question])
+            code = answer([question])
             with lock:
                 latencies.append(time.perf_counter() - began)
+                if isinstance(code, int):
+                    codes[str(code)] = codes.get(str(code), 0) + 1
 
     threads = [threading.Thread(target=client, args=(questions[i::clients],)) for i in range(clients)]
     began = time.perf_counter()
@@ -60,7 +67,25 @@ def hammer(answer, questions: list[str], clients: int) -> dict:
         "requests_per_second": round(len(latencies) / wall, 3),
         "median_latency_s": round(latencies[len(latencies) // 2], 2),
         "max_latency_s": round(latencies[-1], 2),
+        **({"status_codes": codes} if codes else {}),
     }
+
+
+def http_answer(url: str):
+    import urllib.error
+    import urllib.request
+
+    def answer(questions: list[str]) -> int:
+        body = json.dumps({"dataframe_records": [{"question": q} for q in questions]}).encode()
+        request = urllib.request.Request(url.rstrip("/") + "/invocations", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                response.read()
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    return answer
 
 
 def main() -> None:
@@ -68,7 +93,12 @@ def main() -> None:
     parser.add_argument("--model", default="models:/dyag-qa@champion")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=5, help="requests per client")
+    parser.add_argument("--http", default="", help="URL of a running `mlflow models serve` to send the requests to")
     args = parser.parse_args()
+    if args.http:
+        questions = load_questions(args.clients * args.requests)
+        print(json.dumps({"server": args.http, "clients": args.clients, **hammer(http_answer(args.http), questions, args.clients)}, indent=2))
+        return
 
     import mlflow
 
