@@ -275,13 +275,58 @@ def chart(report: dict, path: Path) -> Any:
     ax.set_xticks(x + width * (len(systems) - 1) / 2, quality, rotation=20)
     ax.set_ylim(0, 1)
     ax.set_title("Answer quality (higher is better)")
-    ax.legend()
+    # Below the axes: inside, the legend hid the tallest bars.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(systems), frameon=False)
     times = report["metrics"].get("avg_time_seconds", {}).get("values", {})
     ax_time.bar(list(times), list(times.values()), color="gray")
-    ax_time.set_title("Seconds per question (lower is better)")
+    ax_time.set_title("Seconds per question\n(lower is better)")
+    ax_time.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return fig
+
+
+def comparison_table(report: dict) -> dict[str, list]:
+    """One row per metric: each system's value, the winner, the difference and
+    its confidence interval (the table the compare run shows)."""
+    systems = report["systems"]
+    table: dict[str, list] = {"metric": [], "better": [], **{s: [] for s in systems}, "winner": [], "difference": [], "ci_low": [], "ci_high": []}
+    for metric, entry in report["metrics"].items():
+        table["metric"].append(metric)
+        table["better"].append(entry["direction"])
+        for system in systems:
+            table[system].append(entry["values"].get(system))
+        table["winner"].append(entry["winner"])
+        table["difference"].append(entry.get("difference"))
+        low, high = entry.get("ci", [None, None])
+        table["ci_low"].append(low)
+        table["ci_high"].append(high)
+    return table
+
+
+def summary(report: dict) -> str:
+    """Who won, by how much, how sure, and what the registry did: one paragraph
+    (the compare and pipeline runs' description, the end of `dyag pipeline`)."""
+    primary = report["primary_metric"]
+    entry = report["metrics"][primary]
+    values = entry["values"]
+    winner = report["winner"]
+    text = f"Winner: {winner} with {primary} {values[winner]:.1%}"
+    others = ", ".join(f"{s} {v:.1%}" for s, v in sorted(values.items(), key=lambda kv: -kv[1]) if s != winner)
+    if others:
+        text += f" ({others})"
+    if "ci" in entry:
+        best = max(values, key=values.get) if entry["direction"] == "higher" else min(values, key=values.get)
+        verdict = "not significant: a tie, broken by token_f1 then speed" if entry["winner"] == "tie" else "significant"
+        text += (
+            f"; {best} vs {entry['runner_up']}: {entry['difference']:+.1%}, "
+            f"{report.get('confidence', 0.95):.0%} CI [{entry['ci'][0]:+.3f}, {entry['ci'][1]:+.3f}], {verdict}"
+        )
+    text += "."
+    if report.get("registry"):
+        reg = report["registry"]
+        text += f" Registry: {reg['name']} version {reg['version']} {reg['decision']}."
+    return text
 
 
 # ---------------------------------------------------------------- registry
@@ -400,6 +445,7 @@ def run(config: CompareConfig, tracker: NullTracker = NullTracker()) -> dict:
         "runs": {r.system: r.run_id for r in results},
         "eval_digest": results[0].eval_digest,
         "primary_metric": config.primary_metric,
+        "confidence": config.confidence,
         "metrics": per_metric,
         "winner": winner,
         "recommendations": recommendations(results, per_metric, winner, config.primary_metric),
@@ -416,5 +462,8 @@ def run(config: CompareConfig, tracker: NullTracker = NullTracker()) -> dict:
     tracker.log_artifact(out / "comparison.json")
     tracker.log_artifact(out / "comparison.md")
     tracker.log_figure(fig, "comparison.png")
-    tracker.log_metrics({f"{m}.{s}": v for m, e in per_metric.items() for s, v in e["values"].items()})
+    # A table, not a metric per system and metric: forty one-bar charts would
+    # bury the comparison (the evaluate runs hold the metrics, side by side).
+    tracker.log_table(comparison_table(report), "comparison_table.json")
+    tracker.set_tags({"mlflow.note.content": summary(report) + "\n\n" + markdown_report(report)})
     return report

@@ -228,9 +228,31 @@ def set_experiment(name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
     except MlflowException:
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+    if "mlflow.note.content" not in experiment.tags:
+        mlflow.set_experiment_tag("mlflow.note.content", EXPERIMENT_DESCRIPTION)
+
+
+EXPERIMENT_DESCRIPTION = (
+    "Runs of dyag-mlops. Each `pipeline-<corpus>-<hash>` run holds one child run per stage: index_rag, "
+    "generate_training, finetune, evaluate_<system> (compare them on `correct`), compare (the winner, "
+    "its confidence interval and the registry decision, in its description and comparison_table). "
+    "The registered model's `champion` alias points to the promoted system."
+)
+
+
+def ui_hint(experiment_id: str, run_id: str) -> list[str]:
+    """How to open a run in the MLflow UI, for the tracking URI in use."""
+    uri = configure()
+    if uri.startswith(("http://", "https://")):
+        return ["", f"Open: {_shown(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"]
+    return [
+        "",
+        f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}",
+        f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}",
+    ]
 
 
 @contextlib.contextmanager

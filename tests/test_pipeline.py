@@ -173,3 +173,32 @@ def test_without_hybrid_the_closed_book_adapter_is_the_only_one_trained(tmp_path
     pipeline.run(config)
     assert (work / "closed_book_adapter" / "final").is_dir()
     assert not (work / "adapter").exists() and not (work / "data").exists()
+
+
+def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
+    """What the MLflow UI shows of a pipeline: a parent named after its corpus
+    and setting, described by the verdict; a compare run with a table, not a
+    metric per system; and the terminal says the same, with the way to the UI."""
+    import mlflow
+
+    from dyag_mlops import pipeline
+    from dyag_mlops.config import PipelineConfig
+
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2, systems="base,rag",
+                            workdir=str(tmp_path / "work"), registered_model="told-qa", reuse=False)
+    report = pipeline.run(config)
+    out = capsys.readouterr().out
+    assert f"Winner: {report['winner']}" in out and "mlflow ui --backend-store-uri" in out
+    parent = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow.runName` = '{pipeline.run_name(config)}'",
+                                order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert pipeline.run_name(config).startswith("pipeline-demo-")
+    assert parent.data.tags["mlflow.note.content"].startswith(f"Winner: {report['winner']} with correct")
+    assert "pipeline_seconds" in parent.data.metrics and not any(k.startswith("stage_seconds") for k in parent.data.metrics)
+    compare_run = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`dyag.stage` = 'compare'"))[0]
+    assert not compare_run.data.metrics
+    assert "Winner:" in compare_run.data.tags["mlflow.note.content"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(compare_run.info.run_id)}
+    assert {"comparison_table.json", "comparison.png", "comparison.md"} <= artifacts
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert "evaluate_<system>" in experiment.tags["mlflow.note.content"]
