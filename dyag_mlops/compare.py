@@ -83,7 +83,7 @@ def results_from_run(client: Any, run: Any) -> SystemResult:
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=files[0])
     result = results_from_file(local, run.data.tags.get("dyag.system", "?"))
     result.run_id = run.info.run_id
-    result.model_uri = f"runs:/{run.info.run_id}/model"
+    result.model_uri = run.data.tags.get("dyag.model_uri") or f"runs:/{run.info.run_id}/model"
     return result
 
 

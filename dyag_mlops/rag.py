@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import RANKINGS, IndexConfig
-from dyag_mlops.corpus import Chunk, load_corpus
+from dyag_mlops.corpus import Chunk, demo_corpus_path, load_corpus
 from dyag_mlops.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EMBED_BATCH,
@@ -409,6 +409,11 @@ def _index(
         }
     )
     tracker.set_tags({"dyag.embedding_model": config.embedding_model, "dyag.corpus_digest": digest, "dyag.schema": profile.schema})
+    # The corpus as this run's input: its chunks, as read, whatever their files' layout.
+    tracker.log_dataset(
+        config.corpus or demo_corpus_path(), "corpus", name=Path(config.corpus or demo_corpus_path()).name,
+        rows=[{"id": c.id, "content": c.content, "metadata": {"doc_id": c.doc_id, "title": c.title}} for c in corpus], digest=digest,
+    )
     tracker.log_artifact(index_dir / MANIFEST)
     tracker.log_artifact(index_dir / PROFILE)
     tracker.log_artifacts(index_dir, "index")

@@ -542,7 +542,7 @@ def log_system_model(
     worked_example: bool = False,
     focus: bool = False,
     schema: str = "auto",
-    name: str = "model",
+    example_question: str = "",
 ) -> str | None:
     """Log a system as a pyfunc model: adapter and index as artifacts, the
     base model by name (never its weights, see mlflow#23761). The spec is
@@ -564,7 +564,30 @@ def log_system_model(
             artifacts["index"] = index_dir
         if Path(schema).is_file():
             artifacts["schema"] = schema  # a user's schema file travels with the model
-        return tracker.log_pyfunc_model(name, pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements())
+        return tracker.log_pyfunc_model(
+            f"dyag-{system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
+            signature=served_signature(), input_example=served_example(example_question),
+        )
+
+
+def served_signature() -> Any:
+    """question -> answer, sources, error: what the served model reads and writes."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "question")]),
+        outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "sources"), ColSpec("string", "error")]),
+    )
+
+
+def served_example(question: str) -> Any:
+    """A one-question request (a question of the user's own data), or None.
+    MLflow answers it once when it logs the model: a model that cannot serve
+    fails there, not in production."""
+    import pandas as pd
+
+    return pd.DataFrame({"question": [question]}) if question.strip() else None
 
 
 def pyfunc_requirements() -> list[str]:

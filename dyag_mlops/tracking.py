@@ -137,7 +137,7 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_uri: str | None = None, dataset: Any = None) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -145,7 +145,7 @@ class NullTracker:
     def log_dict(self, data: dict, artifact_file: str) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
-    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> None: ...
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None, rows: list[dict] | None = None, digest: str = "") -> Any: ...
     def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
         return None
 
@@ -156,10 +156,13 @@ class Tracker(NullTracker):
     def __init__(self, run_id: str):
         self.run_id = run_id
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_uri: str | None = None, dataset: Any = None) -> None:
+        """With `model_uri` (models:/m-...) and `dataset`, the metrics are also
+        the logged model's, measured on that dataset (MLflow 3 lineage)."""
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        model_id = model_uri.rsplit("/", 1)[-1] if model_uri and model_uri.startswith("models:/m-") else None
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, dataset=dataset)
 
     def log_params(self, params: dict[str, Any]) -> None:
         import mlflow
@@ -202,23 +205,55 @@ class Tracker(NullTracker):
 
         mlflow.log_table(data=data, artifact_file=artifact_file)
 
-    def log_dataset(self, path: str | Path, context: str, name: str | None = None) -> None:
-        """Log a JSONL file as an MLflow dataset input (context train/val/test/eval/corpus)."""
+    def log_dataset(self, path: str | Path, context: str, name: str | None = None, rows: list[dict] | None = None, digest: str = "") -> Any:
+        """Log a JSONL file (or `rows` read from `path`, with their `digest`)
+        as an MLflow dataset input (context train/val/test/eval/corpus), one
+        column per field (dataset_frame); returns the dataset, to link
+        metrics to it."""
+        import warnings
+
         import mlflow
-        import pandas as pd
 
         path = Path(path)
-        rows = [row for _, row in read_jsonl(path)]
-        frame = pd.DataFrame({"record": [json.dumps(r, ensure_ascii=False) for r in rows]})
-        digest = file_digest(path)
-        dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name or path.name, digest=digest)
+        frame = dataset_frame(rows if rows is not None else [row for _, row in read_jsonl(path)])
+        with warnings.catch_warnings():
+            # A local path matches MLflow's "" and "file" sources, one class
+            # twice: it warns that the source is ambiguous, and picks it.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                frame, source=str(path.resolve()), name=name or path.name, digest=digest or file_digest(path)
+            )
         mlflow.log_input(dataset, context=context)
+        return dataset
 
     def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
         import mlflow
 
         info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
+        mlflow.set_tag("dyag.model_uri", info.model_uri)  # what compare registers
         return info.model_uri
+
+
+def dataset_frame(rows: list[dict]) -> Any:
+    """JSONL rows as a table the MLflow UI can show: a column per field
+    (metadata.doc_id ...), lists and objects as JSON text; a chat row also
+    gets its question and answer (its last user and assistant turns)."""
+    import pandas as pd
+
+    def flat(row: dict) -> dict:
+        out = {}
+        if isinstance(row.get("messages"), list):
+            turns = [m for m in row["messages"] if isinstance(m, dict)]
+            out["question"] = next((m.get("content", "") for m in reversed(turns) if m.get("role") == "user"), "")
+            out["answer"] = next((m.get("content", "") for m in reversed(turns) if m.get("role") == "assistant"), "")
+        for key, value in row.items():
+            if isinstance(value, dict) and key == "metadata":
+                out.update({f"metadata.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in out.items()}
+
+    return pd.DataFrame([flat(r) for r in rows])
 
 
 def set_experiment(name: str) -> None:

@@ -106,16 +106,17 @@ def test_registry_promotion_and_rollback(tmp_path, experiment, tiny_model_dir):
 
     # the champion loads as a pyfunc model that answers questions
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    answers = model.predict(["Quel est le statut de SIRENA ?"])
+    import pandas as pd
+
+    assert model.metadata.get_input_schema().input_names() == ["question"]  # the signature the UI shows
+    answers = model.predict(pd.DataFrame({"question": ["Quel est le statut de SIRENA ?"]}))
     assert list(answers.columns) == ["answer", "sources", "error"] and len(answers) == 1
     assert answers["error"][0] == ""
     # a row that is not a question is refused, never answered; the others are answered
-    import pandas as pd
-
     mixed = model.predict(pd.DataFrame({"question": ["Quel est le statut de SIRENA ?", "", 42]}))
     assert list(mixed["error"]) == ["", "question must be a non-empty string", "question must be a non-empty string"]
     assert list(mixed["answer"][1:]) == ["", ""]
-    with pytest.raises(mlflow.exceptions.MlflowException, match="'question' column"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"missing inputs \['question'\]"):
         model.predict(pd.DataFrame({"q": ["Quel est le statut de SIRENA ?"]}))
     with pytest.raises(mlflow.exceptions.MlflowException, match="non-empty string"):
         model.predict(pd.DataFrame({"question": [None]}))

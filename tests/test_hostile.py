@@ -341,8 +341,9 @@ SERVED_CASES = [
     ("empty-question", {"dataframe_records": [{"question": ""}]}, 400, "non-empty string"),
     ("number-question", {"dataframe_records": [{"question": 42}]}, 400, "non-empty string"),
     ("null-question", {"dataframe_records": [{"question": None}]}, 400, "non-empty string"),
-    ("other-column", {"dataframe_records": [{"q": "Status of tool1?"}]}, 400, "'question' column"),
-    ("no-records", {"dataframe_records": []}, 400, "'question' column"),
+    # (the model's signature names the input it needs)
+    ("other-column", {"dataframe_records": [{"q": "Status of tool1?"}]}, 400, "missing inputs ['question']"),
+    ("no-records", {"dataframe_records": []}, 400, "missing inputs ['question']"),
     ("one-bad-row", {"dataframe_records": [{"question": "Status of tool1?"}, {"question": " "}]}, 200, "non-empty string"),
     ("not-json", b"{not json", 400, ""),
 ]

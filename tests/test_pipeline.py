@@ -202,3 +202,22 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
     assert {"comparison_table.json", "comparison.png", "comparison.md"} <= artifacts
     experiment = mlflow.get_experiment(parent.info.experiment_id)
     assert "evaluate_<system>" in experiment.tags["mlflow.note.content"]
+    # every evaluate run: its eval set as a dataset with columns, its model
+    # named after the system, with a signature, and the metrics linked to both
+    client = mlflow.MlflowClient()
+    children = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    evaluations = [r for r in children if r.data.tags.get("dyag.stage") == "evaluate"]
+    assert {r.data.tags["dyag.system"] for r in evaluations} == {"base", "rag"}
+    for run in evaluations:
+        (eval_input,) = [d for d in run.inputs.dataset_inputs if d.tags[0].value == "eval"]
+        columns = {c["name"] for c in json.loads(eval_input.dataset.schema)["mlflow_colspec"]}
+        assert {"question", "expected_answer", "metadata.doc_id"} <= columns
+        model = mlflow.get_logged_model(run.data.tags["dyag.model_uri"].rsplit("/", 1)[-1])
+        assert model.name == f"dyag-{run.data.tags['dyag.system']}"
+        assert mlflow.models.get_model_info(run.data.tags["dyag.model_uri"]).signature.inputs.input_names() == ["question"]
+        linked = {m.key: m for m in model.metrics}
+        assert linked["correct"].value == run.data.metrics["correct"] and linked["correct"].dataset_digest
+    (index_run,) = [r for r in children if r.data.tags.get("dyag.stage") == "index_rag"]
+    (corpus_input,) = index_run.inputs.dataset_inputs
+    assert {"id", "content", "metadata.doc_id"} <= {c["name"] for c in json.loads(corpus_input.dataset.schema)["mlflow_colspec"]}
