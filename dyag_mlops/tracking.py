@@ -31,6 +31,7 @@ DEFAULT_EXPERIMENT = "dyag-mlops"
 SECRET_MARKERS = ("token", "api_key", "apikey", "secret", "password")
 
 
+SYSTEM_METRIC_STAGES = ("finetune", "evaluate")
 # Seconds a tracking server has to answer its health check: a store that is
 # down is said at once, not after MLflow's minutes of retries.
 STORE_TIMEOUT = 5.0
@@ -313,7 +314,9 @@ def stage_run(
     if not joined and not nested and mlflow.active_run() is None:
         set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     # start_run() picks up MLFLOW_RUN_ID by itself when it is set.
-    with mlflow.start_run(nested=nested, run_name=run_name or (None if joined else stage)) as run:
+    # CPU, memory (and GPU) over time, for the stages that take minutes.
+    system_metrics = stage in SYSTEM_METRIC_STAGES
+    with mlflow.start_run(nested=nested, run_name=run_name or (None if joined else stage), log_system_metrics=system_metrics) as run:
         tracker = Tracker(run.info.run_id)
         tracker.set_tags(
             {
