@@ -130,6 +130,12 @@ class TrackingCallback:
                     self._last = (now, tokens)
                 numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
                 numeric.pop("epoch", None)
+                if "train_loss" not in logs:
+                    # The Trainer repeats its run-so-far time and rate in every
+                    # step's log; they belong to the run's end (tokens_per_second
+                    # above is the step's own rate).
+                    for total in ("train_runtime", "train_tokens_per_second"):
+                        numeric.pop(total, None)
                 if numeric:
                     tracker.log_metrics({metric_prefix + k: v for k, v in numeric.items()}, step=state.global_step)
                     self.history.append({"step": state.global_step, "epoch": state.epoch, **numeric})

@@ -267,8 +267,16 @@ def set_experiment(name: str) -> None:
         experiment = mlflow.set_experiment(name)
     except MlflowException:
         experiment = mlflow.set_experiment(name)
-    if "mlflow.note.content" not in experiment.tags:
-        mlflow.set_experiment_tag("mlflow.note.content", EXPERIMENT_DESCRIPTION)
+    describe_experiment(experiment.experiment_id)
+
+
+def describe_experiment(experiment_id: str) -> None:
+    """Give the experiment its description, unless it has one (the user's is kept)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if "mlflow.note.content" not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
 
 
 EXPERIMENT_DESCRIPTION = (
@@ -318,6 +326,8 @@ def stage_run(
     system_metrics = stage in SYSTEM_METRIC_STAGES
     with mlflow.start_run(nested=nested, run_name=run_name or (None if joined else stage), log_system_metrics=system_metrics) as run:
         tracker = Tracker(run.info.run_id)
+        if joined:  # `mlflow run` chose the experiment: describe it if it is not yet
+            describe_experiment(run.info.experiment_id)
         tracker.set_tags(
             {
                 "dyag.stage": stage,
