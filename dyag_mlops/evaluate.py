@@ -15,6 +15,8 @@ wrong. docs/metrics.md.
 
 from __future__ import annotations
 
+import functools
+
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +32,11 @@ from dyag_mlops.prompts import split_messages
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
-QUALITY_METRICS = ("exact_match", "token_f1", "rouge_l", "contains", "semantic_similarity", "correct")
+QUALITY_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "contains", "semantic_similarity", "bertscore_f1", "correct")
+# BERTScore on the bundled encoder (offline); layer 4 of its 6, as bert-score
+# picks a middle-upper layer for the encoders it knows. Not rescaled: scores
+# compare systems on one eval set, not with published figures.
+BERTSCORE_LAYER = 4
 UNKNOWN_MARKERS = (
     "je ne sais pas",
     "pas disponible",
@@ -136,8 +142,19 @@ def question_scores(prediction: str, expected: str, rouge: Any) -> dict[str, flo
         "exact_match": float(pred == gold),
         "token_f1": token_f1(prediction, expected),
         "rouge_l": rouge.score(gold, pred)["rougeL"].fmeasure if pred and gold else float(pred == gold),
+        "bleu": sentence_bleu(pred, gold),
         "contains": float(contains),
     }
+
+
+def sentence_bleu(prediction: str, expected: str) -> float:
+    """sacrebleu's sentence BLEU (0-1) on normalised text; effective order, so
+    a two-word answer is not scored on 4-grams it cannot have."""
+    import sacrebleu
+
+    if not prediction or not expected:
+        return float(prediction == expected)
+    return sacrebleu.sentence_bleu(prediction, [expected], use_effective_order=True).score / 100
 
 
 def is_correct(prediction: str, expected: str, scores: dict[str, float], question: str = "") -> bool:
@@ -175,15 +192,40 @@ def semantic_similarities(predictions: list[str], expected: list[str]) -> list[f
     return [float(max(0.0, min(1.0, (x * y).sum()))) for x, y in zip(a, b)]
 
 
+def bertscore_f1(predictions: list[str], expected: list[str]) -> list[float]:
+    """BERTScore F1 (bert-score) per answer, on the bundled all-MiniLM-L6-v2."""
+    from dyag_mlops.embeddings import resolve_embedding_model
+
+    scorer = _bertscorer(resolve_embedding_model("all-minilm-l6-v2"))
+    # An empty side scores 0 (bert-score cannot encode an empty text).
+    scored = [i for i, (p, e) in enumerate(zip(predictions, expected)) if p.strip() and e.strip()]
+    result = [0.0] * len(predictions)
+    if scored:
+        _, _, f1 = scorer.score([predictions[i] for i in scored], [expected[i] for i in scored], batch_size=64)
+        for i, value in zip(scored, f1.tolist()):
+            result[i] = float(max(0.0, min(1.0, value)))
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def _bertscorer(model_dir: str) -> Any:
+    from bert_score import BERTScorer
+
+    return BERTScorer(model_type=model_dir, num_layers=BERTSCORE_LAYER, device="cpu")
+
+
 def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
     from rouge_score import rouge_scorer
 
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    similarities = semantic_similarities([a.text or "" for a in answers], [i.expected for i in items])
+    predictions, expected = [a.text or "" for a in answers], [i.expected for i in items]
+    similarities = semantic_similarities(predictions, expected)
+    bertscores = bertscore_f1(predictions, expected)
     rows = []
-    for item, answer, similarity in zip(items, answers, similarities):
+    for item, answer, similarity, bertscore in zip(items, answers, similarities, bertscores):
         scores = question_scores(answer.text, item.expected, rouge)
         scores["semantic_similarity"] = similarity
+        scores["bertscore_f1"] = bertscore
         scores["correct"] = float(is_correct(answer.text, item.expected, scores, item.question))
         if answer.error:  # a failed question is wrong on every metric, never skipped
             scores = {k: 0.0 for k in scores}

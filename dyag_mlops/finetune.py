@@ -277,6 +277,9 @@ class TrainedAdapter:
 
 
 HISTORY_FILE = "history.json"
+# The examples of the val split eval_loss is measured on, and their batch.
+EVAL_EXAMPLES = 32
+EVAL_BATCH = 8
 
 
 def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
@@ -364,7 +367,9 @@ def train_adapter(
     set_seed(config.seed)  # before the LoRA weights are initialised: same seed, same adapter
     model, tokenizer, source = build_model(config, device, precision)
     train_ds, truncated = tokenize_examples(tokenizer, train_examples, config.max_length, str(train_path))
-    val_ds = tokenize_examples(tokenizer, val_examples, config.max_length, str(val_path))[0] if val_examples else None
+    # eval_loss is a curve of four points, each on the same first examples of
+    # the val split, in batches: the whole split at every point cost minutes.
+    val_ds = tokenize_examples(tokenizer, val_examples[:EVAL_EXAMPLES], config.max_length, str(val_path))[0] if val_examples else None
     trainable, total = model.get_nb_trainable_parameters()
     sizes = {"train_examples": len(train_ds), "truncated_examples": truncated, "trainable_parameters": trainable, "total_parameters": total}
     tracker.log_metrics({metric_prefix + k: v for k, v in sizes.items()})
@@ -373,7 +378,7 @@ def train_adapter(
         output_dir=str(out),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+        per_device_eval_batch_size=EVAL_BATCH,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr,
         lr_scheduler_type="cosine",

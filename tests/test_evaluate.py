@@ -202,3 +202,13 @@ def test_scoring_an_eval_set_reads_each_question():
     items = [evaluate.EvalItem("Combien de lycées publics sont recensés dans LYCEO ?", "142 lycées publics", "app-009", 1)]
     rows = evaluate.score_answers(items, [Answer(items[0].question, "142", 0.1, 2)])
     assert rows[0]["correct"] == 1.0 and rows[0]["token_f1"] == pytest.approx(0.5)
+
+
+def test_bleu_and_bertscore_rank_answers():
+    from dyag_mlops.evaluate import bertscore_f1, sentence_bleu
+
+    assert sentence_bleu("en production", "en production") == pytest.approx(1.0)
+    assert 0 < sentence_bleu("production", "en production") < 1
+    assert sentence_bleu("", "en production") == 0.0
+    same, near, far, empty = bertscore_f1(["En production", "production", "Python 3", ""], ["En production"] * 4)
+    assert same == pytest.approx(1.0, abs=1e-3) and 1 > near > far and empty == 0.0
