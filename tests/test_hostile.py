@@ -301,9 +301,11 @@ def served_model(tiny_model_dir, tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mlflow_cli = [sys.executable, "-m", "mlflow"]
+    # The server runs `uvicorn` from PATH: this interpreter's folder first (CI calls .venv/bin/python).
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     server = subprocess.Popen(
         [*mlflow_cli, "models", "serve", "-m", uri, "-p", str(port), "--host", "127.0.0.1", "--env-manager", "local"],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "wb"),
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "wb"), env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:
