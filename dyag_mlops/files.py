@@ -42,7 +42,7 @@ def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
             fh.writelines(chunks)
         # mkstemp makes the file private (0600); an output gets the permissions
         # any new file of the user gets.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -50,7 +50,8 @@ def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

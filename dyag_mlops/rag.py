@@ -44,7 +44,7 @@ from dyag_mlops.embeddings import (
 from dyag_mlops.embeddings import embed as _embed
 from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, exclusive_lock
+from dyag_mlops.files import atomic_write_json, current_umask, exclusive_lock
 from dyag_mlops.inventory import (
     SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, field_questions, render_sheet,
 )
@@ -288,9 +288,7 @@ def _staging_dir(index_dir: Path) -> Path:
     """An empty directory next to the index (same filesystem, so renames are
     atomic), with normal permissions rather than mkdtemp's private 0700."""
     staging = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}.staging-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging.chmod(0o777 & ~current_umask())
     return staging
 
 

@@ -52,9 +52,9 @@ def configure() -> str:
 def create_local_store(uri: str) -> None:
     """Create a new sqlite store's tables while holding a lock on its folder:
     two processes that create one store at once break MLflow's migrations."""
-    if not uri.startswith("sqlite:///"):
+    path = _sqlite_path(uri)
+    if path is None:
         return
-    path = Path(uri[len("sqlite:///"):])
     if path.is_file() and path.stat().st_size > 0:
         return
     from mlflow import MlflowClient
@@ -62,6 +62,11 @@ def create_local_store(uri: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.parent, f"the tracking store {uri}"):
         MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (None for any other)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def _shown(uri: str) -> str:
@@ -92,7 +97,7 @@ def check_store(uri: str) -> None:
             raise DyagError(f"tracking store {_shown(uri)} does not answer its health check ({reason}); {way_out}") from None
         return
     if scheme == "sqlite":
-        path = Path(uri.split("sqlite:///", 1)[-1]) if uri.startswith("sqlite:///") else None
+        path = _sqlite_path(uri)
     elif scheme in ("", "file"):
         path = Path(urlparse(uri).path if scheme == "file" else uri)
     else:
