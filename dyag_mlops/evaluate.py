@@ -279,7 +279,7 @@ class EvaluateResult:
 def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor: Any = None) -> EvaluateResult:
     """Evaluate one system. `predictor` may be passed in (the pipeline reuses a
     loaded model); otherwise it is built from the config."""
-    from dyag_mlops.systems import load_predictor, log_system_model
+    from dyag_mlops.systems import immutable_uri, load_predictor, log_system_model
 
     output = Path(config.output or f"outputs/results_{config.system}.json")
     refuse_overwrite([output], config.overwrite)
@@ -357,7 +357,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         output.parent,
         system=config.system,
         base_model=predictor.base_model,
-        adapter_dir=predictor.adapter_dir,
+        adapter=config.model if immutable_uri(config.model) else predictor.adapter_dir,
         index_dir=predictor.index_dir,
         top_k=config.top_k,
         max_new_tokens=config.max_new_tokens,
@@ -366,6 +366,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         focus=predictor.focus,
         schema=predictor.schema_name,
         example_question=items[0].question,
+        evaluated=True,
     )
     # The metrics are the run's and, in MLflow 3's model view, the logged
     # model's on this eval set.
@@ -376,6 +377,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k not in ("error", "warning")},
         "eval_results.json",
     )
+    tracker.log_evaluation(rows, QUALITY_METRICS, model_uri, eval_dataset)
     tracker.log_artifact(output, "results")
     return EvaluateResult(str(output), metrics, rows, model_uri)
 

@@ -343,9 +343,9 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
     fig = plot_loss(history, out / "loss_curve.png")
     tracker.log_figure(fig, "loss_curve.png")
     tracker.log_artifacts(final, "adapter")
-    model_uri = log_system_model(
-        tracker, out, system="finetuned", base_model=config.base_model, adapter_dir=str(final)
-    )
+    # The model references the adapter just logged: stored once, in this run.
+    adapter = f"runs:/{tracker.run_id}/adapter" if tracker.run_id else str(final)
+    model_uri = log_system_model(tracker, out, system="finetuned", base_model=config.base_model, adapter=adapter)
     return FinetuneResult(str(final), metrics, model_uri, history)
 
 

@@ -287,7 +287,16 @@ def locate_adapter(model: str) -> Path:
     for candidate in candidates:
         if (candidate / "adapter_config.json").is_file():
             return candidate
+    for spec in local.rglob(SYSTEM_SPEC):  # a logged system that references its adapter
+        if uri := json.loads(spec.read_text("utf-8")).get("adapter_uri"):
+            return locate_adapter(uri)
     raise DyagError(f"--model {model}: no LoRA adapter (adapter_config.json) found there")
+
+
+def immutable_uri(uri: str) -> bool:
+    """A run's artifact or a logged model by id: what it names never changes,
+    unlike a registry alias or a local folder."""
+    return uri.startswith(("runs:/", "models:/m-"))
 
 
 def adapter_manifest(adapter_dir: Path) -> dict:
@@ -498,7 +507,7 @@ def pyfunc_model() -> Any:
             spec = json.loads(Path(context.artifacts["system"]).read_text("utf-8"))
             self.predictor = load_predictor(
                 spec["system"],
-                model=context.artifacts.get("adapter", ""),
+                model=context.artifacts.get("adapter") or spec.get("adapter_uri", ""),
                 base_model=spec["base_model"],
                 index=context.artifacts.get("index", ""),
                 top_k=spec["top_k"],
@@ -534,7 +543,7 @@ def log_system_model(
     *,
     system: str,
     base_model: str,
-    adapter_dir: str = "",
+    adapter: str = "",
     index_dir: str = "",
     top_k: int = 3,
     max_new_tokens: int = 64,
@@ -543,23 +552,29 @@ def log_system_model(
     focus: bool = False,
     schema: str = "auto",
     example_question: str = "",
+    evaluated: bool = False,
 ) -> str | None:
-    """Log a system as a pyfunc model: adapter and index as artifacts, the
-    base model by name (never its weights, see mlflow#23761). The spec is
-    written in a temporary folder under `workdir`, never over a user's file."""
+    """Log a system as a pyfunc model (with `evaluated`, as the input of the
+    run evaluating it, see Tracker.log_pyfunc_model): the index as an artifact, the base model
+    by name (never its weights, see mlflow#23761), the adapter as an artifact
+    when it is a folder, by reference when it is a run's artifact or a logged
+    model (stored once, in the finetune run). The spec is written in a
+    temporary folder under `workdir`, never over a user's file."""
     import tempfile
 
     from dyag_mlops.files import atomic_write_json
 
     spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
             "worked_example": worked_example, "focus": focus, "schema": schema}
+    if immutable_uri(adapter):
+        spec["adapter_uri"] = adapter
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".system-") as folder:
         spec_path = Path(folder) / SYSTEM_SPEC
         atomic_write_json(spec_path, spec)
         artifacts = {"system": str(spec_path)}
-        if adapter_dir:
-            artifacts["adapter"] = adapter_dir
+        if adapter and "adapter_uri" not in spec:
+            artifacts["adapter"] = adapter
         if index_dir:
             artifacts["index"] = index_dir
         if Path(schema).is_file():
@@ -567,7 +582,7 @@ def log_system_model(
         return tracker.log_pyfunc_model(
             f"dyag-{system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
             signature=served_signature(), input_example=served_example(example_question),
-            code_paths=[str(Path(__file__).resolve().parent)],
+            code_paths=[str(Path(__file__).resolve().parent)], as_input=evaluated,
         )
 
 

@@ -152,8 +152,10 @@ class NullTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
     def log_dataset(self, path: str | Path, context: str, name: str | None = None, rows: list[dict] | None = None, digest: str = "") -> Any: ...
-    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
+    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, **kwargs: Any) -> str | None:
         return None
+
+    def log_evaluation(self, rows: list[dict], metric_names: tuple[str, ...], model_uri: str | None, dataset: Any) -> None: ...
 
 
 class Tracker(NullTracker):
@@ -167,7 +169,7 @@ class Tracker(NullTracker):
         the logged model's, measured on that dataset (MLflow 3 lineage)."""
         import mlflow
 
-        model_id = model_uri.rsplit("/", 1)[-1] if model_uri and model_uri.startswith("models:/m-") else None
+        model_id = _model_id(model_uri)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, dataset=dataset)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -232,12 +234,90 @@ class Tracker(NullTracker):
         mlflow.log_input(dataset, context=context)
         return dataset
 
-    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], **kwargs: Any) -> str | None:
-        import mlflow
+    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, **kwargs: Any) -> str | None:
+        """Log a pyfunc model from this run; its models:/m-... URI. A training
+        run outputs its model. With `as_input`, the model (still sourced from
+        this run) is the run's input: MLflow's UI counts a run that outputs a
+        model as a training run, and an evaluate run evaluates the system."""
+        import tempfile
 
-        info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
-        mlflow.set_tag("dyag.model_uri", info.model_uri)  # what compare registers
-        return info.model_uri
+        import mlflow
+        from mlflow.entities import LoggedModelInput, LoggedModelStatus
+        from mlflow.models import Model
+
+        if not as_input:
+            info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
+            uri = info.model_uri
+        else:
+            client = mlflow.MlflowClient()
+            model = mlflow.initialize_logged_model(name=name, source_run_id=self.run_id)
+            try:
+                with tempfile.TemporaryDirectory() as folder:
+                    described = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=self.run_id, model_id=model.model_id)
+                    mlflow.pyfunc.save_model(Path(folder) / "model", python_model=python_model, artifacts=artifacts, mlflow_model=described, **kwargs)
+                    client.log_model_artifacts(model.model_id, Path(folder) / "model")
+            except BaseException:
+                mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                raise
+            mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            client.log_inputs(self.run_id, models=[LoggedModelInput(model.model_id)])
+            uri = f"models:/{model.model_id}"
+        mlflow.set_tag("dyag.model_uri", uri)  # what compare registers
+        return uri
+
+    def log_evaluation(self, rows: list[dict], metric_names: tuple[str, ...], model_uri: str | None, dataset: Any) -> None:
+        """The per-question results as an MLflow GenAI evaluation: one trace per
+        question (question -> answer, sources) carrying the expected answer and
+        each metric as an assessment, so the UI's Evaluations view compares
+        systems question by question. The answers and scores are the ones
+        already computed: the scorers only hand them over, and log no run
+        metric (the run's metrics are logged once, by evaluate)."""
+        import contextlib
+        import io
+        import os
+
+        import mlflow
+        import pandas as pd
+        from mlflow.genai.evaluation.lineage import MLFLOW_GENAI_EVALUATE_DATASET_IDENTITY, compute_records_sha256
+        from mlflow.genai.scorers import scorer
+
+        # MLflow scores rows on 10 threads by default; on a sqlite store they
+        # wait on its connection pool (30 s timeouts, lost traces). One is fast.
+        os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
+        scores = {(r["question"], r["expected_answer"], r["generated_answer"]): r for r in rows}
+
+        def handed_over(name: str) -> Any:
+            def score(inputs: dict, outputs: dict, expectations: dict) -> float:
+                return float(scores[(inputs["question"], expectations["expected_response"], outputs["answer"])][name])
+
+            return scorer(name=name, aggregations=[])(score)
+
+        frame = pd.DataFrame(
+            {
+                "inputs": [{"question": r["question"]} for r in rows],
+                "outputs": [{"answer": r["generated_answer"], "sources": list(r["sources"])} for r in rows],
+                "expectations": [{"expected_response": r["expected_answer"]} for r in rows],
+            }
+        )
+        if dataset is not None:  # the eval set evaluate already logged, not a second "dataset" input
+            entity = dataset._to_mlflow_entity()
+            frame.attrs[MLFLOW_GENAI_EVALUATE_DATASET_IDENTITY] = {
+                "name": entity.name,
+                "digest": entity.digest,
+                "source_type": entity.source_type,
+                "source": entity.source,
+                "schema": entity.schema,
+                "profile": entity.profile,
+                "records_sha256": compute_records_sha256(frame),
+            }
+        model_id = _model_id(model_uri)
+        with contextlib.redirect_stdout(io.StringIO()):  # its banner; the stage prints its own summary
+            mlflow.genai.evaluate(data=frame, scorers=[handed_over(n) for n in metric_names], model_id=model_id)
+
+
+def _model_id(model_uri: str | None) -> str | None:
+    """The m-... id of a logged model's models:/m-... URI, else None."""
+    return model_uri.rsplit("/", 1)[-1] if model_uri and model_uri.startswith("models:/m-") else None
 
 
 def dataset_frame(rows: list[dict]) -> Any:

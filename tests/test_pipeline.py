@@ -12,6 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from dyag_mlops.evaluate import QUALITY_METRICS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,6 +80,16 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     champion = client.get_model_version_by_alias("e2e-qa", "champion")
     assert champion.tags["dyag.system"] in systems
     assert (work / "compare" / "comparison.md").is_file()
+    # the adapter is stored once, in the finetune run; the systems that use it reference it
+    finetune_run = next(r for r in runs if r.data.tags["dyag.stage"] == "finetune")
+    for run in runs:
+        if run.data.tags.get("dyag.system") in ("finetuned", "hybrid") or run is finetune_run:
+            model = client.get_logged_model(run.data.tags["dyag.model_uri"].rsplit("/", 1)[-1])
+            stored = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{model.artifact_location}/artifacts", tracking_uri=mlflow_server)}
+            assert not any(p.endswith("adapter") for p in stored), stored
+            spec = json.loads(Path(mlflow.artifacts.download_artifacts(
+                f"{model.artifact_location}/artifacts/system.json", tracking_uri=mlflow_server, dst_path=str(tmp_path / model.model_id))).read_text())
+            assert spec["adapter_uri"] == f"runs:/{finetune_run.info.run_id}/adapter"
     # the index is built before the training data, whose prompts hold retrieved chunks (RAFT)
     train = [json.loads(line) for line in open(work / "data" / "dataset_train.jsonl", encoding="utf-8")]
     assert train and all(r["metadata"]["context_ids"] and "Contexte :" in r["messages"][1]["content"] for r in train)
@@ -218,6 +230,19 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
         assert mlflow.models.get_model_info(run.data.tags["dyag.model_uri"]).signature.inputs.input_names() == ["question"]
         linked = {m.key: m for m in model.metrics}
         assert linked["correct"].value == run.data.metrics["correct"] and linked["correct"].dataset_digest
+        # listed as an evaluation, one trace per question carrying its scores,
+        # with no second metric or dataset beside the run's own
+        assert run.data.tags["mlflow.runType"] == "genai_evaluate"
+        # the model is the input of the run evaluating it (search_runs leaves model inputs out)
+        assert not run.outputs.model_outputs
+        assert [m.model_id for m in client.get_run(run.info.run_id).inputs.model_inputs] == [model.model_id]
+        assert model.source_run_id == run.info.run_id
+        assert len(run.inputs.dataset_inputs) == 1 and not any("/" in k for k in run.data.metrics)
+        traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
+        assert len(traces) == config.limit
+        scored = [{a.name: a.value for a in t.info.assessments} for t in traces]
+        assert all({"expected_response", *QUALITY_METRICS} <= set(s) for s in scored)
+        assert sum(s["correct"] for s in scored) / len(traces) == run.data.metrics["correct"]
     (index_run,) = [r for r in children if r.data.tags.get("dyag.stage") == "index_rag"]
     (corpus_input,) = index_run.inputs.dataset_inputs
     assert {"id", "content", "metadata.doc_id"} <= {c["name"] for c in json.loads(corpus_input.dataset.schema)["mlflow_colspec"]}
