@@ -20,6 +20,7 @@ from dyag_mlops.config import (
     PRECISIONS,
     CompareConfig,
     EvaluateConfig,
+    ExportConfig,
     FinetuneConfig,
     GenerateConfig,
     IndexConfig,
@@ -431,6 +432,57 @@ def registry_rollback(name: str) -> None:
 
     result = rollback(name)
     click.echo(f"{name}: champion is now version {result['champion']} (version {result['demoted']} demoted)")
+
+
+@registry.command("promote")
+@click.argument("version")
+@click.option("--name", default=CompareConfig.registered_model, show_default=True)
+@friendly
+def registry_promote(version: str, name: str) -> None:
+    """Move alias champion to VERSION (an evaluated version); the former champion becomes previous."""
+    from dyag_mlops.compare import promote
+
+    result = promote(name, version)
+    demoted = f" (version {result['demoted']} is now previous)" if result["demoted"] else ""
+    click.echo(f"{name}: champion is now version {result['champion']}{demoted}")
+
+
+# ---------------------------------------------------------------- export
+
+
+@main.command("export")
+@click.argument("model")
+@config_options(ExportConfig, skip=("model",))
+@friendly
+def export_command(model: str, **options: Any) -> None:
+    """Merge the adapter of MODEL (a directory, runs:/ or models:/ URI) into
+    its base; with --gguf also a GGUF file, with --ollama a Modelfile."""
+    from dyag_mlops import export
+    from dyag_mlops.tracking import stage_run
+
+    config = make_config(ExportConfig, model=model, **options)
+    with stage_run("export", config) as tracker:
+        result = export.run(config, tracker)
+    echo_json(dataclasses.asdict(result))
+    if "Modelfile" in result.files:
+        click.echo(f"Ollama: cd {result.output} && ollama create dyag-qa -f Modelfile && ollama run dyag-qa")
+
+
+# ---------------------------------------------------------------- app
+
+
+@main.command("app")
+@click.option("--registered-model", default=CompareConfig.registered_model, show_default=True, help="Registered model whose versions are candidates.")
+@click.option("--experiment", default="", help="Experiment of the pipeline runs (empty: $MLFLOW_EXPERIMENT_NAME, else dyag-mlops).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--open/--no-open", "open_browser", default=True, show_default=True, help="Open the page in a browser.")
+@friendly
+def app_command(registered_model: str, experiment: str, host: str, port: int, open_browser: bool) -> None:
+    """A local web page: ask candidate models the same question, see the latest comparison, promote a champion."""
+    from dyag_mlops.app import serve
+
+    serve(registered_model, experiment, host, port, open_browser)
 
 
 # ---------------------------------------------------------------- pipeline

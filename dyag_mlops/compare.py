@@ -374,11 +374,41 @@ def register_winner(winner: SystemResult, config: CompareConfig, primary: str) -
             else f"registered, not promoted: does not beat champion version {champion.version} significantly on {primary}"
         )
     if promote:
-        if champion is not None and champion.version != version.version:
-            client.set_registered_model_alias(config.registered_model, "previous", champion.version)
-        client.set_registered_model_alias(config.registered_model, "champion", version.version)
+        move_champion(client, config.registered_model, version.version, champion)
     client.set_model_version_tag(config.registered_model, version.version, "dyag.promoted", str(promote).lower())
     return {"name": config.registered_model, "version": version.version, "promoted": promote, "decision": decision}
+
+
+def move_champion(client: Any, name: str, version: str, champion: Any) -> None:
+    """`champion` to `version`; the version it leaves becomes `previous` (what rollback restores)."""
+    if champion is not None and champion.version != version:
+        client.set_registered_model_alias(name, "previous", champion.version)
+    client.set_registered_model_alias(name, "champion", version)
+
+
+def promote(name: str, version: str) -> dict:
+    """A person's choice: `champion` moves to an evaluated `version` of `name`
+    (one a compare run registered), the former champion becomes `previous`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    client = MlflowClient()
+    try:
+        chosen = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise DyagError(f"registered model {name!r} has no version {version!r} (see `dyag registry show`)") from None
+    if not chosen.tags.get("dyag.system"):
+        raise DyagError(f"{name} version {version} was not registered by a compare run: no evaluation to promote it on")
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    if champion is not None and str(champion.version) == str(chosen.version):
+        return {"name": name, "champion": str(chosen.version), "demoted": None}
+    move_champion(client, name, chosen.version, champion)
+    client.set_model_version_tag(name, chosen.version, "dyag.promoted", "true")
+    return {"name": name, "champion": str(chosen.version), "demoted": str(champion.version) if champion else None}
 
 
 def rollback(name: str) -> dict:

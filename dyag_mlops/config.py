@@ -188,6 +188,27 @@ class EvaluateConfig:
             raise ValueError("--batch-size, --max-new-tokens and --top-k must be >= 1, --limit >= 0")
 
 
+GGUF_TYPES = ("q8_0", "f16")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """export: an adapter merged into its base -> safetensors, optionally a GGUF file and an Ollama Modelfile."""
+
+    model: str = _f("", "Adapter: directory, runs:/ or models:/ URI (e.g. models:/dyag-qa@champion).")
+    output: str = _f("outputs/export", "Export folder; refused if it exists, unless --overwrite.")
+    base_model: str = _f("", "Base model (empty: the adapter's recorded base).")
+    gguf: str = _f("", "Also write model-TYPE.gguf: q8_0 or f16 (empty: none).")
+    ollama: bool = _f(False, "Also write an Ollama Modelfile (needs --gguf).")
+    overwrite: bool = _f(False, "Replace an existing export folder.")
+
+    def __post_init__(self) -> None:
+        if self.gguf not in ("", *GGUF_TYPES):
+            raise ValueError(f"--gguf must be one of {', '.join(GGUF_TYPES)}, not {self.gguf!r}")
+        if self.ollama and not self.gguf:
+            raise ValueError("--ollama needs --gguf: an Ollama Modelfile points at a GGUF file")
+
+
 MIN_QUESTIONS_HELP = "Fewest eval questions on which the winner may be promoted to champion (fewer: registered only)."
 
 
@@ -275,6 +296,7 @@ STAGE_CONFIGS = {
     "index_rag": IndexConfig,
     "evaluate": EvaluateConfig,
     "compare": CompareConfig,
+    "export": ExportConfig,
     "main": PipelineConfig,
 }
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -138,3 +139,24 @@ def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise DyagError(f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
+
+
+def staging_dir(target: Path) -> Path:
+    """An empty directory next to `target` (same filesystem, so renames are
+    atomic), with normal permissions rather than mkdtemp's private 0700."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    staging.chmod(0o777 & ~current_umask())
+    return staging
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging` with two renames (a directory cannot be
+    replaced in one); the old one is deleted only once the new one is in place."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -457,6 +457,15 @@ def training_metadata(train_path: Path, key: str) -> Any:
     return json.loads(found.pop()) if len(found) == 1 else None
 
 
+def training_system_prompt(train_path: Path) -> str:
+    """The system message of a chat training set when every example shares
+    one (what an exported model is prompted with), else ''."""
+    found = {
+        m["content"] for _, obj in read_jsonl(train_path) for m in obj.get("messages", [])[:1] if m.get("role") == "system"
+    }
+    return found.pop() if len(found) == 1 else ""
+
+
 def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: tuple, metrics: dict, resumed_from: str | None) -> None:
     train_path, _, val_path, _ = datasets
     manifest = {
@@ -469,6 +478,7 @@ def write_manifest(final: Path, config: FinetuneConfig, source: str, datasets: t
         "resumed_from": resumed_from,
         "focus": training_metadata(train_path, "focus"),
         "schema": training_metadata(train_path, "schema"),
+        "system_prompt": training_system_prompt(train_path),
     }
     atomic_write_json(final / ADAPTER_MANIFEST, manifest)
 

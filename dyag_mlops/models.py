@@ -157,10 +157,16 @@ def materialise_gguf(gguf: Path, name: str = "") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".materialise-"))
     try:
+        # The file is read from a folder of its own: transformers would let a
+        # tokenizer_config.json beside it (an export's folder) override the
+        # GGUF's special tokens.
+        alone = tmp / "gguf"
+        alone.mkdir()
+        (alone / gguf.name).symlink_to(gguf.resolve())
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tokenizer = AutoTokenizer.from_pretrained(str(alone), gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(alone), gguf_file=gguf.name, dtype=torch.float32)
+            config = AutoConfig.from_pretrained(str(alone), gguf_file=gguf.name)
         except (OSError, ValueError, KeyError) as exc:
             raise DyagError(f"{gguf}: cannot be read as a GGUF model: {exc}") from None
         ensure_chat_template(tokenizer)
@@ -170,6 +176,7 @@ def materialise_gguf(gguf: Path, name: str = "") -> Path:
         if tokenizer.eos_token_id is not None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
             model.config.eos_token_id = tokenizer.eos_token_id
+        shutil.rmtree(alone)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         try:

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,7 +43,7 @@ from dyag_mlops.embeddings import (
 from dyag_mlops.embeddings import embed as _embed
 from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, current_umask, exclusive_lock
+from dyag_mlops.files import atomic_write_json, exclusive_lock, staging_dir, swap_in
 from dyag_mlops.inventory import (
     SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, field_questions, render_sheet,
 )
@@ -284,30 +283,9 @@ def _update_collection(
     return len(todo), len(chunks) - len(todo), len(removed), dimension
 
 
-def _staging_dir(index_dir: Path) -> Path:
-    """An empty directory next to the index (same filesystem, so renames are
-    atomic), with normal permissions rather than mkdtemp's private 0700."""
-    staging = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}.staging-"))
-    staging.chmod(0o777 & ~current_umask())
-    return staging
-
-
-def _swap_in(staging: Path, index_dir: Path) -> None:
-    """Replace index_dir by staging with two renames (a directory cannot be
-    replaced in one); the old one is deleted only once the new one is in place."""
-    old = None
-    if index_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}.old-"))
-        os.rmdir(old)
-        os.rename(index_dir, old)
-    os.rename(staging, index_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _recover(index_dir: Path) -> None:
     """Tidy what a killed run left next to the index: staging copies go; a
-    previous index caught between the two renames of `_swap_in` comes back."""
+    previous index caught between the two renames of `swap_in` comes back."""
     for leftover in index_dir.parent.glob(f".{index_dir.name}.staging-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     olds = sorted(index_dir.parent.glob(f".{index_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
@@ -351,7 +329,7 @@ def _index(
         workdir = index_dir
         workdir.mkdir(parents=True, exist_ok=True)
     else:
-        workdir = _staging_dir(index_dir)
+        workdir = staging_dir(index_dir)
         try:
             if previous is not None:
                 shutil.copytree(index_dir, workdir, dirs_exist_ok=True)
@@ -388,7 +366,7 @@ def _index(
         atomic_write_json(workdir / PROFILE, profile.to_dict())
         atomic_write_json(workdir / MANIFEST, manifest)
         if not config.chroma_host:
-            _swap_in(workdir, index_dir)
+            swap_in(workdir, index_dir)
     except BaseException:
         if workdir != index_dir:
             shutil.rmtree(workdir, ignore_errors=True)

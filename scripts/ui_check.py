@@ -1,9 +1,10 @@
 """Screenshots of a finished pipeline in MLflow's own web UI, taken in headless
 Chromium: the runs of the latest pipeline, its four evaluate runs side by side,
 the question-by-question evaluations, the champion's registered version and
-the parent run. Run by scripts/ui_check.sh, which starts `mlflow ui`.
+the parent run; and `dyag app` asking the two best systems a question of the
+eval set. Run by scripts/ui_check.sh, which starts `mlflow ui` and `dyag app`.
 
-    python scripts/ui_check.py --ui http://127.0.0.1:5077 --store sqlite:///mlflow.db --out docs/images
+    python scripts/ui_check.py --ui http://127.0.0.1:5077 --app http://127.0.0.1:5078 --store sqlite:///mlflow.db --out docs/images
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def latest_pipeline(client, experiment_name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ui", required=True, help="address of a running `mlflow ui`")
+    parser.add_argument("--app", default="", help="address of a running `dyag app` on the same store")
     parser.add_argument("--store", required=True, help="its tracking URI, to find the runs")
     parser.add_argument("--experiment", default="dyag-mlops")
     parser.add_argument("--registered-model", default="dyag-qa")
@@ -86,6 +88,11 @@ def main() -> None:
             path = out / f"ui-{name}.png"
             page.screenshot(path=str(path))
             print(path)
+        if args.app:
+            best = sorted(evaluations, key=lambda r: -r.data.metrics.get("correct", 0))[:2]
+            ask_in_app(page, args.app, [r.data.tags["dyag.system"] for r in best])
+            page.screenshot(path=str(out / "app.png"))
+            print(out / "app.png")
         browser.close()
 
 
@@ -108,6 +115,20 @@ def show_metrics(page) -> None:
 def open_evaluation(page, run_name: str) -> None:
     """Open one evaluate run's traces: question, answer, expected answer, scores."""
     js_click(page.locator("a#run-name-cell", has_text=run_name).first)
+
+
+def ask_in_app(page, url: str, systems: list[str]) -> None:
+    """Tick the pipeline's `systems` only, pick the eval set's first question, ask."""
+    page.goto(url)
+    page.wait_for_selector("#candidates input")
+    for box in page.locator("#candidates input").all():
+        label = box.evaluate("element => element.parentElement.textContent").strip()
+        if box.is_checked() != any(label.startswith(f"{system} of ") for system in systems):
+            box.click()
+    page.wait_for_selector("#questions option:nth-child(2)", state="attached")
+    page.select_option("#questions", index=1)
+    page.click("#ask-button")
+    page.wait_for_selector(".answer", timeout=300_000)
 
 
 def dismiss_popups(page) -> None:

@@ -104,6 +104,14 @@ def test_registry_promotion_and_rollback(tmp_path, experiment, tiny_model_dir):
     assert rolled["champion"] == first["registry"]["version"]
     assert client.get_model_version_by_alias(name, "champion").version == first["registry"]["version"]
 
+    # a person promotes a version by hand (dyag registry promote, the app's button): same aliases
+    chosen = compare.promote(name, second["registry"]["version"])
+    assert chosen == {"name": name, "champion": str(second["registry"]["version"]), "demoted": str(first["registry"]["version"])}
+    assert client.get_model_version_by_alias(name, "previous").version == first["registry"]["version"]
+    with pytest.raises(DyagError, match="has no version '99'"):
+        compare.promote(name, "99")
+    compare.rollback(name)
+
     # the champion loads as a pyfunc model that answers questions
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     import pandas as pd
