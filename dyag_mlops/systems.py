@@ -583,6 +583,8 @@ def log_system_model(
             f"dyag-{system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
             signature=served_signature(), input_example=served_example(example_question),
             code_paths=[str(Path(__file__).resolve().parent)], as_input=evaluated,
+            # lineage on the model's page: what it is made of
+            tags={"dyag.system": system, "dyag.base_model": base_model, "dyag.adapter": spec.get("adapter_uri") or ("in the model" if adapter else "none")},
         )
 
 

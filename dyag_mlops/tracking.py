@@ -152,7 +152,9 @@ class NullTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
     def log_dataset(self, path: str | Path, context: str, name: str | None = None, rows: list[dict] | None = None, digest: str = "") -> Any: ...
-    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, **kwargs: Any) -> str | None:
+    def log_pyfunc_model(
+        self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, tags: dict[str, str] | None = None, **kwargs: Any
+    ) -> str | None:
         return None
 
     def log_evaluation(self, rows: list[dict], metric_names: tuple[str, ...], model_uri: str | None, dataset: Any) -> None: ...
@@ -234,8 +236,10 @@ class Tracker(NullTracker):
         mlflow.log_input(dataset, context=context)
         return dataset
 
-    def log_pyfunc_model(self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, **kwargs: Any) -> str | None:
-        """Log a pyfunc model from this run; its models:/m-... URI. A training
+    def log_pyfunc_model(
+        self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, tags: dict[str, str] | None = None, **kwargs: Any
+    ) -> str | None:
+        """Log a pyfunc model from this run, with `tags` on the logged model; its models:/m-... URI. A training
         run outputs its model. With `as_input`, the model (still sourced from
         this run) is the run's input: MLflow's UI counts a run that outputs a
         model as a training run, and an evaluate run evaluates the system."""
@@ -246,11 +250,11 @@ class Tracker(NullTracker):
         from mlflow.models import Model
 
         if not as_input:
-            info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kwargs)
+            info = mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, tags=tags, **kwargs)
             uri = info.model_uri
         else:
             client = mlflow.MlflowClient()
-            model = mlflow.initialize_logged_model(name=name, source_run_id=self.run_id)
+            model = mlflow.initialize_logged_model(name=name, source_run_id=self.run_id, tags=tags)
             try:
                 with tempfile.TemporaryDirectory() as folder:
                     described = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=self.run_id, model_id=model.model_id)

@@ -89,7 +89,7 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
             assert not any(p.endswith("adapter") for p in stored), stored
             spec = json.loads(Path(mlflow.artifacts.download_artifacts(
                 f"{model.artifact_location}/artifacts/system.json", tracking_uri=mlflow_server, dst_path=str(tmp_path / model.model_id))).read_text())
-            assert spec["adapter_uri"] == f"runs:/{finetune_run.info.run_id}/adapter"
+            assert spec["adapter_uri"] == model.tags["dyag.adapter"] == f"runs:/{finetune_run.info.run_id}/adapter"
     # the index is built before the training data, whose prompts hold retrieved chunks (RAFT)
     train = [json.loads(line) for line in open(work / "data" / "dataset_train.jsonl", encoding="utf-8")]
     assert train and all(r["metadata"]["context_ids"] and "Contexte :" in r["messages"][1]["content"] for r in train)
