@@ -146,3 +146,16 @@ def test_a_failed_export_leaves_nothing_behind(trained, tmp_path, monkeypatch):
 def test_a_model_without_adapter_is_named(tmp_path):
     done = CliRunner().invoke(main, ["export", str(tmp_path), "--output", str(tmp_path / "out")])
     assert done.exit_code == 2 and "no LoRA adapter" in done.output
+
+
+def test_an_adapter_whose_base_cannot_be_found_is_named(trained, tmp_path):
+    import shutil
+
+    moved = tmp_path / "adapter"
+    shutil.copytree(trained[0], moved)
+    manifest = json.loads((moved / "dyag_manifest.json").read_text())
+    manifest["base_model"] = manifest["base_model_source"] = str(tmp_path / "gone")
+    (moved / "dyag_manifest.json").write_text(json.dumps(manifest))
+    done = CliRunner().invoke(main, ["export", str(moved), "--output", str(tmp_path / "out")])
+    assert done.exit_code == 2 and "gone: no such model directory" in done.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
