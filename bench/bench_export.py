@@ -7,8 +7,10 @@ the eval set's questions, greedy, three ways: the base model with the
 adapter, the merged safetensors model, and the GGUF file read back by
 transformers; closed-book (the `finetuned` system) and, with `--index`,
 reading the retrieved sheet (the `hybrid` system, and the same prompt on the
-merged weights). Prints `correct` for each and how many answers are
-identical to the adapter's, and the export's time and sizes.
+merged weights). Where llama-cpp-python is installed, the GGUF file also
+answers the closed-book prompts through llama.cpp (greedy, same prompts and
+token budget). Prints `correct` for each and how many answers are identical
+to the adapter's, and the export's time and sizes.
 """
 
 from __future__ import annotations
@@ -73,7 +75,32 @@ def main() -> None:
                 reference = reference or texts
                 same = sum(a == b for a, b in zip(texts, reference))
                 print(f"{setup:<12} {name:<10} correct {correct:6.1%}   answers identical to the adapter's: {same}/{len(items)}")
+            if setup == "closed-book":
+                llama_cpp_answers(gguf, runs["merged"](), items, reference)
         print(f"base model: {result.base_model}; eval set: {args.eval_file} ({len(items)} questions)")
+
+
+def llama_cpp_answers(gguf: str, predictor, items, reference: list[str]) -> None:
+    """The closed-book prompts answered by llama.cpp itself, if installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp    (llama-cpp-python not installed: skipped)")
+        return
+    from dyag_mlops.evaluate import score_answers
+    from dyag_mlops.prompts import render_prompt
+    from dyag_mlops.systems import Answer
+
+    llm = Llama(model_path=gguf, n_ctx=2048, verbose=False, seed=0)
+    messages, _ = predictor.messages_for([i.question for i in items])
+    texts = []
+    for turns in messages:
+        ids = llm.tokenize(render_prompt(predictor.tokenizer, turns).encode(), add_bos=False, special=True)
+        out = llm(ids, max_tokens=predictor.max_new_tokens, temperature=0.0, top_k=1, stop=[predictor.tokenizer.eos_token])
+        texts.append(out["choices"][0]["text"].strip())
+    correct = sum(r["correct"] for r in score_answers(items, [Answer(i.question, t, 0.0, 0) for i, t in zip(items, texts)])) / len(items)
+    same = sum(a == b for a, b in zip(texts, reference))
+    print(f"{'closed-book':<12} {'llama.cpp':<10} correct {correct:6.1%}   answers identical to the adapter's: {same}/{len(items)}")
 
 
 if __name__ == "__main__":

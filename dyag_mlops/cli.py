@@ -25,6 +25,7 @@ from dyag_mlops.config import (
     GenerateConfig,
     IndexConfig,
     PipelineConfig,
+    SystemSpec,
 )
 from dyag_mlops.errors import DyagError
 
@@ -236,10 +237,10 @@ def query_finetuned(
     system = "finetuned"
     if model.startswith("models:/"):
         system = _registered_system(model)
-    predictor = load_predictor(
+    predictor = load_predictor(SystemSpec(
         system, model=model, base_model=base_model, max_new_tokens=max_tokens, temperature=temperature, device=device,
         precision=precision,
-    )
+    ))
     answer_or_chat(predictor, question)
 
 
@@ -276,11 +277,11 @@ def query_rag(
     from dyag_mlops.systems import load_predictor
 
     check_question(question)
-    predictor = load_predictor(
+    predictor = load_predictor(SystemSpec(
         "hybrid" if model else "rag", model=model, base_model=base_model, index=index, top_k=top_k,
         max_new_tokens=max_tokens, temperature=temperature, device=device, grounded=grounded,
         worked_example=worked_example, focus=focus, precision=precision,
-    )
+    ))
     answer_or_chat(predictor, question)
 
 

@@ -156,6 +156,35 @@ SYSTEMS = ("base", "finetuned", "rag", "hybrid")
 
 
 @dataclass(frozen=True)
+class SystemSpec:
+    """One system's settings: built from the command line or from evaluate's
+    config, held by its predictor, written as the logged model's system.json,
+    read back when the model is served. The fields up to `schema` say how it
+    answers; the last four how it runs on this machine (not logged)."""
+
+    system: str = "base"
+    model: str = ""  # adapter: directory, runs:/ or models:/ URI (finetuned, hybrid)
+    base_model: str = ""  # empty: the adapter's recorded base, else DEFAULT_BASE_MODEL
+    index: str = ""  # RAG index directory (rag, hybrid)
+    top_k: int = 3
+    max_new_tokens: int = 64
+    grounded: bool = False
+    worked_example: bool = False
+    focus: bool = False
+    schema: str = "auto"
+    batch_size: int = 8
+    temperature: float = 0.0
+    device: str = "auto"
+    precision: str = "auto"
+
+    SERVED = ("system", "base_model", "top_k", "max_new_tokens", "grounded", "worked_example", "focus", "schema")
+
+    def served(self) -> dict[str, Any]:
+        """What a logged model records of its system (system.json)."""
+        return {name: getattr(self, name) for name in self.SERVED}
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """evaluate: one system answers an eval set; metrics, table and results JSON."""
 
@@ -186,6 +215,14 @@ class EvaluateConfig:
             raise ValueError(f"--system must be one of {', '.join(SYSTEMS)}, not {self.system!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.top_k < 1 or self.limit < 0:
             raise ValueError("--batch-size, --max-new-tokens and --top-k must be >= 1, --limit >= 0")
+
+    def system_spec(self) -> SystemSpec:
+        return SystemSpec(
+            self.system, model=self.model, base_model=self.base_model, index=self.index, top_k=self.top_k,
+            max_new_tokens=self.max_new_tokens, grounded=self.grounded, worked_example=self.worked_example,
+            focus=self.focus, batch_size=self.batch_size, temperature=self.temperature, device=self.device,
+            precision=self.precision,
+        )
 
 
 GGUF_TYPES = ("q8_0", "f16")

@@ -19,7 +19,7 @@ import functools
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -288,21 +288,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     if config.limit:
         items = items[: config.limit]
     if predictor is None:
-        predictor = load_predictor(
-            config.system,
-            model=config.model,
-            base_model=config.base_model,
-            index=config.index,
-            top_k=config.top_k,
-            batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            device=config.device,
-            grounded=config.grounded,
-            worked_example=config.worked_example,
-            focus=config.focus,
-            precision=config.precision,
-        )
+        predictor = load_predictor(config.system_spec())
     from tqdm import tqdm
 
     began = time.perf_counter()
@@ -352,22 +338,10 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
             # The router's word vectors shape which line each prompt holds.
             tracker.set_tags({"dyag.word_vectors": word_vectors_version(predictor.retriever.schema)})
     eval_dataset = tracker.log_dataset(eval_path, context="eval")
-    model_uri = log_system_model(
-        tracker,
-        output.parent,
-        system=config.system,
-        base_model=predictor.base_model,
-        adapter=config.model if immutable_uri(config.model) else predictor.adapter_dir,
-        index_dir=predictor.index_dir,
-        top_k=config.top_k,
-        max_new_tokens=config.max_new_tokens,
-        grounded=predictor.grounded,
-        worked_example=predictor.worked_example,
-        focus=predictor.focus,
-        schema=predictor.schema_name,
-        example_question=items[0].question,
-        evaluated=True,
-    )
+    # The model records the adapter by reference when evaluate got one, else the folder.
+    logged_spec = replace(predictor.spec, model=config.model if immutable_uri(config.model) else predictor.adapter_dir,
+                          index=predictor.index_dir)
+    model_uri = log_system_model(tracker, output.parent, logged_spec, example_question=items[0].question, evaluated=True)
     # The metrics are the run's and, in MLflow 3's model view, the logged
     # model's on this eval set.
     # exact_match_rate stays in the results JSON (evaluate-rag's name), not as a second chart of exact_match.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dyag_mlops.config import FinetuneConfig
+from dyag_mlops.config import FinetuneConfig, SystemSpec
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
 from dyag_mlops.prompts import render_turns
@@ -345,7 +345,7 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
     tracker.log_artifacts(final, "adapter")
     # The model references the adapter just logged: stored once, in this run.
     adapter = f"runs:/{tracker.run_id}/adapter" if tracker.run_id else str(final)
-    model_uri = log_system_model(tracker, out, system="finetuned", base_model=config.base_model, adapter=adapter)
+    model_uri = log_system_model(tracker, out, SystemSpec("finetuned", model=adapter, base_model=config.base_model))
     return FinetuneResult(str(final), metrics, model_uri, history)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from dyag_mlops.config import DEFAULT_BASE_MODEL
+from dyag_mlops.config import DEFAULT_BASE_MODEL, SystemSpec
 from dyag_mlops.errors import DyagError
 from dyag_mlops.focus import narrow_hits
 from dyag_mlops.inventory import Schema, cached_schema, detect_schema
@@ -54,47 +54,42 @@ class Predictor:
 
     def __init__(
         self,
-        system: str,
+        spec: SystemSpec | str,
         model: Any,
         tokenizer: Any,
         *,
         retriever: Any = None,
-        top_k: int = 3,
-        batch_size: int = 8,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        base_model: str = DEFAULT_BASE_MODEL,
         adapter_dir: str = "",
-        index_dir: str = "",
-        grounded: bool = False,
-        worked_example: bool = False,
-        focus: bool = False,
-        schema: str = "auto",
+        **settings: Any,
     ):
-        self.system = system
+        """`spec` is the system's settings (a system name and `settings` make one)."""
+        spec = SystemSpec(spec, **settings) if isinstance(spec, str) else spec
+        self.system = spec.system
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.retriever = retriever
-        self.top_k = top_k
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.base_model = base_model
+        self.top_k = spec.top_k
+        self.batch_size = spec.batch_size
+        self.max_new_tokens = spec.max_new_tokens
+        self.temperature = spec.temperature
+        self.base_model = spec.base_model or DEFAULT_BASE_MODEL
         self.adapter_dir = adapter_dir
-        self.index_dir = index_dir
+        self.index_dir = spec.index
         # Answers constrained to spans of the retrieved chunks (grounding.py);
         # only systems that retrieve have something to be grounded in.
-        self.grounded = grounded and retriever is not None
+        self.grounded = spec.grounded and retriever is not None
         # Only for the untrained base model with a context (worked_example_turns).
-        self.worked_example = worked_example and system == "rag" and retriever is not None
+        self.worked_example = spec.worked_example and spec.system == "rag" and retriever is not None
         # Retrieved sheets narrowed to the asked field's lines (focus.py).
-        self.focus = focus and retriever is not None
+        self.focus = spec.focus and retriever is not None
         # The language of the prompts: the index's corpus, else the adapter's
         # training set, else the schema named; "auto" with neither: the questions'.
-        if retriever is not None:
-            schema = retriever.profile.schema
+        schema = retriever.profile.schema if retriever is not None else spec.schema
         self.schema_name = schema
         self._schema = None if schema in ("", "auto") else cached_schema(schema)
+        # The settings as resolved here: what a logged model of this predictor records.
+        self.spec = replace(spec, base_model=self.base_model, schema=schema, grounded=self.grounded,
+                            worked_example=self.worked_example, focus=self.focus)
 
     def schema_for(self, questions: Sequence[str]) -> Schema:
         if self._schema is None:
@@ -340,44 +335,31 @@ def warn_focus_mismatch(adapter_dir: Path, focus: bool) -> None:
     )
 
 
-def load_predictor(
-    system: str,
-    *,
-    model: str = "",
-    base_model: str = "",
-    index: str = "",
-    top_k: int = 3,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    device: str = "auto",
-    grounded: bool = False,
-    worked_example: bool = False,
-    focus: bool = False,
-    schema: str = "auto",
-    precision: str = "auto",
-) -> Predictor:
-    """Build the predictor of a system from an adapter location and/or an index."""
+def load_predictor(spec: SystemSpec | str, **settings: Any) -> Predictor:
+    """Build the predictor of a system from its settings (`spec`, or a system
+    name and `settings`): the base model, the adapter it names, the index."""
     from dyag_mlops.models import load_base_model, speed_up_lm_head
 
+    spec = SystemSpec(spec, **settings) if isinstance(spec, str) else spec
     adapter_dir = None
-    if system in ("finetuned", "hybrid"):
-        if not model:
-            raise DyagError(f"system {system} needs --model (an adapter directory, runs:/ or models:/ URI)")
-        adapter_dir = locate_adapter(model)
+    base_model, schema = spec.base_model, spec.schema
+    if spec.system in ("finetuned", "hybrid"):
+        if not spec.model:
+            raise DyagError(f"system {spec.system} needs --model (an adapter directory, runs:/ or models:/ URI)")
+        adapter_dir = locate_adapter(spec.model)
         base_model = check_base_matches(adapter_dir, base_model)
-        if system == "hybrid":
-            warn_focus_mismatch(adapter_dir, focus)
+        if spec.system == "hybrid":
+            warn_focus_mismatch(adapter_dir, spec.focus)
         schema = adapter_manifest(adapter_dir).get("schema") or schema
     base_model = base_model or DEFAULT_BASE_MODEL
     retriever = None
-    if system in ("rag", "hybrid"):
-        if not index:
-            raise DyagError(f"system {system} needs --index (a directory built by `dyag index-rag`)")
+    if spec.system in ("rag", "hybrid"):
+        if not spec.index:
+            raise DyagError(f"system {spec.system} needs --index (a directory built by `dyag index-rag`)")
         from dyag_mlops.rag import Retriever
 
-        retriever = Retriever(index)
-    lm, tokenizer, _ = load_base_model(base_model, device=device, precision=precision)
+        retriever = Retriever(spec.index)
+    lm, tokenizer, _ = load_base_model(base_model, device=spec.device, precision=spec.precision)
     if adapter_dir is not None:
         from dyag_mlops.models import attach_adapter, load_tokenizer
 
@@ -387,23 +369,8 @@ def load_predictor(
         lm = attach_adapter(lm, str(adapter_dir), base_model).merge_and_unload()
         tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
     speed_up_lm_head(lm)
-    return Predictor(
-        system,
-        lm,
-        tokenizer,
-        retriever=retriever,
-        top_k=top_k,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        base_model=base_model,
-        adapter_dir=str(adapter_dir or ""),
-        index_dir=index,
-        grounded=grounded,
-        worked_example=worked_example,
-        focus=focus,
-        schema=schema,
-    )
+    return Predictor(replace(spec, base_model=base_model, schema=schema), lm, tokenizer, retriever=retriever,
+                     adapter_dir=str(adapter_dir or ""))
 
 
 # ---------------------------------------------------------------- MLflow pyfunc
@@ -504,19 +471,14 @@ def pyfunc_model() -> Any:
 
     class DyagQA(mlflow.pyfunc.PythonModel):
         def load_context(self, context):
-            spec = json.loads(Path(context.artifacts["system"]).read_text("utf-8"))
-            self.predictor = load_predictor(
-                spec["system"],
-                model=context.artifacts.get("adapter") or spec.get("adapter_uri", ""),
-                base_model=spec["base_model"],
+            served = json.loads(Path(context.artifacts["system"]).read_text("utf-8"))
+            spec = SystemSpec(**{name: served[name] for name in SystemSpec.SERVED})
+            self.predictor = load_predictor(replace(
+                spec,
+                model=context.artifacts.get("adapter") or served.get("adapter_uri", ""),
                 index=context.artifacts.get("index", ""),
-                top_k=spec["top_k"],
-                max_new_tokens=spec["max_new_tokens"],
-                grounded=spec["grounded"],
-                worked_example=spec["worked_example"],
-                focus=spec["focus"],
-                schema=context.artifacts.get("schema") or spec["schema"],
-            )
+                schema=context.artifacts.get("schema") or spec.schema,
+            ))
             self.batches = SharedBatches(self.predictor.answer)
 
         def predict(self, context, model_input, params=None):
@@ -538,53 +500,40 @@ def pyfunc_model() -> Any:
 
 
 def log_system_model(
-    tracker: Any,
-    workdir: Path,
-    *,
-    system: str,
-    base_model: str,
-    adapter: str = "",
-    index_dir: str = "",
-    top_k: int = 3,
-    max_new_tokens: int = 64,
-    grounded: bool = False,
-    worked_example: bool = False,
-    focus: bool = False,
-    schema: str = "auto",
-    example_question: str = "",
-    evaluated: bool = False,
+    tracker: Any, workdir: Path, spec: SystemSpec, *, example_question: str = "", evaluated: bool = False
 ) -> str | None:
     """Log a system as a pyfunc model (with `evaluated`, as the input of the
-    run evaluating it, see Tracker.log_pyfunc_model): the index as an artifact, the base model
-    by name (never its weights, see mlflow#23761), the adapter as an artifact
-    when it is a folder, by reference when it is a run's artifact or a logged
-    model (stored once, in the finetune run). The spec is written in a
-    temporary folder under `workdir`, never over a user's file."""
+    run evaluating it, see Tracker.log_pyfunc_model): `spec.served()` as its
+    system.json, the index (`spec.index`) as an artifact, the base model by
+    name (never its weights, see mlflow#23761), the adapter (`spec.model`) as
+    an artifact when it is a folder, by reference when it is a run's artifact
+    or a logged model (stored once, in the finetune run). system.json is
+    written in a temporary folder under `workdir`, never over a user's file."""
     import tempfile
 
     from dyag_mlops.files import atomic_write_json
 
-    spec = {"system": system, "base_model": base_model, "top_k": top_k, "max_new_tokens": max_new_tokens, "grounded": grounded,
-            "worked_example": worked_example, "focus": focus, "schema": schema}
-    if immutable_uri(adapter):
-        spec["adapter_uri"] = adapter
+    served = spec.served()
+    if immutable_uri(spec.model):
+        served["adapter_uri"] = spec.model
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".system-") as folder:
         spec_path = Path(folder) / SYSTEM_SPEC
-        atomic_write_json(spec_path, spec)
+        atomic_write_json(spec_path, served)
         artifacts = {"system": str(spec_path)}
-        if adapter and "adapter_uri" not in spec:
-            artifacts["adapter"] = adapter
-        if index_dir:
-            artifacts["index"] = index_dir
-        if Path(schema).is_file():
-            artifacts["schema"] = schema  # a user's schema file travels with the model
+        if spec.model and "adapter_uri" not in served:
+            artifacts["adapter"] = spec.model
+        if spec.index:
+            artifacts["index"] = spec.index
+        if Path(spec.schema).is_file():
+            artifacts["schema"] = spec.schema  # a user's schema file travels with the model
+        adapter = served.get("adapter_uri") or ("in the model" if spec.model else "none")
         return tracker.log_pyfunc_model(
-            f"dyag-{system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
+            f"dyag-{spec.system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
             signature=served_signature(), input_example=served_example(example_question),
             code_paths=[str(Path(__file__).resolve().parent)], as_input=evaluated,
             # lineage on the model's page: what it is made of
-            tags={"dyag.system": system, "dyag.base_model": base_model, "dyag.adapter": spec.get("adapter_uri") or ("in the model" if adapter else "none")},
+            tags={"dyag.system": spec.system, "dyag.base_model": spec.base_model, "dyag.adapter": adapter},
         )
 
 

@@ -5,7 +5,7 @@ import mlflow
 import pytest
 
 from dyag_mlops import compare
-from dyag_mlops.config import CompareConfig, EvaluateConfig
+from dyag_mlops.config import CompareConfig, EvaluateConfig, SystemSpec
 from dyag_mlops.errors import DyagError
 from dyag_mlops.evaluate import QUALITY_METRICS
 from dyag_mlops.systems import log_system_model
@@ -34,7 +34,7 @@ def fake_evaluate_run(tmp_path, system, correct, seconds=1.0, digest="d1", model
         tracker.log_metrics(metrics)
         tracker.log_artifact(path, "results")
         if model_base:
-            log_system_model(tracker, tmp_path, system="base", base_model=str(model_base), max_new_tokens=4)
+            log_system_model(tracker, tmp_path, SystemSpec("base", base_model=str(model_base), max_new_tokens=4))
     return tracker.run_id, path
 
 
@@ -157,7 +157,7 @@ def test_a_logged_model_installs_without_this_checkout(tmp_path, tiny_model_dir)
     from dyag_mlops.config import EvaluateConfig
 
     with stage_run("evaluate", EvaluateConfig(system="base")) as tracker:
-        uri = log_system_model(tracker, tmp_path, system="base", base_model=str(tiny_model_dir), max_new_tokens=4)
+        uri = log_system_model(tracker, tmp_path, SystemSpec("base", base_model=str(tiny_model_dir), max_new_tokens=4))
     local = Path(mlflow.artifacts.download_artifacts(uri))
     requirements = (local / "requirements.txt").read_text().split()
     assert not any(r.startswith("dyag-mlops") or "+" in r for r in requirements), requirements

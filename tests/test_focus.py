@@ -273,6 +273,7 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
 
     from dyag_mlops import rag
     from dyag_mlops.config import EvaluateConfig, IndexConfig
+    from dyag_mlops.config import SystemSpec
     from dyag_mlops.systems import log_system_model
     from dyag_mlops.tracking import stage_run
 
@@ -281,8 +282,8 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
     index = str(tmp_path / "index")
     rag.run(IndexConfig(index=index, schema=str(schema)))
     with stage_run("evaluate", EvaluateConfig(system="rag")) as tracker:
-        uri = log_system_model(tracker, tmp_path, system="rag", base_model=str(tiny_model_dir), index_dir=index,
-                               top_k=1, max_new_tokens=4, grounded=True, focus=True, schema=str(schema))
+        uri = log_system_model(tracker, tmp_path, SystemSpec("rag", base_model=str(tiny_model_dir), index=index,
+                               top_k=1, max_new_tokens=4, grounded=True, focus=True, schema=str(schema)))
     assert not (tmp_path / "system.json").exists()  # written aside, never next to a user's files
     spec = json.loads(next(Path(mlflow.artifacts.download_artifacts(uri)).rglob("system.json")).read_text())
     assert {k: spec[k] for k in ("grounded", "worked_example", "focus", "schema")} == {

@@ -291,12 +291,13 @@ def served_model(tiny_model_dir, tmp_path_factory):
     import urllib.request
 
     from dyag_mlops.config import EvaluateConfig
+    from dyag_mlops.config import SystemSpec
     from dyag_mlops.systems import log_system_model
     from dyag_mlops.tracking import stage_run
 
     workdir = tmp_path_factory.mktemp("served")
     with stage_run("evaluate", EvaluateConfig(system="base")) as tracker:
-        uri = log_system_model(tracker, workdir, system="base", base_model=str(tiny_model_dir), max_new_tokens=4)
+        uri = log_system_model(tracker, workdir, SystemSpec("base", base_model=str(tiny_model_dir), max_new_tokens=4))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
