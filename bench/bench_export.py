@@ -8,8 +8,8 @@ adapter, the merged safetensors model, and the GGUF file read back by
 transformers; closed-book (the `finetuned` system) and, with `--index`,
 reading the retrieved sheet (the `hybrid` system, and the same prompt on the
 merged weights). Where llama-cpp-python is installed, the GGUF file also
-answers the closed-book prompts through llama.cpp (greedy, same prompts and
-token budget). Prints `correct` for each and how many answers are identical
+answers the same prompts through llama.cpp (greedy, same token budget; not
+the grounded ones: llama.cpp has no span-constrained decoding). Prints `correct` for each and how many answers are identical
 to the adapter's, and the export's time and sizes.
 """
 
@@ -61,8 +61,9 @@ def main() -> None:
         gguf = str(out / f"model-{args.gguf}.gguf")
         setups = {"closed-book": ("finetuned", {}, "base", {})}
         if args.index:  # hybrid: the adapter reading the sheet; rag without worked example: the same prompt
-            reading = {"index": args.index, "grounded": True, "focus": True}
-            setups["hybrid"] = ("hybrid", reading, "rag", {**reading, "worked_example": False})
+            for grounded in (True, False):
+                reading = {"index": args.index, "grounded": grounded, "focus": True}
+                setups["hybrid" if grounded else "hybrid free"] = ("hybrid", reading, "rag", {**reading, "worked_example": False})
         for setup, (adapted, adapted_kw, plain, plain_kw) in setups.items():
             runs = {
                 "adapter": lambda: load_predictor(adapted, model=args.model, precision="fp32", **adapted_kw),
@@ -75,17 +76,17 @@ def main() -> None:
                 reference = reference or texts
                 same = sum(a == b for a, b in zip(texts, reference))
                 print(f"{setup:<12} {name:<10} correct {correct:6.1%}   answers identical to the adapter's: {same}/{len(items)}")
-            if setup == "closed-book":
-                llama_cpp_answers(gguf, runs["merged"](), items, reference)
+            if setup != "hybrid":  # llama.cpp has no grounded (span-constrained) decoding
+                llama_cpp_answers(setup, gguf, runs["merged"](), items, reference)
         print(f"base model: {result.base_model}; eval set: {args.eval_file} ({len(items)} questions)")
 
 
-def llama_cpp_answers(gguf: str, predictor, items, reference: list[str]) -> None:
-    """The closed-book prompts answered by llama.cpp itself, if installed."""
+def llama_cpp_answers(setup: str, gguf: str, predictor, items, reference: list[str]) -> None:
+    """The predictor's prompts answered by llama.cpp itself, if installed."""
     try:
         from llama_cpp import Llama
     except ImportError:
-        print("llama.cpp    (llama-cpp-python not installed: skipped)")
+        print(f"{setup:<12} llama.cpp  (llama-cpp-python not installed: skipped)")
         return
     from dyag_mlops.evaluate import score_answers
     from dyag_mlops.prompts import render_prompt
@@ -100,7 +101,7 @@ def llama_cpp_answers(gguf: str, predictor, items, reference: list[str]) -> None
         texts.append(out["choices"][0]["text"].strip())
     correct = sum(r["correct"] for r in score_answers(items, [Answer(i.question, t, 0.0, 0) for i, t in zip(items, texts)])) / len(items)
     same = sum(a == b for a, b in zip(texts, reference))
-    print(f"{'closed-book':<12} {'llama.cpp':<10} correct {correct:6.1%}   answers identical to the adapter's: {same}/{len(items)}")
+    print(f"{setup:<12} {'llama.cpp':<10} correct {correct:6.1%}   answers identical to the adapter's: {same}/{len(items)}")
 
 
 if __name__ == "__main__":
