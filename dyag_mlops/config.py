@@ -311,6 +311,7 @@ class PipelineConfig:
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 1.0 on the demo set, lexical ranking).")
     ranking: str = _f(IndexConfig.ranking, "How the index ranks chunks (index-rag --ranking): lexical, fused or dense.")
+    chroma_host: str = _f("", "host:port of a ChromaDB server for the index (empty: the embedded store in the workdir).")
     grounded: bool = _f(True, "rag, hybrid: answers constrained to spans of the retrieved chunks.")
     worked_example: bool = _f(True, "rag: show the base model a worked example before each question.")
     focus: bool = _f(True, "RAFT training, rag, hybrid: " + FOCUS_HELP)

@@ -185,7 +185,8 @@ def run(config: PipelineConfig) -> dict:
         index_dir = ""
         if {"rag", "hybrid"} & set(systems) or (raft_adapter and config.context_share > 0):
             index_dir = str(work / "rag_index")
-            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir, ranking=config.ranking, schema=config.schema)
+            idx_cfg = IndexConfig(corpus=config.corpus, index=index_dir, ranking=config.ranking, schema=config.schema,
+                                  chroma_host=config.chroma_host)
             step("index_rag", idx_cfg, lambda t: rag.run(idx_cfg, t), [Path(index_dir)], config.reuse, timings)
 
         raft_uri = train_raft_adapter(config, work, index_dir, timings) if raft_adapter else ""

@@ -9,4 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 export TOKENIZERS_PARALLELISM=false
 mlflow run . --env-manager local --experiment-name dyag-mlops "$@"
-echo "Results: mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI   (then open http://127.0.0.1:5000)"
+case "$MLFLOW_TRACKING_URI" in
+  http*) echo "Results: open $MLFLOW_TRACKING_URI" ;;
+  *) echo "Results: mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI   (then open http://127.0.0.1:5000)" ;;
+esac
