@@ -12,6 +12,7 @@
 # .venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"  # runuser, where a user's PATH leaves the system's tools out
 DIR=$(realpath -m "${DYAG_SERVICES:-.services}")
 PG_PORT=${PG_PORT:-55432}
 MLFLOW_PORT=${MLFLOW_PORT:-5050}
