@@ -50,6 +50,7 @@ def test_the_pipeline_runs_against_the_servers(services, tiny_model_dir, tmp_pat
     env = {**services, "MLFLOW_TRACKING_URI": tracking, "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # earlier tests' runs leave it set
     cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "services",
            "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=4", "-P", f"workdir={tmp_path / 'work'}",
            "-P", "systems=base,rag,hybrid", "-P", "registered_model=services-qa", "-P", "min_questions=1",
