@@ -239,10 +239,11 @@ class Tracker(NullTracker):
     def log_pyfunc_model(
         self, name: str, python_model: Any, artifacts: dict[str, str], as_input: bool = False, tags: dict[str, str] | None = None, **kwargs: Any
     ) -> str | None:
-        """Log a pyfunc model from this run, with `tags` on the logged model; its models:/m-... URI. A training
-        run outputs its model. With `as_input`, the model (still sourced from
-        this run) is the run's input: MLflow's UI counts a run that outputs a
-        model as a training run, and an evaluate run evaluates the system."""
+        """Log a pyfunc model from this run, `tags` on the logged model; its
+        models:/m-... URI. A training run outputs its model. With `as_input`,
+        the model (still sourced from this run) is the run's input: MLflow's
+        UI counts a run that outputs a model as a training run, and an
+        evaluate run evaluates the system."""
         import tempfile
 
         import mlflow
