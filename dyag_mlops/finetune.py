@@ -9,6 +9,8 @@ the loss covers the answers (every assistant turn) and their end-of-turn
 tokens only (completion mask).
 Checkpoints every `save_steps`; `--resume` continues from the latest one
 (optimizer, scheduler, step and data order), also after a kill.
+Under `accelerate launch --num_processes N` the Trainer trains data-parallel;
+rank 0 alone writes the adapter, its manifest and the MLflow run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import shutil
 import sys
@@ -29,7 +32,7 @@ from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
 from dyag_mlops.prompts import render_turns
 from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
-from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, download_mlflow_uri
+from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, download_mlflow_uri, process_rank
 
 
 @dataclass
@@ -152,7 +155,7 @@ def check_output(config: FinetuneConfig) -> None:
 def prepare_output(config: FinetuneConfig) -> Path:
     check_output(config)
     out = Path(config.output)
-    if out.exists() and any(out.iterdir()) and not config.resume:
+    if out.exists() and any(out.iterdir()) and not config.resume and process_rank() == 0:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -310,7 +313,14 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
     tracker.log_dataset(train_path, context="train")
     if val_path:
         tracker.log_dataset(val_path, context="val")
-    tracker.set_tags({"dyag.base_model": config.base_model, "dyag.dtype": str(torch_dtype(precision)).replace("torch.", "")})
+    tracker.set_tags(
+        {
+            "dyag.base_model": config.base_model,
+            "dyag.dtype": str(torch_dtype(precision)).replace("torch.", ""),
+            # data-parallel processes: the effective batch is batch size x grad accum x this
+            "dyag.processes": os.environ.get("WORLD_SIZE", "1"),
+        }
+    )
 
     if config.soup == 1:
         trained = train_adapter(config, datasets, device, precision, out, tracker)
@@ -326,7 +336,8 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
             members.append(train_adapter(member_config, datasets, device, precision, member_out, tracker, f"member_{i + 1}/"))
             release_memory()  # the member's model and optimizer, before the next member loads its own
         final = out / "final"
-        average_adapters([m.final for m in members], final)
+        if process_rank() == 0:
+            average_adapters([m.final for m in members], final)
         metrics = {
             "train_loss": sum(m.metrics["train_loss"] for m in members) / len(members),
             "train_seconds": sum(m.metrics["train_seconds"] for m in members),
@@ -337,9 +348,12 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
         for i, member in enumerate(members, 1):
             metrics.update({f"member_{i}/{k}": v for k, v in member.metrics.items()})
         resumed_from = next((m.resumed_from for m in members if m.resumed_from), None)
-        write_manifest(final, config, members[0].source, datasets, metrics, resumed_from)
+        if process_rank() == 0:
+            write_manifest(final, config, members[0].source, datasets, metrics, resumed_from)
         history = [{**h, "member": i} for i, m in enumerate(members, 1) for h in m.history]
 
+    if process_rank() > 0:  # rank 0 writes and logs what all ranks trained
+        return FinetuneResult(str(final), metrics, None, history)
     fig = plot_loss(history, out / "loss_curve.png")
     tracker.log_figure(fig, "loss_curve.png")
     tracker.log_artifacts(final, "adapter")
@@ -431,8 +445,9 @@ def train_adapter(
     seconds = time.perf_counter() - began
 
     final = out / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # on every rank (sharded trainings gather there); rank 0 writes
+    if process_rank() == 0:
+        tokenizer.save_pretrained(str(final))
     metrics = {
         "train_loss": float(train_output.training_loss),
         "train_seconds": seconds,
@@ -442,8 +457,9 @@ def train_adapter(
     evals = [h["eval_loss"] for h in callback.history if "eval_loss" in h]
     if evals:
         metrics["final_eval_loss"] = evals[-1]
-    atomic_write_json(out / HISTORY_FILE, callback.history)
-    write_manifest(final, config, source, datasets, metrics, resume_from)
+    if process_rank() == 0:
+        atomic_write_json(out / HISTORY_FILE, callback.history)
+        write_manifest(final, config, source, datasets, metrics, resume_from)
     tracker.log_metrics({metric_prefix + k: v for k, v in metrics.items()})
     return TrainedAdapter(final, source, metrics, callback.history, resume_from)
 

@@ -389,6 +389,12 @@ def ui_hint(experiment_id: str, run_id: str) -> list[str]:
     ]
 
 
+def process_rank() -> int:
+    """This process's rank in a multi-process launch (`accelerate launch`,
+    `torchrun`: RANK), 0 when launched alone."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -397,16 +403,21 @@ def stage_run(
     tags: dict[str, str] | None = None,
     nested: bool = False,
     run_name: str | None = None,
-) -> Iterator[Tracker]:
+) -> Iterator[NullTracker]:
     """Open the MLflow run of one stage and yield its Tracker.
 
     Joins the run named by MLFLOW_RUN_ID (how `mlflow run` calls an entry
     point); with `nested`, opens a child of the active run (the pipeline).
     The run ends FAILED if the body raises, KILLED if it is interrupted
     (Ctrl-C, or SIGTERM from kill, timeout or a job scheduler).
+    Under a multi-process launch only rank 0 records: the other processes get
+    a NullTracker, so one launch is one run.
     """
     import mlflow
 
+    if process_rank() > 0:
+        yield NullTracker()
+        return
     configure()
     joined = os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None and not nested
     if not joined and not nested and mlflow.active_run() is None:

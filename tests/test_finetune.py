@@ -324,3 +324,40 @@ def test_release_memory_frees_a_model_only_a_reference_cycle_still_holds():
         assert still_held() is None
     finally:
         gc.enable()
+
+
+def test_two_processes_train_data_parallel_into_one_run_and_resume(tmp_path, tiny_model_dir):
+    """`accelerate launch --num_processes 2` on CPU (gloo): each process takes
+    half of every batch, rank 0 alone writes the adapter and the MLflow run;
+    a resumed launch ends at the same step; the loss falls as far as one
+    process's at the same effective batch."""
+    import mlflow
+
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=4)  # 16 examples
+    common = ["--dataset", str(data), "--val", str(data), "--base-model", str(tiny_model_dir), "--epochs", "6", "--grad-accum", "1",
+              "--lr", "0.02", "--lora-rank", "8", "--save-steps", "4", "--save-total-limit", "100", "--precision", "fp32", "--logging-steps", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_EXPERIMENT_NAME": "two-processes"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "dyag_mlops.cli", "finetune"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    done = subprocess.run(launch + common + ["--output", str(two), "--batch-size", "1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "dyag_mlops.cli", "finetune", *common, "--output", str(one), "--batch-size", "2"],
+                   env={**env, "MLFLOW_EXPERIMENT_NAME": "one-process"}, check=True, capture_output=True)
+
+    manifest = json.loads((two / "final" / "dyag_manifest.json").read_text())
+    assert manifest["metrics"]["global_step"] == 16 * 6 / 2  # both processes' examples in each step
+    single = json.loads((one / "final" / "dyag_manifest.json").read_text())["metrics"]
+    assert manifest["metrics"]["final_eval_loss"] < 0.5 * json.loads((two / "history.json").read_text())[0]["loss"]
+    assert abs(manifest["metrics"]["final_eval_loss"] - single["final_eval_loss"]) < 0.5 * single["final_eval_loss"] + 0.2
+    runs = mlflow.search_runs(experiment_names=["two-processes"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["dyag.processes"] == "2"
+
+    # as if killed after step 20: the checkpoints past it and the adapter are gone
+    for checkpoint in two.glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > 20:
+            shutil.rmtree(checkpoint)
+    shutil.rmtree(two / "final")
+    resumed = subprocess.run(launch + common + ["--output", str(two), "--batch-size", "1", "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    manifest = json.loads((two / "final" / "dyag_manifest.json").read_text())
+    assert manifest["resumed_from"].endswith("checkpoint-20") and manifest["metrics"]["global_step"] == 48
