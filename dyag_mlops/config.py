@@ -136,7 +136,9 @@ class IndexConfig:
 
     corpus: str = _f("", "Corpus: JSONL chunks or a folder of Markdown files (empty: bundled demo corpus).")
     index: str = _f("outputs/rag_index", "Index directory (ChromaDB persistent store + manifest).")
-    collection: str = _f("dyag", "Collection name.")
+    # On a shared server a fixed name would let two corpora overwrite each
+    # other's vectors; a name from the corpus digest cannot.
+    collection: str = _f("", "Collection name (empty: dyag, or dyag-<corpus digest> on a --chroma-host server).")
     embedding_model: str = _f("all-minilm-l6-v2", "Sentence-transformers model (all-minilm-l6-v2 is bundled).")
     chunk_size: int = _f(1200, "Split chunks longer than this many characters (0: never).")
     chroma_host: str = _f("", "host:port of a ChromaDB server instead of the embedded store.")

@@ -19,6 +19,20 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def lost_tracking_server(exc: BaseException) -> str:
+    """The URI of the MLflow server (MLFLOW_TRACKING_URI) when `exc` says it
+    could not be reached mid-run (after MLflow's own retries), else ''."""
+    import re
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    host = re.sub(r"^https?://(?:[^/@]+@)?", "", uri).split("/")[0]
+    if not uri.startswith(("http://", "https://")) or not host:
+        return ""
+    text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
+    gone = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Connection aborted")
+    return re.sub(r"//[^/@]+@", "//", uri) if host.split(":")[0] in text and any(g in text for g in gone) else ""
+
+
 def report(exc: BaseException) -> int:
     """Print `exc` as one line on stderr and return the exit status; with
     DYAG_DEBUG set, re-raise it (the traceback is wanted)."""
@@ -33,6 +47,14 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"Error: {where}{exc.strerror}", file=sys.stderr)
+        return 1
+    lost = lost_tracking_server(exc)
+    if lost:
+        print(
+            f"Error: the tracking server {lost} stopped answering; when it answers again, run the same command "
+            "again: finished stages are reused and finetune --resume continues from its last checkpoint",
+            file=sys.stderr,
+        )
         return 1
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     print(f"Error: {type(exc).__name__}: {detail} (DYAG_DEBUG=1 shows the traceback)".replace(":  (", " ("), file=sys.stderr)

@@ -173,6 +173,19 @@ def _close(client: Any) -> None:
         client.close()
 
 
+def collection_name(config: IndexConfig, digest: str) -> str:
+    """The collection an index writes: --collection, else "dyag" in the
+    index's own store and "dyag-<corpus digest>" on a server, where indexes of
+    other corpora live beside it (the same corpus shares one)."""
+    if config.collection:
+        return config.collection
+    return f"dyag-{digest}" if config.chroma_host else "dyag"
+
+
+def _where(config: IndexConfig, name: str) -> str:
+    return f"collection {name!r} on {config.chroma_host}" if config.chroma_host else f"collection {name!r} of {config.index}"
+
+
 def _open_collection(client: Any, name: str, *, create: bool) -> Any:
     if create:
         return client.get_or_create_collection(
@@ -236,10 +249,14 @@ def read_profile(index_dir: str | Path) -> Profile:
     return profile
 
 
+# What a collection's metadata says of its writer: the embedding model and the corpus.
+OWNER_MODEL, OWNER_CORPUS = "dyag_embedding_model", "dyag_corpus_digest"
+
+
 def _update_collection(
-    client: Any, config: IndexConfig, chunks: list[IndexedChunk], previous: dict | None
+    client: Any, config: IndexConfig, name: str, chunks: list[IndexedChunk], previous: dict | None, digest: str
 ) -> tuple[int, int, int, int]:
-    """Bring the collection in line with `chunks`. Returns (embedded, reused, removed, dimension)."""
+    """Bring collection `name` in line with `chunks`. Returns (embedded, reused, removed, dimension)."""
     from tqdm import tqdm
 
     embedder = load_embedder(config.embedding_model)
@@ -253,12 +270,28 @@ def _update_collection(
             f"{config.index}: built with embedding model {previous.get('embedding_model')!r}; "
             f"--embedding-model {config.embedding_model!r} needs --rebuild (every chunk is embedded again)"
         )
-    collection = _open_collection(client, config.collection, create=True)
+    collection = _open_collection(client, name, create=True)
+    owner = collection.metadata or {}
+    if owner.get(OWNER_MODEL) and not config.rebuild:
+        # Another writer's collection (a shared server): never replace it unasked.
+        if owner[OWNER_MODEL] != model_key(config.embedding_model):
+            raise DyagError(
+                f"{_where(config, name)} holds vectors of embedding model {owner[OWNER_MODEL]!r}, not "
+                f"{config.embedding_model!r}; choose another --collection, or --rebuild to replace it"
+            )
+        ours = previous is not None and previous.get("corpus_digest") == owner.get(OWNER_CORPUS)
+        if owner.get(OWNER_CORPUS) not in (digest, None) and not ours:
+            raise DyagError(
+                f"{_where(config, name)} holds another corpus (digest {owner[OWNER_CORPUS]}, this one {digest}); "
+                "choose another --collection, or --rebuild to replace it"
+            )
+        same_model = True
     stored = _stored_hashes(collection)
-    if config.rebuild or not same_model:
-        # Vectors from another model are not comparable: start the collection over.
-        client.delete_collection(config.collection)
-        collection = _open_collection(client, config.collection, create=True)
+    if config.rebuild or (stored and not same_model):
+        # Vectors from another model are not comparable: start the collection
+        # over. (A new, empty one is kept: another writer may be filling it.)
+        client.delete_collection(name)
+        collection = _open_collection(client, name, create=True)
         removed = [chunk_id for chunk_id in stored if chunk_id not in {c.id for c in chunks}]
         todo = list(chunks)
     else:
@@ -280,6 +313,7 @@ def _update_collection(
                 ],
             )
             bar.update(len(batch))
+    collection.modify(metadata={OWNER_MODEL: model_key(config.embedding_model), OWNER_CORPUS: digest})
     return len(todo), len(chunks) - len(todo), len(removed), dimension
 
 
@@ -323,9 +357,10 @@ def _index(
     elif index_dir.exists() and not index_dir.is_dir():
         raise DyagError(f"{index_dir}: exists and is not a directory; choose another --index")
 
+    name = collection_name(config, digest)
     if config.chroma_host:
         client = _chroma_client(host=config.chroma_host)
-        embedded, reused, removed, dimension = _update_collection(client, config, chunks, previous)
+        embedded, reused, removed, dimension = _update_collection(client, config, name, chunks, previous, digest)
         workdir = index_dir
         workdir.mkdir(parents=True, exist_ok=True)
     else:
@@ -335,7 +370,7 @@ def _index(
                 shutil.copytree(index_dir, workdir, dirs_exist_ok=True)
             client = _chroma_client(path=workdir)
             try:
-                embedded, reused, removed, dimension = _update_collection(client, config, chunks, previous)
+                embedded, reused, removed, dimension = _update_collection(client, config, name, chunks, previous, digest)
             finally:
                 _close(client)
         except BaseException:
@@ -348,7 +383,7 @@ def _index(
         "embedding_model": config.embedding_model,
         "embedding_model_resolved": resolve_embedding_model(config.embedding_model),
         "embedding_dimension": dimension,
-        "collection": config.collection,
+        "collection": name,
         "chroma_host": config.chroma_host,
         "chunks": len(chunks),
         "corpus_chunks": len(corpus),
@@ -373,7 +408,7 @@ def _index(
         raise
     seconds = time.perf_counter() - started
 
-    result = IndexResult(str(index_dir), config.collection, len(chunks), embedded, reused, removed, seconds, digest)
+    result = IndexResult(str(index_dir), name, len(chunks), embedded, reused, removed, seconds, digest)
     tracker.log_metrics(
         {
             "chunks_total": len(chunks),
@@ -460,7 +495,17 @@ class Retriever:
         self.doc_filter = doc_filter
         host = chroma_host or self.manifest.get("chroma_host", "")
         self._client = _chroma_client(path=index_dir, host=host)
-        self.collection = _open_collection(self._client, self.manifest.get("collection", "dyag"), create=False)
+        name = self.manifest.get("collection", "dyag")
+        self.collection = _open_collection(self._client, name, create=False)
+        owner = self.collection.metadata or {}
+        if owner.get(OWNER_CORPUS, self.manifest.get("corpus_digest")) != self.manifest.get("corpus_digest") or (
+            self.collection.count() != self.manifest.get("chunks", self.collection.count())
+        ):
+            raise DyagError(
+                f"{index_dir}: collection {name!r}{' on ' + host if host else ''} no longer holds the corpus this index was "
+                f"built from ({self.collection.count()} chunks, {self.manifest.get('chunks')} expected): another "
+                "writer changed it; run `dyag index-rag` again"
+            )
         self.embedder = load_embedder(built_with)
         if embedding_dimension(self.embedder) != self.manifest.get("embedding_dimension", embedding_dimension(self.embedder)):
             raise DyagError(f"{index_dir}: index vectors and model {built_with} differ in dimension; rebuild the index")
