@@ -414,7 +414,7 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
     fields += [FieldInfo(s.name, s.labels, s.templates, 0, s.alias) for s in schema.fields if s.name not in known]
     name_labels = Counter(d.name_label for d in docs if d.name_label)
     aliases = {
-        d.doc_id: [value for label, value in d.fields if (info := _alias_field(fields, label)) is not None]
+        d.doc_id: [value for label, value in d.fields if _alias_field(fields, label) is not None]
         for d in docs
     }
     profile = Profile(

@@ -711,13 +711,13 @@ class Retriever:
             query_embeddings=vectors, n_results=n, where=where, include=["metadatas", "documents", "distances"]
         )
         out = []
-        for ids, metas, documents, distances in zip(
+        for ids, metas, texts, distances in zip(
             reply["ids"], reply["metadatas"], reply["documents"], reply["distances"]
         ):
             out.append(
                 [
                     Retrieved(cid, (m or {}).get("doc_id", ""), (m or {}).get("title", ""), d or "", 1.0 - float(dist))
-                    for cid, m, d, dist in zip(ids, metas, documents, distances)
+                    for cid, m, d, dist in zip(ids, metas, texts, distances)
                 ]
             )
         return out

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from conftest import demo_profile, demo_sheets, write_jsonl
 from dyag_mlops import generate
+from dyag_mlops import questions as training_questions
 from dyag_mlops.cli import main
 from dyag_mlops.config import GenerateConfig
 from dyag_mlops.errors import DyagError
@@ -168,7 +169,7 @@ def test_with_context_builds_raft_examples_from_the_index(tmp_path, demo_index):
 @pytest.mark.parametrize("template", ["Quel est le statut de {doc} ?", "l'{doc} est où ?", "{doc}", "Où est {doc}s ?", "Le {doc}-bis et {doc} ?", "X{doc}"])
 @pytest.mark.parametrize("name", ["SIRENA", "e-Subv", "GéoPlan", "sig-eau", "A.B.", "Ærø café", "_x_"])
 def test_question_key_is_normalise_of_the_question(template, name):
-    assert generate.question_key(template, name, normalise(name)) == normalise(template.replace("{doc}", name))
+    assert training_questions.question_key(template, name, normalise(name)) == normalise(template.replace("{doc}", name))
 
 
 def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
@@ -189,11 +190,11 @@ def demo_examples(augmented=True, titles=None):
 
     docs = documents(load_corpus(None))
     profile = demo_profile()
-    facts = generate.extract_facts(docs, profile)
+    facts = training_questions.extract_facts(docs, profile)
     if titles:  # the same facts under awkward document names
-        facts = [generate.Fact(f.doc_id, titles[i % len(titles)], f.field, f.label, f.value, f.chunk_id) for i, f in enumerate(facts)]
-    facts += generate.missing_facts(facts, docs, profile, UNKNOWN)
-    return generate.rule_based_examples(facts, profile, FR, augmented=augmented)
+        facts = [training_questions.Fact(f.doc_id, titles[i % len(titles)], f.field, f.label, f.value, f.chunk_id) for i, f in enumerate(facts)]
+    facts += training_questions.missing_facts(facts, docs, profile, UNKNOWN)
+    return training_questions.rule_based_examples(facts, profile, FR, augmented=augmented)
 
 
 @pytest.mark.parametrize("titles", [None, ["ΣΟΦΙΑ", "Ærø", "A.B.", "ﬁchier", "e-Subv", "_x_", "Quel"]])
@@ -210,14 +211,14 @@ def test_keys_are_normalised_questions_and_lines_are_the_example_dicts(titles):
     assert list(examples.jsonl(positions)) == jsonl_lines([examples.example(i) for i in positions])
     i = examples.group_of.index(1)
     meta = examples.metadata[1]
-    fact = generate.Fact(meta["doc_id"], meta["title"], meta["field"], "", examples.answers[1], meta["chunk_id"])
-    assert examples.example(i) == generate.make_example(examples.questions[i], fact.value, fact, "augmented", FR)
+    fact = training_questions.Fact(meta["doc_id"], meta["title"], meta["field"], "", examples.answers[1], meta["chunk_id"])
+    assert examples.example(i) == training_questions.make_example(examples.questions[i], fact.value, fact, "augmented", FR)
 
 
 def test_first_occurrences_keeps_the_first_of_each_key():
-    assert generate.first_occurrences(["a", "b", "c"]) == [0, 1, 2]
-    assert generate.first_occurrences(["a", "b", "a", "c", "b"]) == [0, 1, 3]
-    assert generate.first_occurrences([]) == []
+    assert training_questions.first_occurrences(["a", "b", "c"]) == [0, 1, 2]
+    assert training_questions.first_occurrences(["a", "b", "a", "c", "b"]) == [0, 1, 3]
+    assert training_questions.first_occurrences([]) == []
 
 
 def reference_split(codes, names, val_ratio, test_ratio, seed):
@@ -357,7 +358,7 @@ def test_hurried_questions_keep_their_words():
 
     rng = random.Random(0)
     question = "Où est hébergée l'application LYCEO ?"
-    rewritten = [generate.hurried(question, rng) for _ in range(200)]
+    rewritten = [training_questions.hurried(question, rng) for _ in range(200)]
     assert question not in rewritten
     assert any(q == q.lower() for q in rewritten) and any(not q.endswith("?") for q in rewritten)
     assert any("heberg" in q for q in rewritten)  # accents dropped sometimes
@@ -365,7 +366,7 @@ def test_hurried_questions_keep_their_words():
     for q in rewritten:  # same words in the same order, but for one typo
         got = normalise(q).split()
         assert len(got) == len(words) and sum(a != b for a, b in zip(got, words)) <= 1, q
-    assert generate.hurried("{x} ?!", rng) == "{x} ?!"  # nothing to change: returned as is, no endless loop
+    assert training_questions.hurried("{x} ?!", rng) == "{x} ?!"  # nothing to change: returned as is, no endless loop
 
 
 def test_hurried_share_rewrites_that_share_of_questions(tmp_path):
