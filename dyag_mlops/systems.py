@@ -29,7 +29,19 @@ from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label,
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
+# Prompts of a batch that share at least this many leading tokens compute them once.
+SHARED_PREFIX = 16
 SYSTEM_SPEC = "system.json"
+
+
+def _shared_start(rows: list[list[int]]) -> list[int]:
+    """The token ids every row starts with, leaving each row one of its own
+    (generation goes on from the last prompt token)."""
+    shortest = min(len(r) for r in rows) - 1
+    n = 0
+    while n < shortest and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return rows[0][:n]
 
 
 @dataclass
@@ -70,6 +82,7 @@ class Predictor:
         self.retriever = retriever
         self.top_k = spec.top_k
         self.batch_size = spec.batch_size
+        self._prefix_caches: dict[tuple[int, ...], Any] = {}
         self.max_new_tokens = spec.max_new_tokens
         self.temperature = spec.temperature
         self.base_model = spec.base_model or DEFAULT_BASE_MODEL
@@ -212,6 +225,49 @@ class Predictor:
             return ""
         return self._schema.unknown_answer if self._schema else ""
 
+    def _encode(self, prompts: list[str]) -> dict[str, Any]:
+        """Batched model inputs for `prompts`. Where they share a start of at
+        least SHARED_PREFIX tokens (system prompt, worked example), its keys
+        and values are computed once and handed to generate as a cache:
+        rows are the shared start, padding, then each prompt's own end (the
+        positions follow the attention mask, so the padding shifts nothing).
+        Otherwise rows are padded on the left."""
+        import torch
+
+        rows = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        shared = _shared_start(rows)
+        width = max(len(r) for r in rows)
+        if len(shared) < SHARED_PREFIX:
+            pad = [[self.tokenizer.pad_token_id] * (width - len(r)) for r in rows]
+            ids = [p + r for p, r in zip(pad, rows)]
+            mask = [[0] * len(p) + [1] * len(r) for p, r in zip(pad, rows)]
+            cache = None
+        else:
+            n = len(shared)
+            ids = [shared + [self.tokenizer.pad_token_id] * (width - len(r)) + r[n:] for r in rows]
+            mask = [[1] * n + [0] * (width - len(r)) + [1] * (len(r) - n) for r in rows]
+            cache = self._prefix_cache(shared, len(rows))
+        device = self.model.device
+        enc: dict[str, Any] = {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+        if cache is not None:
+            enc["past_key_values"] = cache
+        return enc
+
+    def _prefix_cache(self, shared: list[int], batch: int) -> Any:
+        """The key/value cache of the token ids `shared`, for `batch` rows."""
+        import copy
+
+        import torch
+
+        key = tuple(shared)
+        if key not in self._prefix_caches:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([shared], device=self.model.device), use_cache=True)
+            self._prefix_caches = {key: out.past_key_values}  # the last one: batches in text order reuse it
+        cache = copy.deepcopy(self._prefix_caches[key])
+        cache.batch_repeat_interleave(batch)
+        return cache
+
     def _generate(
         self, prompts: list[str], contexts: list[list[str]] | None = None, refusals: Sequence[str] | None = None
     ) -> tuple[list[str], list[int]]:
@@ -220,9 +276,7 @@ class Predictor:
         (`refusals`, refusal_for)."""
         import torch
 
-        self.tokenizer.padding_side = "left"  # decoder-only: pad on the left for batched generation
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        enc = self._encode(prompts)
         kwargs = self._generation_kwargs()
         if contexts is not None:
             from dyag_mlops.grounding import span_constraint

@@ -105,3 +105,24 @@ def test_llm_based_generation_drops_unsupported_pairs(tmp_path, monkeypatch):
     assert result.counts["examples_total"] == 6 and result.counts["dropped_unsupported"] == 6
     assert FakeOpenAI.seen_auth[-1] == "Bearer sk-secret"
     assert "sk-secret" not in json.dumps(result.manifest)
+
+
+def test_a_shared_prompt_start_computed_once_gives_the_same_answers(tiny_model_dir, demo_index, monkeypatch):
+    """rag prompts share the system prompt and the worked example: their keys
+    and values are computed once per batch and handed to generate as a
+    cache, with the padding between the shared start and each prompt's end.
+    The answers are those of plain left-padded batches."""
+    from dyag_mlops import systems
+    from dyag_mlops.config import EvaluateConfig
+    from dyag_mlops.evaluate import demo_eval_path, load_eval_set
+
+    questions = [item.question for item in load_eval_set(demo_eval_path())][:12]
+    spec = EvaluateConfig(system="rag", base_model=str(tiny_model_dir), index=demo_index, top_k=1, batch_size=4,
+                          max_new_tokens=12, precision="fp32").system_spec()
+    shared = systems.load_predictor(spec)
+    answers = [a.text for a in shared.answer(questions)]
+    assert shared._prefix_caches, "no batch shared a start"
+    monkeypatch.setattr(systems, "SHARED_PREFIX", 10**9)
+    plain = systems.load_predictor(spec)
+    assert [a.text for a in plain.answer(questions)] == answers
+    assert not plain._prefix_caches
