@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -41,12 +40,12 @@ from dyag_mlops.embeddings import (
     single_thread,
 )
 from dyag_mlops.embeddings import embed as _embed
-from dyag_mlops.embeddings import load_vectors
 from dyag_mlops.errors import DyagError
 from dyag_mlops.files import atomic_write_json, exclusive_lock, staging_dir, swap_in
 from dyag_mlops.inventory import (
-    SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, field_questions, render_sheet,
+    SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, render_sheet,
 )
+from dyag_mlops.names import Catalogue
 from dyag_mlops.text import normalise
 from dyag_mlops.tracking import NullTracker
 
@@ -57,14 +56,6 @@ PROFILE = "corpus_profile.json"
 SCHEMA_COPY = "schema"
 MANIFEST_FORMAT = 2  # 2: documents stored as assembled sheets, with the corpus profile
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: flattens the top ranks
-# A word that looks like an application name: 4+ characters, 2+ capitals
-# ("PEGASE", "GéoPlan", "VELO-Reg"); "CMS", "Qui" or "Le" do not.
-NAME_LIKE = re.compile(r"\w[\w-]*\w")
-NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
-# How close (difflib ratio) a word must be to a document name to count as a misspelling of it.
-NAME_TYPO_RATIO = 0.8
-# Shorter words are not corrected: one changed letter of four is another word.
-TYPO_MIN_LENGTH = 5
 
 
 # ---------------------------------------------------------------- chunks
@@ -456,15 +447,6 @@ class Retrieved:
     field: str = ""  # the field a sheet was narrowed to (focus.narrow_hits); "" when whole
 
 
-def _name_tokens(name: str) -> tuple[str, ...]:
-    return tuple(normalise(name).split())
-
-
-def _contains(tokens: list[str], name: tuple[str, ...]) -> bool:
-    n = len(name)
-    return any(tuple(tokens[i : i + n]) == name for i in range(len(tokens) - n + 1))
-
-
 class Retriever:
     """Top-k chunks of a built index for a batch of questions."""
 
@@ -514,42 +496,26 @@ class Retriever:
     # -- setup
 
     def _load_catalogue(self) -> None:
-        """Document names -> doc ids (titles from the collection, aliases from
-        the corpus profile), the words of the index (`unknown_names`), and the
-        chunks for BM25 when asked for."""
-        self.names: dict[tuple[str, ...], set[str]] = {}
+        """The names and words of the index (names.Catalogue: titles from the
+        collection, aliases from the corpus profile), and the chunks for BM25
+        when asked for."""
+        vocab = self.embedder.tokenizer.get_vocab() if hasattr(self.embedder, "tokenizer") else {}
+        self.catalogue = Catalogue(self.profile, self.schema, vocab)
         self._chunks: list[Retrieved] = []
-        # Every word the index holds, and each pair of neighbours glued
-        # ("MOBI-Pass" -> "mobipass"): what a name must be among to be known.
-        self.vocabulary: set[str] = set()
         total = self.collection.count()
         for offset in range(0, total, 5000):
             page = self.collection.get(include=["metadatas", "documents"], limit=5000, offset=offset)
-            documents = page.get("documents") or [""] * len(page["ids"])
-            for chunk_id, meta, doc in zip(page["ids"], page["metadatas"], documents):
+            texts = page.get("documents") or [""] * len(page["ids"])
+            for chunk_id, meta, text in zip(page["ids"], page["metadatas"], texts):
                 meta = meta or {}
-                self._add_name(meta.get("title", ""), meta.get("doc_id", ""))
-                words = normalise(f"{meta.get('title', '')} {doc or ''}").split()
-                self.vocabulary.update(words)
-                self.vocabulary.update(a + b for a, b in zip(words, words[1:]))
+                self.catalogue.add_chunk(meta.get("doc_id", ""), meta.get("title", ""), text or "")
                 if self.ranking != "dense":
-                    self._chunks.append(Retrieved(chunk_id, meta.get("doc_id", ""), meta.get("title", ""), doc or "", 0.0))
-        for doc_id, names in self.profile.aliases.items():
-            for name in names:
-                self._add_name(name, doc_id)
+                    self._chunks.append(Retrieved(chunk_id, meta.get("doc_id", ""), meta.get("title", ""), text or "", 0.0))
         self._bm25 = None
         if self.ranking != "dense" and self._chunks:
             from rank_bm25 import BM25Okapi
 
             self._bm25 = BM25Okapi([normalise(f"{c.title} {c.content}").split() or [""] for c in self._chunks])
-
-    def _add_name(self, name: str, doc_id: str) -> None:
-        tokens = _name_tokens(name)
-        if tokens and doc_id:
-            self.names.setdefault(tokens, set()).add(doc_id)
-            if len(tokens) > 1:
-                # People type "esubv" or "mobipass" for e-Subv and MOBI-Pass.
-                self.names.setdefault(("".join(tokens),), set()).add(doc_id)
 
     @functools.cached_property
     def router(self) -> Any:
@@ -567,96 +533,14 @@ class Retriever:
 
     # -- queries
 
-    @functools.cached_property
-    def _known_words(self) -> set[str]:
-        """The index's words and the wording of its fields' questions."""
-        words = set(self.vocabulary) | set(self.schema.stop_words)
-        for info in self.profile.fields:
-            for text in field_questions(info, self.schema) + list(info.labels):
-                words.update(normalise(text).split())
-        return words
-
-    @functools.cached_property
-    def _known_by_letter(self) -> dict[str, list[str]]:
-        """`_known_words` by first letter: where `spelled` looks for a correction."""
-        by_letter: dict[str, list[str]] = {}
-        for word in sorted(self._known_words):
-            by_letter.setdefault(word[0], []).append(word)
-        return by_letter
-
-    @functools.cached_property
-    def _language_words(self) -> tuple[Any, Any]:
-        """The embedding model's tokenizer vocabulary and the schema's word
-        vectors (None without): the words of the language."""
-        vocab = self.embedder.tokenizer.get_vocab() if hasattr(self.embedder, "tokenizer") else {}
-        lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
-        return vocab, lexemes
-
-    def _is_common_word(self, word: str) -> bool:
-        """A word of the language ("released" is English, not a misspelling of
-        the corpus's "related") or of the index and its fields' wording; a
-        hyphenated word is common when each part is ("arch-specific")."""
-        vocab, lexemes = self._language_words
-
-        def common(part: str) -> bool:
-            lower = part.lower()
-            return (
-                normalise(lower) in self._known_words
-                or lower in vocab
-                or normalise(lower) in vocab
-                or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
-            )
-
-        return all(common(p) for p in word.split("-") if p)
-
     def spelled(self, question: str) -> str:
-        """The question with each misspelt word (no common word) replaced by
-        the closest word of the index or its fields' wording (TYPO_MIN_LENGTH
-        letters or more, NAME_TYPO_RATIO alike, same first letter): "cipherkti
-        verison" reads "cipherkit version", so retrieval finds the document and
-        the router the field. A word close to nothing is left as written."""
-        import difflib
-
-        def fix(match: re.Match) -> str:
-            word = match.group()
-            key = normalise(word)
-            if len(key) < TYPO_MIN_LENGTH or " " in key or self._is_common_word(word):
-                return word
-            close = difflib.get_close_matches(key, self._known_by_letter.get(key[0], []), n=1, cutoff=NAME_TYPO_RATIO)
-            return close[0] if close else word
-
-        return re.sub(r"\w+", fix, question)
+        return self.catalogue.spelled(question)
 
     def named_documents(self, question: str) -> list[str]:
-        """Doc ids of the documents a question names; a name inside a longer
-        matched name ("SIG" in "SIG-Eau") does not count. Neighbouring words
-        glued count too ("logrota 3" names logrota3)."""
-        words = normalise(question).split()
-        glued = {a + b for a, b in zip(words, words[1:])}
-        found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in glued)]
-        kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
-        return sorted({doc_id for name in kept for doc_id in self.names[name]})
+        return self.catalogue.named_documents(question)
 
     def unknown_names(self, question: str) -> list[str]:
-        """Words of the question that look like names (NAME_LIKE) of things the
-        index does not hold: no chunk has them, they misspell no document name,
-        and they are in capitals or no common word."""
-        import difflib
-
-        names = ["".join(n) for n in self.names]
-        unknown = []
-        for match in NAME_LIKE.finditer(question):
-            word = match.group()
-            if len(word) < NAME_MIN_LENGTH:
-                continue
-            key = "".join(normalise(word).split())
-            if key in self.vocabulary or difflib.get_close_matches(key, names, n=1, cutoff=NAME_TYPO_RATIO):
-                continue
-            # Capitals ("PEGASE", "GéoPlan"), or a word neither the language
-            # nor the fields' wording holds ("zenquard", "vortexdb").
-            if sum(c.isupper() for c in word) >= NAME_MIN_CAPITALS or not self._is_common_word(word):
-                unknown.append(word)
-        return unknown
+        return self.catalogue.unknown_names(question)
 
     def chunks_of(self, doc_id: str) -> list[Retrieved]:
         """Every stored chunk of one document, in id order."""

@@ -1,0 +1,152 @@
+"""The names and words of an index: the documents a question names, the
+names it gives that the index lacks (a question about something else gets
+no context), and its misspelt words corrected to the index's. Built from the
+index's chunks, the corpus profile's aliases and the language's words (the
+embedding model's vocabulary, the schema's word vectors)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from dyag_mlops.embeddings import load_vectors
+from dyag_mlops.inventory import Profile, Schema, field_questions
+from dyag_mlops.text import normalise
+
+# A word that looks like an application name: 4+ characters, 2+ capitals
+# ("PEGASE", "GéoPlan", "VELO-Reg"); "CMS", "Qui" or "Le" do not.
+NAME_LIKE = re.compile(r"\w[\w-]*\w")
+NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
+# How close (difflib ratio) a word must be to a document name to count as a misspelling of it.
+NAME_TYPO_RATIO = 0.8
+# Shorter words are not corrected: one changed letter of four is another word.
+TYPO_MIN_LENGTH = 5
+
+
+def _name_tokens(name: str) -> tuple[str, ...]:
+    return tuple(normalise(name).split())
+
+
+def _contains(tokens: list[str], name: tuple[str, ...]) -> bool:
+    n = len(name)
+    return any(tuple(tokens[i : i + n]) == name for i in range(len(tokens) - n + 1))
+
+
+class Catalogue:
+    """Document names -> doc ids, and every word of the index."""
+
+    def __init__(self, profile: Profile, schema: Schema, language_vocabulary: dict[str, Any]):
+        self.profile, self.schema = profile, schema
+        self._vocab = language_vocabulary  # the embedding model's tokenizer vocabulary
+        self.names: dict[tuple[str, ...], set[str]] = {}
+        # Every word the index holds, and each pair of neighbours glued
+        # ("MOBI-Pass" -> "mobipass"): what a name must be among to be known.
+        self.vocabulary: set[str] = set()
+        for doc_id, names in profile.aliases.items():
+            for name in names:
+                self._add_name(name, doc_id)
+
+    def add_chunk(self, doc_id: str, title: str, text: str) -> None:
+        self._add_name(title, doc_id)
+        words = normalise(f"{title} {text}").split()
+        self.vocabulary.update(words)
+        self.vocabulary.update(a + b for a, b in zip(words, words[1:]))
+
+    def _add_name(self, name: str, doc_id: str) -> None:
+        tokens = _name_tokens(name)
+        if tokens and doc_id:
+            self.names.setdefault(tokens, set()).add(doc_id)
+            if len(tokens) > 1:
+                # People type "esubv" or "mobipass" for e-Subv and MOBI-Pass.
+                self.names.setdefault(("".join(tokens),), set()).add(doc_id)
+
+    @functools.cached_property
+    def _known_words(self) -> set[str]:
+        """The index's words and the wording of its fields' questions."""
+        words = set(self.vocabulary) | set(self.schema.stop_words)
+        for info in self.profile.fields:
+            for text in field_questions(info, self.schema) + list(info.labels):
+                words.update(normalise(text).split())
+        return words
+
+    @functools.cached_property
+    def _known_by_letter(self) -> dict[str, list[str]]:
+        """`_known_words` by first letter: where `spelled` looks for a correction."""
+        by_letter: dict[str, list[str]] = {}
+        for word in sorted(self._known_words):
+            by_letter.setdefault(word[0], []).append(word)
+        return by_letter
+
+    @functools.cached_property
+    def _language_words(self) -> tuple[Any, Any]:
+        """The embedding model's tokenizer vocabulary and the schema's word
+        vectors (None without): the words of the language."""
+        lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
+        return self._vocab, lexemes
+
+    def _is_common_word(self, word: str) -> bool:
+        """A word of the language ("released" is English, not a misspelling of
+        the corpus's "related") or of the index and its fields' wording; a
+        hyphenated word is common when each part is ("arch-specific")."""
+        vocab, lexemes = self._language_words
+
+        def common(part: str) -> bool:
+            lower = part.lower()
+            return (
+                normalise(lower) in self._known_words
+                or lower in vocab
+                or normalise(lower) in vocab
+                or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
+            )
+
+        return all(common(p) for p in word.split("-") if p)
+
+    def spelled(self, question: str) -> str:
+        """The question with each misspelt word (no common word) replaced by
+        the closest word of the index or its fields' wording (TYPO_MIN_LENGTH
+        letters or more, NAME_TYPO_RATIO alike, same first letter): "cipherkti
+        verison" reads "cipherkit version", so retrieval finds the document and
+        the router the field. A word close to nothing is left as written."""
+        import difflib
+
+        def fix(match: re.Match) -> str:
+            word = match.group()
+            key = normalise(word)
+            if len(key) < TYPO_MIN_LENGTH or " " in key or self._is_common_word(word):
+                return word
+            close = difflib.get_close_matches(key, self._known_by_letter.get(key[0], []), n=1, cutoff=NAME_TYPO_RATIO)
+            return close[0] if close else word
+
+        return re.sub(r"\w+", fix, question)
+
+    def named_documents(self, question: str) -> list[str]:
+        """Doc ids of the documents a question names; a name inside a longer
+        matched name ("SIG" in "SIG-Eau") does not count. Neighbouring words
+        glued count too ("logrota 3" names logrota3)."""
+        words = normalise(question).split()
+        glued = {a + b for a, b in zip(words, words[1:])}
+        found = [name for name in self.names if _contains(words, name) or (len(name) == 1 and name[0] in glued)]
+        kept = [n for n in found if not any(o != n and len(o) > len(n) and _contains(list(o), n) for o in found)]
+        return sorted({doc_id for name in kept for doc_id in self.names[name]})
+
+    def unknown_names(self, question: str) -> list[str]:
+        """Words of the question that look like names (NAME_LIKE) of things the
+        index does not hold: no chunk has them, they misspell no document name,
+        and they are in capitals or no common word."""
+        import difflib
+
+        names = ["".join(n) for n in self.names]
+        unknown = []
+        for match in NAME_LIKE.finditer(question):
+            word = match.group()
+            if len(word) < NAME_MIN_LENGTH:
+                continue
+            key = "".join(normalise(word).split())
+            if key in self.vocabulary or difflib.get_close_matches(key, names, n=1, cutoff=NAME_TYPO_RATIO):
+                continue
+            # Capitals ("PEGASE", "GéoPlan"), or a word neither the language
+            # nor the fields' wording holds ("zenquard", "vortexdb").
+            if sum(c.isupper() for c in word) >= NAME_MIN_CAPITALS or not self._is_common_word(word):
+                unknown.append(word)
+        return unknown
