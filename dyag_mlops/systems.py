@@ -263,7 +263,9 @@ class Predictor:
         if key not in self._prefix_caches:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([shared], device=self.model.device), use_cache=True)
-            self._prefix_caches = {key: out.past_key_values}  # the last one: batches in text order reuse it
+            # One entry: the next batch with the same start (one more chunk of an
+            # eval set, a served model's next request) reuses it.
+            self._prefix_caches = {key: out.past_key_values}
         cache = copy.deepcopy(self._prefix_caches[key])
         cache.batch_repeat_interleave(batch)
         return cache
