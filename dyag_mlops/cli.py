@@ -150,11 +150,13 @@ def generate_training(corpus: str, validate_file: str, **options: Any) -> None:
 def finetune(**options: Any) -> None:
     """Train a LoRA adapter on a chat dataset."""
     from dyag_mlops import finetune as stage
-    from dyag_mlops.tracking import stage_run
+    from dyag_mlops.tracking import process_rank, stage_run
 
     config = make_config(FinetuneConfig, **options)
     with stage_run("finetune", config, tags={"dyag.base_model": config.base_model}) as tracker:
         result = stage.run(config, tracker)
+    if process_rank() > 0:
+        return  # under accelerate launch, rank 0 reports
     click.echo(f"adapter: {result.adapter_dir}")
     click.echo(", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     if result.model_uri:

@@ -341,6 +341,7 @@ def test_two_processes_train_data_parallel_into_one_run_and_resume(tmp_path, tin
     two, one = tmp_path / "two", tmp_path / "one"
     done = subprocess.run(launch + common + ["--output", str(two), "--batch-size", "1"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("adapter: ") == 1  # rank 0 reports
     subprocess.run([sys.executable, "-m", "dyag_mlops.cli", "finetune", *common, "--output", str(one), "--batch-size", "2"],
                    env={**env, "MLFLOW_EXPERIMENT_NAME": "one-process"}, check=True, capture_output=True)
 
