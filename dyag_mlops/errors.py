@@ -19,6 +19,13 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def shown_uri(uri: str) -> str:
+    """`uri` without a password it may carry (user:secret@host)."""
+    import re
+
+    return re.sub(r"//([^/@:]+):[^/@]+@", r"//\1:***@", uri)
+
+
 def lost_tracking_server(exc: BaseException) -> str:
     """The URI of the MLflow server (MLFLOW_TRACKING_URI) when `exc` says it
     could not be reached mid-run (after MLflow's own retries), else ''."""
@@ -30,7 +37,7 @@ def lost_tracking_server(exc: BaseException) -> str:
         return ""
     text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
     gone = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Connection aborted")
-    return re.sub(r"//[^/@]+@", "//", uri) if host.split(":")[0] in text and any(g in text for g in gone) else ""
+    return shown_uri(uri) if host.split(":")[0] in text and any(g in text for g in gone) else ""
 
 
 def report(exc: BaseException) -> int:

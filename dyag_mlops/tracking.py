@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from dyag_mlops.errors import DyagError
+from dyag_mlops.errors import DyagError, shown_uri
 from dyag_mlops.files import exclusive_lock, file_digest, read_jsonl
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -69,11 +69,6 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def _shown(uri: str) -> str:
-    """`uri` without a password it may carry (user:secret@host)."""
-    return re.sub(r"//([^/@:]+):[^/@]+@", r"//\1:***@", uri)
-
-
 @functools.lru_cache(maxsize=None)
 def check_store(uri: str) -> None:
     """A DyagError, within seconds, when the tracking store cannot be used: a
@@ -94,7 +89,7 @@ def check_store(uri: str) -> None:
                 response.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DyagError(f"tracking store {_shown(uri)} does not answer its health check ({reason}); {way_out}") from None
+            raise DyagError(f"tracking store {shown_uri(uri)} does not answer its health check ({reason}); {way_out}") from None
         return
     if scheme == "sqlite":
         path = _sqlite_path(uri)
@@ -381,7 +376,7 @@ def ui_hint(experiment_id: str, run_id: str) -> list[str]:
     """How to open a run in the MLflow UI, for the tracking URI in use."""
     uri = configure()
     if uri.startswith(("http://", "https://")):
-        return ["", f"Open: {_shown(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"]
+        return ["", f"Open: {shown_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"]
     return [
         "",
         f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}",

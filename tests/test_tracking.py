@@ -86,3 +86,15 @@ def test_an_interrupted_command_exits_130_with_one_line():
     with pytest.raises(SystemExit) as exit_info:
         interrupted()
     assert exit_info.value.code == 130
+
+
+def test_a_lost_tracking_server_is_named_without_its_password(monkeypatch, capsys):
+    from dyag_mlops.errors import report
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:secret@tracking.example:5000")
+    lost = Exception("API request to http://tracking.example:5000/api/2.0/mlflow/runs/log-batch failed: Max retries exceeded")
+    assert report(lost) == 1
+    said = capsys.readouterr().err
+    assert "the tracking server http://alice:***@tracking.example:5000 stopped answering" in said and "secret" not in said
+    assert report(Exception("Max retries exceeded with url: http://elsewhere:80")) == 1
+    assert "stopped answering" not in capsys.readouterr().err  # another host: an ordinary failure
