@@ -2,6 +2,7 @@
 with proxied artifacts, a ChromaDB server) and the pipeline run against them,
 on the tiny model. Skipped, with the reason, where PostgreSQL cannot be installed."""
 
+import json
 import os
 import socket
 import signal
@@ -41,6 +42,20 @@ def services():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def pipeline_command(services: dict, tiny_model_dir: Path, work: Path, experiment: str, *params: str) -> list[str]:
+    return ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment,
+            "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=4", "-P", f"workdir={work}",
+            "-P", "min_questions=1", "-P", f"chroma_host=127.0.0.1:{services['CHROMA_PORT']}", *params]
+
+
+def client_env(services: dict) -> dict:
+    env = {**services, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services['MLFLOW_PORT']}", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(name, None)
+    return env
+
+
 def test_services_answer_and_stop(services):
     status = subprocess.run(["bash", "scripts/services.sh", "status"], cwd=ROOT, env=services, capture_output=True, text=True)
     assert [line.split()[:2] for line in status.stdout.splitlines()] == [
@@ -48,15 +63,10 @@ def test_services_answer_and_stop(services):
 
 
 def test_the_pipeline_runs_against_the_servers(services, tiny_model_dir, tmp_path):
-    tracking = f"http://127.0.0.1:{services['MLFLOW_PORT']}"
-    env = {**services, "MLFLOW_TRACKING_URI": tracking, "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    env.pop("MLFLOW_EXPERIMENT_ID", None)  # earlier tests' runs leave it set
-    cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "services",
-           "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=4", "-P", f"workdir={tmp_path / 'work'}",
-           "-P", "systems=base,rag,hybrid", "-P", "registered_model=services-qa", "-P", "min_questions=1",
-           "-P", f"chroma_host=127.0.0.1:{services['CHROMA_PORT']}"]
+    env = client_env(services)
+    tracking = env["MLFLOW_TRACKING_URI"]
+    cmd = pipeline_command(services, tiny_model_dir, tmp_path / "work", "services",
+                           "-P", "systems=base,rag,hybrid", "-P", "registered_model=services-qa")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -128,20 +138,6 @@ def test_two_writers_of_one_corpus_fill_one_collection(services, tmp_path):
         assert first.retrieve(["Quel est le statut de SIRENA ?"], top_k=1)[0][0].doc_id == second.retrieve(["Quel est le statut de SIRENA ?"], top_k=1)[0][0].doc_id
 
 
-def pipeline_command(services: dict, tiny_model_dir: Path, work: Path, experiment: str, *params: str) -> list[str]:
-    return ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment,
-            "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=4", "-P", f"workdir={work}",
-            "-P", "min_questions=1", "-P", f"chroma_host=127.0.0.1:{services['CHROMA_PORT']}", *params]
-
-
-def client_env(services: dict) -> dict:
-    env = {**services, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services['MLFLOW_PORT']}", "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-        env.pop(name, None)
-    return env
-
-
 def test_two_pipelines_of_different_corpora_at_once(services, tiny_model_dir, tmp_path):
     """Two clients, one server, two corpora at the same time: every run
     finishes, and each comparison holds its own corpus's evaluations only."""
@@ -156,8 +152,6 @@ def test_two_pipelines_of_different_corpora_at_once(services, tiny_model_dir, tm
                for name, cmd in commands.items()}
     for name, proc in started.items():
         assert proc.wait(timeout=900) == 0, f"{name}: {proc.stderr.read()[-3000:]}"
-
-    import json
 
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     digests = set()
