@@ -44,6 +44,51 @@ def _shared_start(rows: list[list[int]]) -> list[int]:
     return rows[0][:n]
 
 
+def line_breaks(tokenizer: Any, size: int) -> tuple[Any, Any, Any]:
+    """Per token id (bool tensors of `size`): its text holds a line break;
+    it has text before that break; it is only white space."""
+    import torch
+
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    texts += [""] * (size - len(texts))
+    breaks = torch.tensor(["\n" in t for t in texts[:size]])
+    text_first = torch.tensor([bool(t.split("\n", 1)[0].strip()) for t in texts[:size]])
+    blank = torch.tensor([not t.strip() for t in texts[:size]])
+    return breaks, text_first, blank
+
+
+class EndOfLine:
+    """Stopping criterion: a row is done at its first line break that follows
+    some text. Answers are one value of the inventory, one line: a model that
+    goes on (base rambles to the token limit) only adds decoding steps to its
+    whole batch."""
+
+    def __init__(self, tables: tuple[Any, Any, Any]):
+        self.breaks, self.text_first, self.blank = tables
+        self.has_text = self.done = None
+        self.lengths: list[int | None] = []  # generated tokens of each row when it ended here
+        self.steps = 0
+
+    def __call__(self, input_ids: Any, scores: Any = None, **kwargs: Any) -> Any:
+        if self.breaks.device != input_ids.device:
+            self.breaks, self.text_first, self.blank = (t.to(input_ids.device) for t in (self.breaks, self.text_first, self.blank))
+        last = input_ids[:, -1].clamp(max=len(self.breaks) - 1)
+        if self.has_text is None:
+            self.has_text = self.done = self.blank.new_zeros(len(last))
+            self.lengths = [None] * len(last)
+        self.steps += 1
+        ends = self.breaks[last] & (self.has_text | self.text_first[last]) & ~self.done
+        for row in ends.nonzero().flatten().tolist():
+            self.lengths[row] = self.steps
+        self.done = self.done | ends
+        self.has_text = self.has_text | ~self.blank[last]
+        return self.done
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
 @dataclass
 class Answer:
     question: str
@@ -83,6 +128,7 @@ class Predictor:
         self.top_k = spec.top_k
         self.batch_size = spec.batch_size
         self._prefix_caches: dict[tuple[int, ...], Any] = {}
+        self._line_breaks: tuple[Any, Any, Any] | None = None  # EndOfLine's tables, built once
         self.max_new_tokens = spec.max_new_tokens
         self.temperature = spec.temperature
         self.base_model = spec.base_model or DEFAULT_BASE_MODEL
@@ -185,7 +231,7 @@ class Predictor:
             try:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
                 refusals = [self.refusal_for(hits[i]) for i in batch]
-                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals)
+                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -271,30 +317,45 @@ class Predictor:
         return cache
 
     def _generate(
-        self, prompts: list[str], contexts: list[list[str]] | None = None, refusals: Sequence[str] | None = None
+        self,
+        prompts: list[str],
+        contexts: list[list[str]] | None = None,
+        refusals: Sequence[str] | None = None,
+        one_line: bool = False,
     ) -> tuple[list[str], list[int]]:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
-        (`refusals`, refusal_for)."""
+        (`refusals`, refusal_for); with `one_line`, each ends at its first
+        line break (EndOfLine)."""
         import torch
 
         enc = self._encode(prompts)
         kwargs = self._generation_kwargs()
+        end_of_line = None
         if contexts is not None:
             from dyag_mlops.grounding import span_constraint
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
             kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals)
+        elif one_line:  # a span ends on its line already
+            if self._line_breaks is None:
+                self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+            end_of_line = EndOfLine(self._line_breaks)
+            kwargs["stopping_criteria"] = [end_of_line]
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
         texts, counts = [], []
         eos = self.tokenizer.eos_token_id
-        for row in new.tolist():
+        ended = end_of_line.lengths if end_of_line else []
+        for i, row in enumerate(new.tolist()):
             n = row.index(eos) + 1 if eos in row else len(row)
+            if i < len(ended) and ended[i] is not None:
+                n = min(n, ended[i])
             counts.append(n)
-            texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            texts.append(first_line(text) if one_line else text.strip())
         return texts, counts
 
     def stream(self, history: list[dict], question: str) -> Iterator[str]:

@@ -126,3 +126,32 @@ def test_a_shared_prompt_start_computed_once_gives_the_same_answers(tiny_model_d
     plain = systems.load_predictor(spec)
     assert [a.text for a in plain.answer(questions)] == answers
     assert not plain._prefix_caches
+
+
+def test_free_answers_end_at_their_first_line_break(tiny_model_dir):
+    """Without grounding, a row stops at its first line break after some
+    text; the answer is the first line the full decoding would have given."""
+    import torch
+
+    from dyag_mlops.models import load_base_model
+    from dyag_mlops.prompts import render_prompt
+    from dyag_mlops.systems import EndOfLine, Predictor, first_line, line_breaks
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    tables = line_breaks(tokenizer, model.get_output_embeddings().weight.shape[0])
+    [newline], word = tokenizer("\n", add_special_tokens=False)["input_ids"], tokenizer("SIRENA", add_special_tokens=False)["input_ids"][0]
+    stop = EndOfLine(tables)
+    rows = [[newline, word, newline], [word, newline, word]]  # a leading break is not an end
+    done = [stop(torch.tensor([r[: step + 1] for r in rows])).tolist() for step in range(3)]
+    assert done == [[False, False], [False, True], [True, True]]
+    assert stop.lengths == [3, 2]
+
+    with torch.no_grad():  # make the line break likely, so some full answers hold one
+        model.get_output_embeddings().weight[newline] *= 3
+    predictor = Predictor("base", model, tokenizer, max_new_tokens=24, batch_size=4)
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": f"Question {i} ?"}]) for i in range(8)]
+    full, full_counts = predictor._generate(prompts)
+    short, counts = predictor._generate(prompts, one_line=True)
+    assert any("\n" in text for text in full), "no answer went on to a second line"
+    assert short == [first_line(text) for text in full]
+    assert all(c <= f for c, f in zip(counts, full_counts)) and sum(counts) < sum(full_counts)
