@@ -115,6 +115,7 @@ class FinetuneConfig:
     logging_steps: int = _f(5, "Log metrics every N steps.")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
     precision: str = _f("auto", PRECISION_HELP)
+    compile: bool = _f(True, "On a CPU with a C++ compiler, compile the transformer blocks (torch.compile): ~2x faster steps after a one-off compilation.")
     overwrite: bool = _f(False, "Replace a non-empty output directory.")
 
     def __post_init__(self) -> None:
@@ -298,9 +299,12 @@ class PipelineConfig:
     # One short epoch: a higher rate than finetune's 3-epoch default, tuned
     # for smollm2:135m; larger models want less (docs/decisions/0004-training-defaults.md).
     lr: float = _f(0.001, "Fine-tuning learning rate (tuned for smollm2:135m; 3e-4 for 0.5B+ models).")
-    # One example per optimizer step: many small steps learn more than a few
-    # large ones in the same time (docs/decisions/0004-training-defaults.md).
-    grad_accum: int = _f(1, "Fine-tuning examples per optimizer step (one per forward pass).")
+    # A RAFT example is ~100 tokens: one per forward pass leaves two cores
+    # mostly waiting on per-operation overhead; four packed into one sequence
+    # (no padding) train 2x faster for the same answers
+    # (docs/decisions/0004-training-defaults.md).
+    batch_size: int = _f(4, "Fine-tuning examples per forward pass, packed into one sequence without padding.")
+    grad_accum: int = _f(1, "Fine-tuning forward passes per optimizer step.")
     # 1 keeps the pipeline within its time budget; 3 is the quality setting
     # (docs/decisions/0004-training-defaults.md).
     soup: int = _f(1, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")

@@ -101,6 +101,7 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
         base_model=config.base_model,
         epochs=config.epochs,
         lr=config.lr,
+        batch_size=config.batch_size,
         grad_accum=config.grad_accum,
         soup=config.soup,
         max_length=config.max_length,
@@ -148,6 +149,7 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
         base_model=config.base_model,
         epochs=config.closed_book_epochs,
         lr=config.closed_book_lr,
+        batch_size=1,  # examples of 8 questions, up to 570 tokens: already long
         grad_accum=1,
         max_length=768,  # 8 questions and answers: 570 tokens at most on the demo corpus
         precision=config.precision,

@@ -362,3 +362,25 @@ def test_two_processes_train_data_parallel_into_one_run_and_resume(tmp_path, tin
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     manifest = json.loads((two / "final" / "dyag_manifest.json").read_text())
     assert manifest["resumed_from"].endswith("checkpoint-20") and manifest["metrics"]["global_step"] == 48
+
+
+def test_packed_examples_attend_only_to_themselves(tiny_model_dir):
+    """batch_size > 1 packs a batch's examples into one sequence (trl's
+    padding-free collator): in the model finetune trains, each example's
+    logits are those it has alone."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tokenizer, _ = finetune.build_model(FinetuneConfig(base_model=str(tiny_model_dir)), "cpu", "fp32")
+    torch.manual_seed(0)
+    examples = [{"input_ids": torch.randint(3, len(tokenizer), (n,)).tolist()} for n in (7, 12, 9)]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    assert batch["input_ids"].shape == (1, 28) and "attention_mask" not in batch
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        start = 0
+        for example in examples:
+            alone = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start : start + len(alone)], alone, atol=1e-4, rtol=1e-4)
+            start += len(alone)
+        # without their positions the examples would see each other
+        assert not torch.allclose(model(input_ids=batch["input_ids"]).logits[0, 7:19], packed[7:19], atol=1e-3)
