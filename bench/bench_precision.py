@@ -1,14 +1,13 @@
-"""Answering and training in bf16 vs fp32 on this machine's CPU.
+"""Answering in bf16 vs fp32 on this machine's CPU.
 
-    python bench/bench_precision.py --questions 48 --steps 12
+    python bench/bench_precision.py --questions 48
 
 Answering: the rag system (bundled index built in a temporary directory, top-1
 sheet, worked example, grounded decoding: the pipeline's longest prompts) on
 the first N questions of the bundled hand-written set, once with fp32 weights
-and once with bf16 weights, same batch size. Training: tokens/s of `dyag
-finetune` on RAFT examples with `--precision fp32` and `--precision bf16`
-(bench_finetune.py's steady-state measure). Prints each figure, the ratios
-bf16 / fp32 and how many answers are identical. `--precision auto` picks bf16
+and once with bf16 weights, same batch size (training in both precisions:
+bench_finetune.py --dyag-fp32 and bench_train_loop.py). Prints each figure,
+the ratio bf16 / fp32 and how many answers are identical. `--precision auto` picks bf16
 only where `cpu_has_native_bf16()` is true: on a CPU without it bf16 is
 emulated and far slower, which this benchmark shows too.
 """
@@ -25,10 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_finetune import dyag as dyag_finetune, in_child  # noqa: E402
-
-from dyag_mlops import generate, rag  # noqa: E402
-from dyag_mlops.config import GenerateConfig, IndexConfig  # noqa: E402
+from dyag_mlops import rag  # noqa: E402
+from dyag_mlops.config import IndexConfig  # noqa: E402
 from dyag_mlops.evaluate import load_eval_set  # noqa: E402
 from dyag_mlops.models import cpu_has_native_bf16  # noqa: E402
 
@@ -50,8 +47,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=12, help="training steps per precision (0: skip training)")
-    parser.add_argument("--warmup", type=int, default=4)
     args = parser.parse_args()
     questions = [i.question for i in load_eval_set("")[: args.questions]]
     print(f"CPU with native bf16 (avx512_bf16 or AMX): {cpu_has_native_bf16()}")
@@ -66,16 +61,6 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             print(f"  {precision}: {seconds[precision]:6.1f} s  ({len(questions) / seconds[precision]:.2f} questions/s)")
         print(f"  ratio bf16 / fp32 speed: {seconds['fp32'] / seconds['bf16']:.2f}x; identical answers {same}/{len(questions)}")
-        if args.steps:
-            files = generate.run(GenerateConfig(output=str(Path(tmp) / "qa.jsonl"), with_context=index, context_k=1, count=400)).files
-            train = Path(files["train"])
-            speed = {}
-            for precision in ("fp32", "bf16"):
-                speed[precision], _ = in_child(dyag_finetune, train, Path(tmp) / precision, args.steps, args.warmup, 1, 1, precision)
-            print(f"training on RAFT examples, steps {args.warmup}-{args.steps}, batch 1:")
-            for precision in ("fp32", "bf16"):
-                print(f"  {precision}: {speed[precision]:6.1f} tokens/s")
-            print(f"  ratio bf16 / fp32: {speed['bf16'] / speed['fp32']:.2f}x")
 
 
 if __name__ == "__main__":

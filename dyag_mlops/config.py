@@ -87,12 +87,11 @@ class FinetuneConfig:
     output: str = _f("outputs/adapter", "Output directory (checkpoints and final/).")
     base_model: str = _f(DEFAULT_BASE_MODEL, "Base model: shortcut, Hub id, local directory or .gguf file.")
     epochs: float = _f(3.0, "Number of epochs.")
-    # One example per forward pass, 8 accumulated per optimizer step: on CPU a
-    # forward's activations grow with its tokens (12.8 GB peak RSS for 8 RAFT
-    # examples of ~260 tokens, 2.45 GB for 1), and without padding the step is
-    # faster too (95 vs 80 tokens/s on RAFT examples). On a GPU, --batch-size 8
-    # --grad-accum 1 gives the same optimizer steps faster.
-    batch_size: int = _f(1, "Per-device batch size (examples per forward pass).")
+    # One example per forward pass keeps the peak memory of long examples
+    # low on a CPU; several are packed into one sequence without padding
+    # (the pipeline packs 4 of its ~100-token RAFT examples). On a GPU,
+    # --batch-size 8 --grad-accum 1 gives the same optimizer steps faster.
+    batch_size: int = _f(1, "Per-device batch size: examples per forward pass, packed into one sequence without padding.")
     grad_accum: int = _f(8, "Gradient accumulation steps (effective batch = batch size x this).")
     lr: float = _f(0.0005, "Peak learning rate.")
     lora_rank: int = _f(16, "LoRA rank r.")

@@ -220,9 +220,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: str) -> str:
     """fp32, bf16 or fp16 for `precision` on `device`. auto: bf16 on GPUs that
     have it (fp16 on older ones) and on CPUs with native bf16, fp32 elsewhere.
-    Measured on a 2-core avx512_bf16 CPU (bench/bench_precision.py): rag
-    answering 1.7x and training 1.3x faster than fp32, the same quality within
-    the run-to-run spread (docs/performance.md, docs/quality.md)."""
+    On a CPU with avx512_bf16 both answering and training are faster in bf16,
+    at the same quality (docs/performance.md)."""
     import torch
 
     check_precision(precision)
@@ -246,9 +245,9 @@ def c_compiler() -> str | None:
 def compile_layers(model: Any) -> bool:
     """Compile each transformer block of `model` in place (torch.compile,
     shapes dynamic), on a CPU with a C++ compiler: the blocks share one
-    graph, compiled once (~25 s on 2 cores, seconds when inductor's cache
+    graph, compiled once per process (seconds when inductor's on-disk cache
     has it), and fused kernels run the many small operations of a small
-    model 2x faster (docs/decisions/0005-speed-levers.md). A block that fails
+    model faster (docs/decisions/0005-speed-levers.md). A block that fails
     to compile runs as it is. Whether it compiled."""
     import torch
 

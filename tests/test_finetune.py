@@ -384,3 +384,21 @@ def test_packed_examples_attend_only_to_themselves(tiny_model_dir):
             start += len(alone)
         # without their positions the examples would see each other
         assert not torch.allclose(model(input_ids=batch["input_ids"]).logits[0, 7:19], packed[7:19], atol=1e-3)
+
+
+def test_compiled_blocks_train_as_eager_ones_do(tmp_path, tiny_model_dir):
+    """--compile (the default) compiles the transformer blocks on a CPU with a
+    C++ compiler; the training it does is the eager one's."""
+    from dyag_mlops.models import c_compiler, compile_layers
+
+    model, _, _ = finetune.build_model(FinetuneConfig(base_model=str(tiny_model_dir), compile=False), "cpu", "fp32")
+    assert compile_layers(model) == (c_compiler() is not None)
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=2)
+    losses = {}
+    for compiled in (False, True):
+        config = FinetuneConfig(
+            dataset=str(data), output=str(tmp_path / f"out-{compiled}"), base_model=str(tiny_model_dir), epochs=2,
+            batch_size=2, grad_accum=1, lr=0.02, save_steps=1000, precision="fp32", compile=compiled,
+        )
+        losses[compiled] = finetune.run(config).metrics["train_loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
