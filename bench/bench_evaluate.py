@@ -18,8 +18,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops.evaluate import load_eval_set  # noqa: E402
-from dyag_mlops.systems import load_predictor  # noqa: E402
+from dyag_mlops.data.evalset import load_eval_set  # noqa: E402
+from dyag_mlops.systems.predictor import load_predictor  # noqa: E402
 
 
 def main() -> None:

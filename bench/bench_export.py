@@ -25,9 +25,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import export  # noqa: E402
 from dyag_mlops.config import ExportConfig  # noqa: E402
-from dyag_mlops.evaluate import demo_eval_path, load_eval_set, score_answers  # noqa: E402
+from dyag_mlops.data.evalset import demo_eval_path, load_eval_set  # noqa: E402
+from dyag_mlops.evaluation.evaluate import score_answers  # noqa: E402
+from dyag_mlops.systems import export  # noqa: E402
 
 
 def answers(predictor, items) -> tuple[list, float]:
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--index", default="", help="RAG index: also compare with the retrieved sheet (hybrid)")
     args = parser.parse_args()
 
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     items = load_eval_set(args.eval_file)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,9 +89,9 @@ def llama_cpp_answers(setup: str, gguf: str, predictor, items, reference: list[s
     except ImportError:
         print(f"{setup:<12} llama.cpp  (llama-cpp-python not installed: skipped)")
         return
-    from dyag_mlops.evaluate import score_answers
-    from dyag_mlops.prompts import render_prompt
-    from dyag_mlops.systems import Answer
+    from dyag_mlops.evaluation.evaluate import score_answers
+    from dyag_mlops.systems.predictor import Answer
+    from dyag_mlops.systems.prompts import render_prompt
 
     llm = Llama(model_path=gguf, n_ctx=2048, verbose=False, seed=0)
     messages, _ = predictor.messages_for([i.question for i in items])

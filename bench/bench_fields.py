@@ -36,10 +36,10 @@ from dyag_mlops.config import IndexConfig  # noqa: E402
 
 
 def measure(corpus: str, eval_file: Path, workdir: Path, show_misses: bool = False) -> dict:
-    from dyag_mlops import rag
-    from dyag_mlops.evaluate import says_unknown
-    from dyag_mlops.focus import narrow_hits
-    from dyag_mlops.text import normalise
+    from dyag_mlops.data.text import normalise
+    from dyag_mlops.evaluation.evaluate import says_unknown
+    from dyag_mlops.retrieval import rag
+    from dyag_mlops.retrieval.focus import narrow_hits
 
     index = workdir / "index"
     rag.run(IndexConfig(corpus=str(ROOT / corpus) if corpus else "", index=str(index)))

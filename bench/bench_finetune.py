@@ -2,23 +2,15 @@
 
     python bench/bench_finetune.py [--examples 160] [--batch-size 4] [--no-trl-defaults] [--dyag-fp32]
 
-The pipeline's training set on the demo corpus (RAFT examples: a narrowed
-sheet in each prompt), its first `--examples` examples, one epoch, the same
-examples per optimizer step, learning rate, schedule, LoRA (r=16, alpha=32,
-all-linear) and seed, each run in its own fresh process:
-
-- plain trl fp32: the `SFTTrainer` script a user writes from trl's
-  documentation (prompt-completion data, trl tokenises and pads), fp32,
-  without gradient checkpointing;
-- plain trl defaults: the same script with trl's own bf16 autocast and
-  gradient checkpointing;
-- dyag: `finetune.run` with the pipeline's settings (`PipelineConfig`).
-
-Each reports its training time (trainer.train, the whole epoch), non-padding
-tokens per second, peak RSS, and the loss on the same 32 validation examples
-afterwards, computed the same way for all three (same data, same loss: the
-speed-up must not cost quality). Prints the ratio of the faster plain run's
-time to dyag's (target >= 2).
+The first `--examples` RAFT examples of the pipeline's training set on the
+demo corpus, one epoch, the same examples per step, learning rate, LoRA
+(r=16, alpha=32, all-linear) and seed, each run in a fresh process: plain
+trl's `SFTTrainer` as its documentation shows it, in fp32 and with trl's own
+defaults (bf16 autocast, gradient checkpointing), and `finetune.run` with
+the pipeline's settings. Each reports training time, non-padding tokens per
+second, peak RSS and the loss on the same 32 validation examples, computed
+the same way for all (the speed-up must not cost quality), then the ratio
+of the faster plain run's time to dyag's.
 """
 
 from __future__ import annotations
@@ -36,8 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import finetune, generate, rag  # noqa: E402
 from dyag_mlops.config import FinetuneConfig, GenerateConfig, IndexConfig, PipelineConfig  # noqa: E402
+from dyag_mlops.retrieval import rag  # noqa: E402
+from dyag_mlops.train import finetune  # noqa: E402
+from dyag_mlops.train import generate  # noqa: E402
 
 PIPELINE = PipelineConfig()
 VAL_EXAMPLES = 32
@@ -67,7 +61,7 @@ def plain_trl(train: Path, val: Path, out: Path, batch: int, trl_defaults: bool)
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems.models import load_base_model
 
     model, tokenizer, _ = load_base_model(PIPELINE.base_model, precision="fp32")  # what from_pretrained gives
     rows = [json.loads(line) for line in train.read_text().splitlines()]
@@ -95,7 +89,7 @@ def dyag(train: Path, val: Path, out: Path, batch: int, precision: str) -> dict:
     from peft import PeftModel
     from transformers import Trainer
 
-    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems.models import load_base_model
 
     seen = {}
     original = Trainer.train

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_rag import make_corpus  # noqa: E402
 
-from dyag_mlops import generate  # noqa: E402
 from dyag_mlops.config import GenerateConfig  # noqa: E402
+from dyag_mlops.train import generate  # noqa: E402
 
 BUDGET_SECONDS = 10.0
 

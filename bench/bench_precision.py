@@ -24,14 +24,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import rag  # noqa: E402
 from dyag_mlops.config import IndexConfig  # noqa: E402
-from dyag_mlops.evaluate import load_eval_set  # noqa: E402
-from dyag_mlops.models import cpu_has_native_bf16  # noqa: E402
+from dyag_mlops.data.evalset import load_eval_set  # noqa: E402
+from dyag_mlops.retrieval import rag  # noqa: E402
+from dyag_mlops.systems.models import cpu_has_native_bf16  # noqa: E402
 
 
 def answer_all(index: str, questions: list[str], precision: str, batch_size: int) -> tuple[float, list[str]]:
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     predictor = load_predictor(
         "rag", index=index, top_k=1, batch_size=batch_size, max_new_tokens=48, grounded=True, worked_example=True,

@@ -24,9 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dyag_mlops import generate, rag  # noqa: E402
 from dyag_mlops.config import GenerateConfig, IndexConfig  # noqa: E402
-from dyag_mlops.models import load_tokenizer, resolve  # noqa: E402
+from dyag_mlops.retrieval import rag  # noqa: E402
+from dyag_mlops.systems.models import load_tokenizer, resolve  # noqa: E402
+from dyag_mlops.train import generate  # noqa: E402
 
 
 def train(launch: list[str], train_file: Path, val_file: Path, out: Path, grad_accum: int, env: dict) -> dict:

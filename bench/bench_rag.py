@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops import embeddings, rag  # noqa: E402
 from dyag_mlops.config import RANKINGS, IndexConfig  # noqa: E402
+from dyag_mlops.retrieval import embeddings  # noqa: E402
+from dyag_mlops.retrieval import rag  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "tel", "vo", "ne", "sy", "bar", "quo", "pi", "dra", "zen", "fu", "ori", "gal"]
 STATUS = ["En production", "En recette", "En développement", "Décommissionné"]

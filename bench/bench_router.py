@@ -25,10 +25,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyag_mlops.corpus import load_corpus  # noqa: E402
-from dyag_mlops.evaluate import demo_eval_path  # noqa: E402
-from dyag_mlops.focus import FieldRouter  # noqa: E402
-from dyag_mlops.inventory import DOC_PLACEHOLDER, build_profile, documents, load_schema, render_sheet  # noqa: E402
+from dyag_mlops.data.corpus import load_corpus  # noqa: E402
+from dyag_mlops.data.evalset import demo_eval_path  # noqa: E402
+from dyag_mlops.data.inventory import DOC_PLACEHOLDER, build_profile, documents, load_schema, render_sheet  # noqa: E402
+from dyag_mlops.retrieval.focus import FieldRouter  # noqa: E402
 
 # (question, field): the application is called ORBIS in each.
 PHRASINGS = [

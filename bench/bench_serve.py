@@ -4,16 +4,13 @@
     python bench/bench_serve.py --http http://127.0.0.1:5001 [--clients 8 --requests 25]
 
 `mlflow models serve` answers each request in a thread of its own. The
-baseline lets every thread call the predictor at once (each request
-generates alone, all of them sharing the cores); dyag's served model queues
-them (systems.SharedBatches), so the questions that arrived while one batch
-was generated are answered in the next one. Both run in one process on the
-same loaded model, in turn, `--clients` clients sending `--requests` one-
-question requests each (questions of the bundled demo dev half). Reported:
-requests per second, the ratio, and each mode's slowest request (the served
-model's deadline is 60 s). With `--http`, the clients send the requests to
-a running `mlflow models serve` instead, and the HTTP status codes are
-counted too (a 5xx is a request the server failed or timed out).
+baseline lets every thread call the predictor at once; dyag's served model
+queues them (predictor.SharedBatches), so the questions that arrived while
+one batch was generated go in the next one. Both run in one process on the
+same model, `--clients` clients sending `--requests` questions of the demo
+dev half each. Reported: requests per second, the ratio, each mode's
+slowest request. With `--http` the clients call a running server instead,
+and its HTTP status codes are counted (a 5xx: a request it failed).
 """
 
 from __future__ import annotations
@@ -102,7 +99,7 @@ def main() -> None:
 
     import mlflow
 
-    from dyag_mlops.systems import SharedBatches
+    from dyag_mlops.systems.predictor import SharedBatches
     from dyag_mlops.tracking import configure
 
     configure()

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_finetune import in_child, pipeline_examples  # noqa: E402
 
-from dyag_mlops import finetune  # noqa: E402
 from dyag_mlops.config import FinetuneConfig  # noqa: E402
+from dyag_mlops.train import finetune  # noqa: E402
 
 WARMUP = 3
 

@@ -85,7 +85,7 @@ class Store:
 
     def questions(self) -> list[dict]:
         """The eval set of the latest pipeline run: question, expected answer."""
-        from dyag_mlops.evaluate import demo_eval_path, load_eval_set
+        from dyag_mlops.data.evalset import demo_eval_path, load_eval_set
 
         _, evaluations = self.pipeline_runs()
         if not evaluations:
@@ -113,7 +113,7 @@ class Store:
 
     def promote(self, version: str) -> dict:
         """The registry rule of `dyag registry promote`, once a compare run exists."""
-        from dyag_mlops.compare import promote
+        from dyag_mlops.evaluation.compare import promote
 
         if latest_run(self.client, self.experiment_id, "compare") is None:
             raise DyagError("no compare run in this experiment: nothing decides what to promote (run the pipeline or dyag compare-models)")
@@ -141,7 +141,7 @@ class Answerer:
     def ask(self, uri: str, question: str, expected: str = "") -> dict:
         import pandas as pd
 
-        from dyag_mlops.evaluate import is_correct, question_scores
+        from dyag_mlops.evaluation.evaluate import is_correct, question_scores
 
         began = time.perf_counter()
         try:

@@ -101,7 +101,7 @@ def main(debug: bool) -> None:
 def models() -> None:
     """List the base-model shortcuts."""
     from dyag_mlops.config import DEFAULT_BASE_MODEL
-    from dyag_mlops.models import SHORTCUTS
+    from dyag_mlops.systems.models import SHORTCUTS
 
     click.echo(f"{'shortcut':<14} {'Hugging Face model':<38} {'params':>6} {'min VRAM':>8}  access")
     for name, info in SHORTCUTS.items():
@@ -120,8 +120,8 @@ def models() -> None:
 @friendly
 def generate_training(corpus: str, validate_file: str, **options: Any) -> None:
     """Generate train/val/test chat datasets from CORPUS (default: the demo corpus)."""
-    from dyag_mlops import generate
     from dyag_mlops.tracking import stage_run
+    from dyag_mlops.train import generate
 
     if validate_file:
         problems = generate.validate_dataset(validate_file)
@@ -149,8 +149,8 @@ def generate_training(corpus: str, validate_file: str, **options: Any) -> None:
 @friendly
 def finetune(**options: Any) -> None:
     """Train a LoRA adapter on a chat dataset."""
-    from dyag_mlops import finetune as stage
     from dyag_mlops.tracking import process_rank, stage_run
+    from dyag_mlops.train import finetune as stage
 
     config = make_config(FinetuneConfig, **options)
     with stage_run("finetune", config, tags={"dyag.base_model": config.base_model}) as tracker:
@@ -233,7 +233,7 @@ def query_finetuned(
     question: str | None, model: str, base_model: str, temperature: float, max_tokens: int, device: str, precision: str
 ) -> None:
     """Ask a fine-tuned model QUESTION (interactive chat without one)."""
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     check_question(question)
     system = "finetuned"
@@ -276,7 +276,7 @@ def query_rag(
     base_model: str, temperature: float, max_tokens: int, device: str, precision: str,
 ) -> None:
     """Ask QUESTION with retrieved context (interactive chat without one)."""
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     check_question(question)
     predictor = load_predictor(SystemSpec(
@@ -302,7 +302,7 @@ def evaluate_command(system: str) -> Callable:
     @config_options(EvaluateConfig, skip=skip)
     @friendly
     def command(eval_file: str, **options: Any) -> None:
-        from dyag_mlops import evaluate
+        from dyag_mlops.evaluation import evaluate
         from dyag_mlops.tracking import stage_run
 
         config = make_config(EvaluateConfig, eval_file=eval_file, system=system, **options)
@@ -330,7 +330,7 @@ def split_eval(eval_file: str, output_dir: str, overwrite: bool) -> None:
     it), stratified by metadata.kind."""
     from pathlib import Path
 
-    from dyag_mlops.evaluate import split_eval_set
+    from dyag_mlops.data.evalset import split_eval_set
 
     for half, path in split_eval_set(eval_file, output_dir or Path(eval_file).parent, overwrite).items():
         click.echo(f"{half}: {path}")
@@ -348,8 +348,8 @@ def split_eval(eval_file: str, output_dir: str, overwrite: bool) -> None:
 def inspect_corpus(corpus: str, schema: str, questions: int, as_json: bool) -> None:
     """What the platform understands of CORPUS (default: the demo corpus):
     documents, fields with their coverage, language, sample questions."""
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.inventory import build_profile, cached_schema, documents, field_questions
+    from dyag_mlops.data.corpus import load_corpus
+    from dyag_mlops.data.inventory import build_profile, cached_schema, documents, field_questions
 
     docs = documents(load_corpus(corpus))
     profile = build_profile(docs, schema)
@@ -382,7 +382,7 @@ def inspect_corpus(corpus: str, schema: str, questions: int, as_json: bool) -> N
 @friendly
 def index_rag(corpus: str, **options: Any) -> None:
     """Index CORPUS (default: the demo corpus) into a ChromaDB collection."""
-    from dyag_mlops import rag
+    from dyag_mlops.retrieval import rag
     from dyag_mlops.tracking import stage_run
 
     config = make_config(IndexConfig, corpus=corpus, **options)
@@ -399,7 +399,7 @@ def index_rag(corpus: str, **options: Any) -> None:
 @friendly
 def compare_models(**options: Any) -> None:
     """Compare evaluated systems from the tracking store; register the winner."""
-    from dyag_mlops import compare
+    from dyag_mlops.evaluation import compare
     from dyag_mlops.tracking import stage_run
 
     config = make_config(CompareConfig, **options)
@@ -419,7 +419,7 @@ def registry() -> None:
 @friendly
 def registry_show(name: str) -> None:
     """List versions and aliases of a registered model."""
-    from dyag_mlops.compare import registry_listing
+    from dyag_mlops.evaluation.compare import registry_listing
 
     for v in registry_listing(name):
         aliases = ",".join(v["aliases"]) or "-"
@@ -431,7 +431,7 @@ def registry_show(name: str) -> None:
 @friendly
 def registry_rollback(name: str) -> None:
     """Move alias champion back to the previous champion."""
-    from dyag_mlops.compare import rollback
+    from dyag_mlops.evaluation.compare import rollback
 
     result = rollback(name)
     click.echo(f"{name}: champion is now version {result['champion']} (version {result['demoted']} demoted)")
@@ -443,7 +443,7 @@ def registry_rollback(name: str) -> None:
 @friendly
 def registry_promote(version: str, name: str) -> None:
     """Move alias champion to VERSION (an evaluated version); the former champion becomes previous."""
-    from dyag_mlops.compare import promote
+    from dyag_mlops.evaluation.compare import promote
 
     result = promote(name, version)
     demoted = f" (version {result['demoted']} is now previous)" if result["demoted"] else ""
@@ -460,7 +460,7 @@ def registry_promote(version: str, name: str) -> None:
 def export_command(model: str, **options: Any) -> None:
     """Merge the adapter of MODEL (a directory, runs:/ or models:/ URI) into
     its base; with --gguf also a GGUF file, with --ollama a Modelfile."""
-    from dyag_mlops import export
+    from dyag_mlops.systems import export
     from dyag_mlops.tracking import stage_run
 
     config = make_config(ExportConfig, model=model, **options)

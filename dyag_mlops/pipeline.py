@@ -28,7 +28,7 @@ from dyag_mlops.config import (
     PipelineConfig,
 )
 from dyag_mlops.errors import DyagError
-from dyag_mlops.models import release_memory
+from dyag_mlops.systems.models import release_memory
 from dyag_mlops.tracking import config_hash, git_commit, stage_run
 
 
@@ -70,8 +70,9 @@ def step(
 
 def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timings: dict) -> str:
     """generate_training (RAFT examples from the index) -> finetune; the adapter's run URI."""
-    from dyag_mlops import finetune, generate
-    from dyag_mlops.evaluate import demo_eval_path
+    from dyag_mlops.data.evalset import demo_eval_path
+    from dyag_mlops.train import finetune
+    from dyag_mlops.train import generate
 
     gen_cfg = GenerateConfig(
         corpus=config.corpus,
@@ -122,8 +123,9 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
     needs; hybrid keeps the RAFT adapter, which reads a narrowed sheet better
     (docs/quality.md).
     """
-    from dyag_mlops import finetune, generate
-    from dyag_mlops.evaluate import demo_eval_path
+    from dyag_mlops.data.evalset import demo_eval_path
+    from dyag_mlops.train import finetune
+    from dyag_mlops.train import generate
 
     gen_cfg = GenerateConfig(
         corpus=config.corpus,
@@ -163,7 +165,9 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
 
 
 def run(config: PipelineConfig) -> dict:
-    from dyag_mlops import compare, evaluate, rag
+    from dyag_mlops.evaluation import compare
+    from dyag_mlops.evaluation import evaluate
+    from dyag_mlops.retrieval import rag
 
     work = Path(config.workdir)
     systems = [s.strip() for s in config.systems.split(",") if s.strip()]
@@ -243,7 +247,7 @@ def closing_words(report: dict, run_id: str | None) -> str:
     verdict, and where to see the runs."""
     import mlflow
 
-    from dyag_mlops.compare import summary
+    from dyag_mlops.evaluation.compare import summary
     from dyag_mlops.tracking import ui_hint
 
     metrics = [m for m in ("correct", "token_f1", "avg_time_seconds") if m in report["metrics"]]

@@ -23,8 +23,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from dyag_mlops.data.files import exclusive_lock, file_digest, read_jsonl
 from dyag_mlops.errors import DyagError, shown_uri
-from dyag_mlops.files import exclusive_lock, file_digest, read_jsonl
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "dyag-mlops"

@@ -5,9 +5,9 @@
 Parameters and defaults: dyag_mlops.config.EvaluateConfig (MLproject mirrors it).
 """
 
-from dyag_mlops import evaluate
 from dyag_mlops.config import EvaluateConfig
 from dyag_mlops.entry import run_entrypoint
+from dyag_mlops.evaluation import evaluate
 
 if __name__ == "__main__":
     run_entrypoint("evaluate", EvaluateConfig, lambda config, tracker: evaluate.run(config, tracker))

@@ -5,9 +5,9 @@
 Parameters and defaults: dyag_mlops.config.FinetuneConfig (MLproject mirrors it).
 """
 
-from dyag_mlops import finetune
 from dyag_mlops.config import FinetuneConfig
 from dyag_mlops.entry import run_entrypoint
+from dyag_mlops.train import finetune
 
 if __name__ == "__main__":
     run_entrypoint("finetune", FinetuneConfig, lambda config, tracker: finetune.run(config, tracker))

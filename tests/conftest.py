@@ -33,9 +33,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.inventory import cached_schema
-    from dyag_mlops.prompts import FALLBACK_CHAT_TEMPLATE
+    from dyag_mlops.data.corpus import load_corpus
+    from dyag_mlops.data.inventory import cached_schema
+    from dyag_mlops.systems.prompts import FALLBACK_CHAT_TEMPLATE
 
     out = tmp_path_factory.mktemp("tiny-llama")
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -81,27 +81,28 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "dyag-original-format"
+# Two invented applications in the layouts of dyag's original inventory (its README).
+SAMPLES = Path(__file__).resolve().parent / "samples" / "dyag-original-format"
 
 
 @functools.lru_cache(maxsize=1)
 def demo_profile():
     """The corpus profile of the bundled demo corpus (French schema), built once."""
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.inventory import build_profile, documents
+    from dyag_mlops.data.corpus import load_corpus
+    from dyag_mlops.data.inventory import build_profile, documents
 
     return build_profile(documents(load_corpus()), "fr")
 
 
 class FixedRetriever:
     """A retriever stand-in: the same chunk(s) for any question, with the
-    demo corpus's profile, schema and field router (what systems.Predictor
+    demo corpus's profile, schema and field router (what predictor.Predictor
     reads from a rag.Retriever)."""
 
     ranking = "lexical"
 
     def __init__(self, *hits, profile=None):
-        from dyag_mlops.inventory import cached_schema
+        from dyag_mlops.data.inventory import cached_schema
 
         self.hits = list(hits)
         self.profile = profile or demo_profile()
@@ -109,7 +110,7 @@ class FixedRetriever:
 
     @property
     def router(self):
-        from dyag_mlops.rag import field_router
+        from dyag_mlops.retrieval.rag import field_router
 
         return field_router(self.profile, self.schema)
 
@@ -123,8 +124,8 @@ class FixedRetriever:
 @pytest.fixture(scope="session")
 def demo_index(tmp_path_factory) -> str:
     """An index of the bundled demo corpus, built once; tests only read it."""
-    from dyag_mlops import rag
     from dyag_mlops.config import IndexConfig
+    from dyag_mlops.retrieval import rag
 
     index = str(tmp_path_factory.mktemp("demo-index") / "index")
     rag.run(IndexConfig(index=index))
@@ -133,7 +134,7 @@ def demo_index(tmp_path_factory) -> str:
 
 def demo_sheets() -> dict[str, str]:
     """doc id -> the sheet the demo index stores for it."""
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.inventory import documents, render_sheet
+    from dyag_mlops.data.corpus import load_corpus
+    from dyag_mlops.data.inventory import documents, render_sheet
 
     return {d.doc_id: render_sheet(d, demo_profile().name_label) for d in documents(load_corpus())}

@@ -4,11 +4,11 @@ import uuid
 import mlflow
 import pytest
 
-from dyag_mlops import compare
 from dyag_mlops.config import CompareConfig, EvaluateConfig, SystemSpec
 from dyag_mlops.errors import DyagError
-from dyag_mlops.evaluate import QUALITY_METRICS
-from dyag_mlops.systems import log_system_model
+from dyag_mlops.evaluation import compare
+from dyag_mlops.evaluation.evaluate import QUALITY_METRICS
+from dyag_mlops.systems.predictor import log_system_model
 from dyag_mlops.tracking import stage_run
 
 
@@ -162,4 +162,4 @@ def test_a_logged_model_installs_without_this_checkout(tmp_path, tiny_model_dir)
     requirements = (local / "requirements.txt").read_text().split()
     assert not any(r.startswith("dyag-mlops") or "+" in r for r in requirements), requirements
     assert any(r.startswith("torch==") for r in requirements)
-    assert (local / "code" / "dyag_mlops" / "systems.py").is_file()
+    assert (local / "code" / "dyag_mlops" / "systems" / "predictor.py").is_file()

@@ -62,7 +62,7 @@ def test_dyag_models_lists_shortcuts():
 
 def test_model_resolution_errors_name_the_way_out(tmp_path, monkeypatch):
     from dyag_mlops.errors import DyagError
-    from dyag_mlops.models import resolve
+    from dyag_mlops.systems.models import resolve
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)

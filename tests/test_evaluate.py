@@ -4,10 +4,12 @@ import pytest
 from rouge_score import rouge_scorer
 
 from conftest import write_jsonl
-from dyag_mlops import evaluate
 from dyag_mlops.config import EvaluateConfig
+from dyag_mlops.data import evalset
+from dyag_mlops.data.evalset import load_eval_set
 from dyag_mlops.errors import DyagError
-from dyag_mlops.evaluate import is_correct, load_eval_set, question_scores, token_f1
+from dyag_mlops.evaluation import evaluate
+from dyag_mlops.evaluation.evaluate import is_correct, question_scores, token_f1
 
 ROUGE = rouge_scorer.RougeScorer(["rougeL"])
 
@@ -64,7 +66,7 @@ def test_eval_formats_and_errors(tmp_path):
     with pytest.raises(DyagError, match=r"n\.jsonl:1: no question"):
         load_eval_set(noq)
     # the bundled hand-written set: its test half by default
-    assert load_eval_set("") == load_eval_set(evaluate.demo_eval_path("test"))
+    assert load_eval_set("") == load_eval_set(evalset.demo_eval_path("test"))
 
 
 def read_lines(path):
@@ -72,15 +74,15 @@ def read_lines(path):
 
 
 def test_the_bundled_eval_set_is_the_two_halves_split_eval_set_makes(tmp_path):
-    dev, test = (load_eval_set(evaluate.demo_eval_path(half)) for half in ("dev", "test"))
+    dev, test = (load_eval_set(evalset.demo_eval_path(half)) for half in ("dev", "test"))
     assert len(dev) + len(test) >= 120 and len(test) >= 60
     assert not {i.question for i in dev} & {i.question for i in test}  # never tuned on a reported question
     union = tmp_path / "demo_eval_all.jsonl"
-    union.write_text("".join(open(evaluate.demo_eval_path(h), encoding="utf-8").read() for h in ("dev", "test")), encoding="utf-8")
-    halves = evaluate.split_eval_set(union, tmp_path / "out")
+    union.write_text("".join(open(evalset.demo_eval_path(h), encoding="utf-8").read() for h in ("dev", "test")), encoding="utf-8")
+    halves = evalset.split_eval_set(union, tmp_path / "out")
     assert halves == {"dev": tmp_path / "out" / "demo_eval_dev.jsonl", "test": tmp_path / "out" / "demo_eval_test.jsonl"}
     for half, path in halves.items():
-        assert read_lines(path) == read_lines(evaluate.demo_eval_path(half)), half
+        assert read_lines(path) == read_lines(evalset.demo_eval_path(half)), half
 
 
 def test_split_eval_set_is_stratified_by_kind_and_deterministic(tmp_path):
@@ -98,7 +100,7 @@ def test_split_eval_set_is_stratified_by_kind_and_deterministic(tmp_path):
     ]
     rows.append({"question": "Sans genre ?", "expected_answer": "R"})  # no kind: a stratum of its own
     (tmp_path / "a").mkdir()
-    first = evaluate.split_eval_set(write_jsonl(tmp_path / "a" / "eval.jsonl", rows), tmp_path / "a")
+    first = evalset.split_eval_set(write_jsonl(tmp_path / "a" / "eval.jsonl", rows), tmp_path / "a")
     halves = {half: [json.loads(line) for line in read_lines(path)] for half, path in first.items()}
     assert sorted(map(json.dumps, halves["dev"] + halves["test"])) == sorted(map(json.dumps, rows))  # each row once
     count = {half: Counter((r.get("metadata") or {}).get("kind") for r in chosen) for half, chosen in halves.items()}
@@ -109,7 +111,7 @@ def test_split_eval_set_is_stratified_by_kind_and_deterministic(tmp_path):
     shuffled = rows[:]
     random.Random(1).shuffle(shuffled)
     (tmp_path / "b").mkdir()
-    again = evaluate.split_eval_set(write_jsonl(tmp_path / "b" / "eval.jsonl", shuffled), tmp_path / "b")
+    again = evalset.split_eval_set(write_jsonl(tmp_path / "b" / "eval.jsonl", shuffled), tmp_path / "b")
     for half in ("dev", "test"):
         got = [json.loads(line) for line in read_lines(again[half])]
         assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, halves[half]))
@@ -145,7 +147,7 @@ def test_evaluate_base_writes_seed_compatible_results(tmp_path, tiny_model_dir):
 
 
 def test_a_failed_question_counts_as_wrong(tmp_path, tiny_model_dir, monkeypatch):
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.predictor import Predictor
 
     eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": "Q?", "expected_answer": "A"}] * 3)
 
@@ -168,7 +170,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 def test_fast_lm_head_gives_the_plain_logits_and_answers(tiny_model_dir):
     import torch
 
-    from dyag_mlops.models import load_base_model, speed_up_lm_head
+    from dyag_mlops.systems.models import load_base_model, speed_up_lm_head
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     ids = torch.randint(0, model.config.vocab_size, (8, 12))
@@ -197,15 +199,15 @@ def test_words_the_question_already_says_are_not_required():
 
 
 def test_scoring_an_eval_set_reads_each_question():
-    from dyag_mlops.systems import Answer
+    from dyag_mlops.systems.predictor import Answer
 
-    items = [evaluate.EvalItem("Combien de lycées publics sont recensés dans LYCEO ?", "142 lycées publics", "app-009", 1)]
+    items = [evalset.EvalItem("Combien de lycées publics sont recensés dans LYCEO ?", "142 lycées publics", "app-009", 1)]
     rows = evaluate.score_answers(items, [Answer(items[0].question, "142", 0.1, 2)])
     assert rows[0]["correct"] == 1.0 and rows[0]["token_f1"] == pytest.approx(0.5)
 
 
 def test_bleu_and_bertscore_rank_answers():
-    from dyag_mlops.evaluate import bertscore_f1, sentence_bleu
+    from dyag_mlops.evaluation.evaluate import bertscore_f1, sentence_bleu
 
     assert sentence_bleu("en production", "en production") == pytest.approx(1.0)
     assert 0 < sentence_bleu("production", "en production") < 1

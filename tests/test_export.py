@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_jsonl
-from dyag_mlops import export, finetune
 from dyag_mlops.cli import main
 from dyag_mlops.config import ExportConfig, FinetuneConfig
-from dyag_mlops.inventory import cached_schema
-from dyag_mlops.prompts import build_messages
+from dyag_mlops.data.inventory import cached_schema
+from dyag_mlops.systems import export
+from dyag_mlops.systems.prompts import build_messages
+from dyag_mlops.train import finetune
 
 FR = cached_schema("fr")
 QUESTIONS = ["Statut de SIRENA ?", "Qui est le responsable de GéoPlan ?", "Quelle base de données pour HYDRA ?"]
@@ -42,7 +43,7 @@ def exported(tmp_path_factory, trained):
 
 
 def test_the_merged_model_answers_as_the_adapter(exported, trained):
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     adapter = load_predictor("finetuned", model=trained[0], max_new_tokens=12)
     merged = load_predictor("base", base_model=str(exported), max_new_tokens=12, schema="fr")
@@ -85,7 +86,7 @@ def test_the_gguf_file_has_llama_cpp_names_and_reads_back(exported):
 
 def test_the_gguf_file_as_a_base_model_keeps_its_special_tokens(exported):
     """--base-model FILE.gguf reads the file alone, not the tokenizer files beside it."""
-    from dyag_mlops.models import load_tokenizer, resolve
+    from dyag_mlops.systems.models import load_tokenizer, resolve
 
     from_gguf = load_tokenizer(resolve(str(exported / "model-f16.gguf")))
     merged = load_tokenizer(str(exported))
@@ -94,7 +95,7 @@ def test_the_gguf_file_as_a_base_model_keeps_its_special_tokens(exported):
 
 
 def test_the_modelfile_renders_the_training_template(exported):
-    from dyag_mlops.models import load_tokenizer
+    from dyag_mlops.systems.models import load_tokenizer
 
     text = (exported / "Modelfile").read_text()
     assert text.startswith("FROM ./model-f16.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0" in text

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_jsonl
-from dyag_mlops import finetune
 from dyag_mlops.config import FinetuneConfig
+from dyag_mlops.data.files import file_digest
+from dyag_mlops.data.inventory import cached_schema
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import file_digest
-from dyag_mlops.inventory import cached_schema
-from dyag_mlops.prompts import build_messages
-from dyag_mlops.systems import load_predictor
+from dyag_mlops.systems.predictor import load_predictor
+from dyag_mlops.systems.prompts import build_messages
+from dyag_mlops.train import finetune
 
 FR = cached_schema("fr")
 FACTS = [
@@ -97,7 +97,7 @@ def test_bf16_on_cpu_trains_a_float32_adapter_that_answers_in_bf16(tmp_path, tin
 
 
 def test_precision_auto_follows_the_device_and_fp16_needs_cuda(monkeypatch):
-    from dyag_mlops import models
+    from dyag_mlops.systems import models
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert models.resolve_precision("auto", "cpu") == "bf16"
@@ -184,7 +184,7 @@ def test_scoring_only_answer_tokens_on_cpu_gives_the_same_loss(tiny_model_dir):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems.models import load_base_model
 
     model, _, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
@@ -308,7 +308,7 @@ def test_release_memory_frees_a_model_only_a_reference_cycle_still_holds():
     import gc
     import weakref
 
-    from dyag_mlops.models import release_memory
+    from dyag_mlops.systems.models import release_memory
 
     class Stage:
         pass
@@ -389,7 +389,7 @@ def test_packed_examples_attend_only_to_themselves(tiny_model_dir):
 def test_compiled_blocks_train_as_eager_ones_do(tmp_path, tiny_model_dir):
     """--compile (the default) compiles the transformer blocks on a CPU with a
     C++ compiler; the training it does is the eager one's."""
-    from dyag_mlops.models import c_compiler, compile_layers
+    from dyag_mlops.systems.models import c_compiler, compile_layers
 
     model, _, _ = finetune.build_model(FinetuneConfig(base_model=str(tiny_model_dir), compile=False), "cpu", "fp32")
     assert compile_layers(model) == (c_compiler() is not None)

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FixedRetriever, demo_profile, demo_sheets, write_jsonl
-from dyag_mlops.focus import FieldRouter, narrow_hits
-from dyag_mlops.inventory import build_profile, cached_schema, documents, render_sheet
-from dyag_mlops.prompts import build_messages, user_content
-from dyag_mlops.rag import Retrieved, field_router
+from dyag_mlops.data.inventory import build_profile, cached_schema, documents, render_sheet
+from dyag_mlops.retrieval.focus import FieldRouter, narrow_hits
+from dyag_mlops.retrieval.rag import Retrieved, field_router
+from dyag_mlops.systems.prompts import build_messages, user_content
 
 FR = cached_schema("fr")
 UNKNOWN = FR.unknown_answer
@@ -75,8 +75,8 @@ def test_values_the_documents_share_route_to_their_field():
 def test_a_schema_naming_word_vectors_that_are_not_installed_is_refused(tmp_path):
     from importlib import resources
 
+    from dyag_mlops.data.inventory import load_schema
     from dyag_mlops.errors import DyagError
-    from dyag_mlops.inventory import load_schema
 
     schema = json.loads((resources.files("dyag_mlops") / "resources" / "schemas" / "fr.json").read_text("utf-8"))
     path = tmp_path / "schema.json"
@@ -145,7 +145,7 @@ def test_every_part_of_a_hyphenated_name_is_left_out():
 
 
 def test_a_corpus_of_one_field_routes_every_question_to_it():
-    from dyag_mlops.corpus import Chunk
+    from dyag_mlops.data.corpus import Chunk
 
     chunks = [Chunk(i, f"Nom : {i.upper()}\nStatut : En test", i, i.upper()) for i in ("orbita", "velo")]
     profile = build_profile(documents(chunks), "fr")
@@ -157,7 +157,7 @@ def test_a_corpus_of_one_field_routes_every_question_to_it():
 
 def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
     """ "Identifiant", "Données liées" (no schema field) route and narrow like the schema's own."""
-    from dyag_mlops.corpus import Chunk
+    from dyag_mlops.data.corpus import Chunk
 
     chunks = [
         Chunk("a", "Application: ORBIS\nIdentifiant: 4107\nStatut: En production\nDonnées liées: Cadastre", "a", "ORBIS"),
@@ -174,10 +174,10 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
 
 
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):
-    from dyag_mlops import generate
     from dyag_mlops.config import GenerateConfig
-    from dyag_mlops.finetune import training_metadata
-    from dyag_mlops.prompts import split_messages
+    from dyag_mlops.data.evalset import split_messages
+    from dyag_mlops.train import generate
+    from dyag_mlops.train.finetune import training_metadata
 
     config = GenerateConfig(count=120, with_context=demo_index, output=str(tmp_path / "qa.jsonl"), split=False)
     result_path = generate.run(config).files["all"]
@@ -209,8 +209,8 @@ def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):
 def test_rag_and_hybrid_answer_from_the_narrowed_sheet(tiny_model_dir):
     import torch
 
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
@@ -230,7 +230,7 @@ def test_rag_and_hybrid_answer_from_the_narrowed_sheet(tiny_model_dir):
 def orbis_profile():
     """A French corpus whose fullest document (ORBIS) lacks a field another has:
     its worked example holds a refusal."""
-    from dyag_mlops.corpus import Chunk
+    from dyag_mlops.data.corpus import Chunk
 
     other = "Nom : HYDRA\nStatut : En test\nDate de mise en service : 02/01/2018"
     chunks = [Chunk("orbis", SHEET, "orbis", "ORBIS"), Chunk("hydra", other, "hydra", "HYDRA")]
@@ -238,8 +238,8 @@ def orbis_profile():
 
 
 def test_the_worked_example_comes_from_the_corpus_and_is_narrowed_like_the_question(tiny_model_dir):
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     profile = orbis_profile()
     turns = profile.example["turns"]
@@ -271,10 +271,10 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
 
     import mlflow
 
-    from dyag_mlops import rag
     from dyag_mlops.config import EvaluateConfig, IndexConfig
     from dyag_mlops.config import SystemSpec
-    from dyag_mlops.systems import log_system_model
+    from dyag_mlops.retrieval import rag
+    from dyag_mlops.systems.predictor import log_system_model
     from dyag_mlops.tracking import stage_run
 
     schema = tmp_path / "my_schema.json"
@@ -297,9 +297,9 @@ def test_a_logged_model_carries_its_schema_file(tmp_path, tiny_model_dir):
 
 
 def test_training_focus_is_whole_sheets_or_unknown_when_not_narrowed(tmp_path, demo_index):
-    from dyag_mlops import generate
     from dyag_mlops.config import GenerateConfig
-    from dyag_mlops.finetune import training_metadata
+    from dyag_mlops.train import generate
+    from dyag_mlops.train.finetune import training_metadata
 
     whole = GenerateConfig(count=20, with_context=demo_index, focus=False, output=str(tmp_path / "w.jsonl"), split=False)
     closed_book = GenerateConfig(count=20, output=str(tmp_path / "c.jsonl"), split=False)
@@ -314,7 +314,7 @@ def test_training_focus_is_whole_sheets_or_unknown_when_not_narrowed(tmp_path, d
 
 @pytest.mark.parametrize("trained, asked, warned", [(False, True, True), (True, False, True), (True, True, False), (None, True, False)])
 def test_an_adapter_asked_otherwise_than_trained_is_warned_about(tmp_path, capsys, trained, asked, warned):
-    from dyag_mlops.systems import ADAPTER_MANIFEST, warn_focus_mismatch
+    from dyag_mlops.systems.predictor import ADAPTER_MANIFEST, warn_focus_mismatch
 
     manifest = {} if trained is None else {"focus": trained}
     (tmp_path / ADAPTER_MANIFEST).write_text(json.dumps(manifest))
@@ -326,8 +326,8 @@ def test_an_adapter_asked_otherwise_than_trained_is_warned_about(tmp_path, capsy
 
 
 def test_the_worked_example_is_narrowed_only_where_the_question_s_chunks_are(tiny_model_dir):
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
     profile = orbis_profile()

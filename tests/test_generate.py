@@ -5,14 +5,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import demo_profile, demo_sheets, write_jsonl
-from dyag_mlops import generate
-from dyag_mlops import questions as training_questions
 from dyag_mlops.cli import main
 from dyag_mlops.config import GenerateConfig
+from dyag_mlops.data.inventory import cached_schema, field_questions
+from dyag_mlops.data.text import normalise
 from dyag_mlops.errors import DyagError
-from dyag_mlops.inventory import cached_schema, field_questions
-from dyag_mlops.text import normalise
 from dyag_mlops.tracking import stage_run
+from dyag_mlops.train import generate
+from dyag_mlops.train import questions as training_questions
 
 FR = cached_schema("fr")
 UNKNOWN = FR.unknown_answer
@@ -140,7 +140,8 @@ def test_generate_run_logs_datasets_to_mlflow(tmp_path):
 
 
 def test_with_context_builds_raft_examples_from_the_index(tmp_path, demo_index):
-    from dyag_mlops.prompts import build_messages, split_messages
+    from dyag_mlops.data.evalset import split_messages
+    from dyag_mlops.systems.prompts import build_messages
 
     config = GenerateConfig(count=80, with_context=demo_index, oracle_share=0.7, focus=False, output=str(tmp_path / "qa.jsonl"), split=False)
     result = generate.run(config)
@@ -173,8 +174,8 @@ def test_question_key_is_normalise_of_the_question(template, name):
 
 
 def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
-    from dyag_mlops import rag
     from dyag_mlops.config import IndexConfig
+    from dyag_mlops.retrieval import rag
 
     other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x-1", "content": "Nom : ORBITA\nStatut : En test", "metadata": {"nom": "ORBITA"}}])
     index = str(tmp_path / "index")
@@ -185,8 +186,8 @@ def test_with_context_refuses_an_index_of_another_corpus(tmp_path):
 
 
 def demo_examples(augmented=True, titles=None):
-    from dyag_mlops.corpus import load_corpus
-    from dyag_mlops.inventory import documents
+    from dyag_mlops.data.corpus import load_corpus
+    from dyag_mlops.data.inventory import documents
 
     docs = documents(load_corpus(None))
     profile = demo_profile()
@@ -202,7 +203,7 @@ def test_keys_are_normalised_questions_and_lines_are_the_example_dicts(titles):
     """The shortcuts of generation give what the plain way would: each dedupe
     key is normalise(question) (combined questions included), each JSON line
     is the example dict serialised, and each example is make_example's."""
-    from dyag_mlops.files import jsonl_lines
+    from dyag_mlops.data.files import jsonl_lines
 
     examples = demo_examples(titles=titles)
     assert any(" ; " in a for a in examples.answers)  # combined questions are there
@@ -276,7 +277,7 @@ def test_context_metadata_does_not_leak_to_other_phrasings(tmp_path, demo_index)
 def test_questions_on_one_context_become_one_conversation(tmp_path, demo_index):
     from collections import Counter
 
-    from dyag_mlops.prompts import build_messages
+    from dyag_mlops.systems.prompts import build_messages
 
     chunks = demo_sheets()
     common = dict(count=300, with_context=demo_index, seed=3, focus=False)  # whole sheets: questions share one

@@ -1,9 +1,9 @@
 import pytest
 
 from conftest import FixedRetriever, demo_profile
-from dyag_mlops.grounding import span_texts
-from dyag_mlops.inventory import cached_schema
-from dyag_mlops.prompts import build_messages, render_prompt
+from dyag_mlops.data.inventory import cached_schema
+from dyag_mlops.systems.grounding import span_texts
+from dyag_mlops.systems.prompts import build_messages, render_prompt
 
 FR = cached_schema("fr")
 UNKNOWN = FR.unknown_answer
@@ -30,8 +30,8 @@ def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperat
     sampled) is a piece of one line of its context or 'Je ne sais pas'."""
     import torch
 
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
@@ -57,8 +57,8 @@ def one_sheet_retriever():
 def test_only_rag_sees_the_worked_example_and_its_answers_stay_in_the_retrieved_sheet(tiny_model_dir):
     import torch
 
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
@@ -84,7 +84,7 @@ def test_only_rag_sees_the_worked_example_and_its_answers_stay_in_the_retrieved_
 
 
 def test_a_whole_line_answer_loses_its_label_and_other_answers_stay_whole():
-    from dyag_mlops.prompts import strip_field_label
+    from dyag_mlops.systems.prompts import strip_field_label
 
     assert strip_field_label("Statut: En production", [SHEET]) == "En production"
     assert strip_field_label("Technologie principale: Java/Spring Boot", ["Nom: X", SHEET]) == "Java/Spring Boot"
@@ -120,9 +120,9 @@ def test_a_sheet_narrowed_to_the_asked_field_is_answered_from(tiny_model_dir):
 
     import torch
 
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.rag import Retrieved
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.retrieval.rag import Retrieved
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")

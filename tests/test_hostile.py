@@ -203,7 +203,7 @@ def test_an_unexpected_failure_is_one_line(monkeypatch, capsys) -> None:
 
 
 def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
-    from dyag_mlops.files import atomic_write_text
+    from dyag_mlops.data.files import atomic_write_text
 
     atomic_write_text(tmp_path / "out.txt", "x")
     mask = os.umask(0)
@@ -218,7 +218,7 @@ def test_a_failed_finetune_leaves_no_empty_output(tmp_path: Path, tiny_model_dir
 
 
 def test_changing_the_embedding_model_needs_rebuild(tmp_path: Path) -> None:
-    from dyag_mlops.embeddings import resolve_embedding_model
+    from dyag_mlops.retrieval.embeddings import resolve_embedding_model
 
     names = files(tmp_path)
     index = str(tmp_path / "ix")
@@ -257,7 +257,7 @@ def test_shared_batches_answer_each_request_its_own_questions() -> None:
     import threading
     import time
 
-    from dyag_mlops.systems import SharedBatches
+    from dyag_mlops.systems.predictor import SharedBatches
 
     calls = []
 
@@ -292,7 +292,7 @@ def served_model(tiny_model_dir, tmp_path_factory):
 
     from dyag_mlops.config import EvaluateConfig
     from dyag_mlops.config import SystemSpec
-    from dyag_mlops.systems import log_system_model
+    from dyag_mlops.systems.predictor import log_system_model
     from dyag_mlops.tracking import stage_run
 
     workdir = tmp_path_factory.mktemp("served")
@@ -419,7 +419,7 @@ def test_an_adapter_on_another_base_is_one_line(tmp_path: Path, tiny_model_dir: 
 
 
 def test_an_overlong_question_is_cut_with_a_warning(tiny_model_dir: Path) -> None:
-    from dyag_mlops.systems import MAX_QUESTION_TOKENS, load_predictor
+    from dyag_mlops.systems.predictor import MAX_QUESTION_TOKENS, load_predictor
 
     predictor = load_predictor("base", base_model=str(tiny_model_dir), max_new_tokens=2)
     long, blank, short = predictor.answer(["word " * 20_000, "  ", "Status of tool1?"])
@@ -442,8 +442,8 @@ def test_an_entry_point_names_the_parameter(capsys) -> None:
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory) -> Path:
-    from dyag_mlops import rag
     from dyag_mlops.config import IndexConfig
+    from dyag_mlops.retrieval import rag
 
     tmp = tmp_path_factory.mktemp("hostile-index")
     write_jsonl(tmp / "good.jsonl", GOOD_ROWS)

@@ -1,7 +1,7 @@
 """What the platform understands of a corpus, whatever its layout and language:
 fields parsed from any layout, documents of several chunks, the corpus profile
 (fields, aliases, language, worked example), generation from it, and the whole
-pipeline on dyag's original formats (shared/samples)."""
+pipeline on dyag's original formats (tests/samples)."""
 
 import json
 
@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLES, FixedRetriever, write_jsonl
-from dyag_mlops import generate
 from dyag_mlops.cli import main
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.corpus import Chunk, load_corpus
-from dyag_mlops.inventory import (
+from dyag_mlops.data.corpus import Chunk, load_corpus
+from dyag_mlops.train import generate
+from dyag_mlops.data.inventory import (
     build_profile,
     cached_schema,
     detect_schema,
@@ -26,13 +26,7 @@ from dyag_mlops.inventory import (
     shared_values,
     value_kind,
 )
-from dyag_mlops.text import normalise
-
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(),
-    reason=f"dyag's original-format samples are not at {SAMPLES} (a copy of shared/ beside the clone)",
-)
-
+from dyag_mlops.data.text import normalise
 
 def read(path):
     return [json.loads(line) for line in open(path, encoding="utf-8")]
@@ -103,7 +97,6 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
 # ---------------------------------------------------------------- dyag's original formats
 
 
-@needs_samples
 def test_the_one_field_per_chunk_sample_and_its_markdown_give_the_same_facts():
     chunks = load_corpus(SAMPLES / "corpus.jsonl")
     from_jsonl, from_md = documents(chunks), documents(load_corpus(SAMPLES / "corpus_md"))
@@ -125,7 +118,6 @@ def test_the_one_field_per_chunk_sample_and_its_markdown_give_the_same_facts():
     assert turns(jsonl_profile) == turns(md_profile) and turns(md_profile)
 
 
-@needs_samples
 def test_labels_the_schema_lacks_are_fields_with_questions():
     profile = build_profile(documents(load_corpus(SAMPLES / "corpus.jsonl")))
     by_name = {f.name: f for f in profile.fields}
@@ -147,7 +139,6 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
     assert by_name["hosting"].documents == 0 and by_name["hosting"] not in profile.corpus_fields
 
 
-@needs_samples
 def test_labels_the_schema_lacks_make_training_examples(tmp_path):
     result = generate.run(GenerateConfig(corpus=str(SAMPLES / "corpus.jsonl"), output=str(tmp_path / "qa.jsonl"), split=False))
     rows = read(result.files["all"])
@@ -230,9 +221,9 @@ def test_an_english_corpus_without_schema_is_understood_in_english(tmp_path):
 
 
 def test_generation_and_the_worked_example_work_in_english(tmp_path, tiny_model_dir):
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.rag import Retrieved
-    from dyag_mlops.systems import Predictor
+    from dyag_mlops.retrieval.rag import Retrieved
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     corpus = english_corpus(tmp_path / "en.jsonl")
     result = generate.run(GenerateConfig(corpus=str(corpus), output=str(tmp_path / "qa.jsonl"), split=False))
@@ -270,7 +261,7 @@ def language_pack(tmp_path, **extra):
 
 
 def test_a_user_schema_with_no_fields_is_a_language_pack(tmp_path):
-    from dyag_mlops.focus import FieldRouter
+    from dyag_mlops.retrieval.focus import FieldRouter
 
     pack = language_pack(
         tmp_path, unknown_answer="No idea", context_heading="Records:", question_heading="Q: ",
@@ -331,8 +322,6 @@ def test_inspect_corpus_shows_fields_with_their_coverage_and_the_language(tmp_pa
 def sample_pipeline(request, tmp_path_factory, tiny_model_dir):
     """The pipeline on one of dyag's original-format samples, with its own
     questions: index, RAFT generation, a few fine-tuning steps, rag and hybrid."""
-    if not SAMPLES.is_dir():
-        pytest.skip(f"dyag's original-format samples are not at {SAMPLES} (a copy of shared/ beside the clone)")
     from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
 
@@ -346,9 +335,8 @@ def sample_pipeline(request, tmp_path_factory, tiny_model_dir):
     return work
 
 
-@needs_samples
 def test_the_pipeline_runs_on_the_original_formats(sample_pipeline):
-    from dyag_mlops.evaluate import QUALITY_METRICS
+    from dyag_mlops.evaluation.evaluate import QUALITY_METRICS
 
     work = sample_pipeline
     questions = read(SAMPLES / "questions.jsonl")
@@ -363,10 +351,9 @@ def test_the_pipeline_runs_on_the_original_formats(sample_pipeline):
     assert (work / "rag_index" / "corpus_profile.json").is_file()
 
 
-@needs_samples
 def test_raft_training_on_the_original_formats_answers_from_the_asked_line(sample_pipeline):
-    from dyag_mlops.prompts import split_messages
-    from dyag_mlops.rag import read_profile
+    from dyag_mlops.data.evalset import split_messages
+    from dyag_mlops.retrieval.rag import read_profile
 
     profile = read_profile(sample_pipeline / "rag_index")
     assert profile.schema == "fr" and profile.documents == 2

@@ -21,7 +21,7 @@ def test_a_module_importing_from_a_layer_above_breaks_the_contract(tmp_path, mon
 
     package = tmp_path / "dyag_mlops"
     shutil.copytree(ROOT / "dyag_mlops", package, ignore=shutil.ignore_patterns("__pycache__", "resources"))
-    (package / "text.py").write_text((package / "text.py").read_text() + "\nfrom dyag_mlops import rag  # noqa\n")
+    (package / "data" / "text.py").write_text((package / "data" / "text.py").read_text() + "\nfrom dyag_mlops.retrieval import rag  # noqa\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "dyag_mlops" or m.startswith("dyag_mlops.")]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from dyag_mlops.evaluate import QUALITY_METRICS
+from dyag_mlops.evaluation.evaluate import QUALITY_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_jsonl
-from dyag_mlops import finetune, generate
 from dyag_mlops.cli import main
 from dyag_mlops.config import FinetuneConfig, GenerateConfig
-from dyag_mlops.inventory import cached_schema
-from dyag_mlops.prompts import build_messages
+from dyag_mlops.data.inventory import cached_schema
+from dyag_mlops.systems.prompts import build_messages
+from dyag_mlops.train import finetune
+from dyag_mlops.train import generate
 
 FR = cached_schema("fr")
 
@@ -47,7 +48,7 @@ def test_query_rag_narrows_the_sheet_unless_told_not_to(tiny_model_dir, demo_ind
 def test_hybrid_query_warns_when_the_adapter_was_trained_otherwise(adapter, demo_index, tmp_path):
     import shutil
 
-    from dyag_mlops.systems import ADAPTER_MANIFEST
+    from dyag_mlops.systems.predictor import ADAPTER_MANIFEST
 
     trained_narrowed = tmp_path / "adapter"
     shutil.copytree(adapter, trained_narrowed)
@@ -112,18 +113,18 @@ def test_a_shared_prompt_start_computed_once_gives_the_same_answers(tiny_model_d
     and values are computed once per batch and handed to generate as a
     cache, with the padding between the shared start and each prompt's end.
     The answers are those of plain left-padded batches."""
-    from dyag_mlops import systems
     from dyag_mlops.config import EvaluateConfig
-    from dyag_mlops.evaluate import demo_eval_path, load_eval_set
+    from dyag_mlops.data.evalset import demo_eval_path, load_eval_set
+    from dyag_mlops.systems import predictor
 
     questions = [item.question for item in load_eval_set(demo_eval_path())][:12]
     spec = EvaluateConfig(system="rag", base_model=str(tiny_model_dir), index=demo_index, top_k=1, batch_size=4,
                           max_new_tokens=12, precision="fp32").system_spec()
-    shared = systems.load_predictor(spec)
+    shared = predictor.load_predictor(spec)
     answers = [a.text for a in shared.answer(questions)]
     assert shared._prefix_caches, "no batch shared a start"
-    monkeypatch.setattr(systems, "SHARED_PREFIX", 10**9)
-    plain = systems.load_predictor(spec)
+    monkeypatch.setattr(predictor, "SHARED_PREFIX", 10**9)
+    plain = predictor.load_predictor(spec)
     assert [a.text for a in plain.answer(questions)] == answers
     assert not plain._prefix_caches
 
@@ -133,9 +134,9 @@ def test_free_answers_end_at_their_first_line_break(tiny_model_dir):
     text; the answer is the first line the full decoding would have given."""
     import torch
 
-    from dyag_mlops.models import load_base_model
-    from dyag_mlops.prompts import render_prompt
-    from dyag_mlops.systems import EndOfLine, Predictor, first_line, line_breaks
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import EndOfLine, Predictor, first_line, line_breaks
+    from dyag_mlops.systems.prompts import render_prompt
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     tables = line_breaks(tokenizer, model.get_output_embeddings().weight.shape[0])

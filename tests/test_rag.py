@@ -10,9 +10,10 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from dyag_mlops import embeddings, rag  # noqa: E402
 from dyag_mlops.config import IndexConfig  # noqa: E402
 from dyag_mlops.errors import DyagError  # noqa: E402
+from dyag_mlops.retrieval import embeddings  # noqa: E402
+from dyag_mlops.retrieval import rag  # noqa: E402
 from dyag_mlops.tracking import NullTracker  # noqa: E402
 
 APPS = [
@@ -196,7 +197,7 @@ def test_incremental_reindex(built, tmp_path):
 
 
 def test_long_chunks_are_split_and_sheets_never(tmp_path):
-    from dyag_mlops.inventory import build_profile, documents
+    from dyag_mlops.data.inventory import build_profile, documents
 
     rows = corpus_rows()
     rows[0]["content"] = "\n".join(f"La ligne {n} donne la valeur numéro {n}." for n in range(40))  # free text

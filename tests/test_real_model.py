@@ -6,8 +6,8 @@ pytestmark = pytest.mark.real_model
 
 
 def test_bundled_default_model_answers_and_stops():
-    from dyag_mlops.systems import Predictor
-    from dyag_mlops.models import load_base_model
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
 
     model, tokenizer, source = load_base_model("smollm2:135m")
     predictor = Predictor("base", model, tokenizer, max_new_tokens=48)
@@ -24,7 +24,7 @@ def test_any_gguf_file_is_a_base_model(tmp_path, monkeypatch):
     holding its digest, into the same weights the bundled model gets."""
     from safetensors.torch import load_file
 
-    from dyag_mlops.models import bundled_gguf_path, materialise_bundled_model, resolve
+    from dyag_mlops.systems.models import bundled_gguf_path, materialise_bundled_model, resolve
 
     bundled = materialise_bundled_model()
     monkeypatch.setenv("DYAG_HOME", str(tmp_path))

@@ -92,9 +92,9 @@ def test_corpora_on_one_chroma_server_keep_their_own_collections(services, tmp_p
     import chromadb
 
     from conftest import write_jsonl
-    from dyag_mlops import rag
     from dyag_mlops.config import IndexConfig
     from dyag_mlops.errors import DyagError
+    from dyag_mlops.retrieval import rag
 
     host = f"127.0.0.1:{services['CHROMA_PORT']}"
     other = write_jsonl(tmp_path / "other.jsonl", [
@@ -131,7 +131,7 @@ def test_two_writers_of_one_corpus_fill_one_collection(services, tmp_path):
     ]
     for writer in writers:
         assert writer.wait(timeout=300) == 0, writer.stderr.read()[-2000:]
-    from dyag_mlops import rag
+    from dyag_mlops.retrieval import rag
 
     with rag.Retriever(str(tmp_path / "w0")) as first, rag.Retriever(str(tmp_path / "w1")) as second:
         assert first.collection.count() == second.collection.count() == first.manifest["chunks"]

@@ -33,9 +33,9 @@ find .devsite/site/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*cuda13*' 
 site=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp -r "$site/rouge_score" .devsite/site/  # sdist only on PyPI; pure Python
 tar -C .devsite/site -cJf .devsite/site.tar.xz . && rm -rf .devsite/site .devsite/wheels
-smol=$(HF_HUB_OFFLINE=1 $PY -c "from dyag_mlops.models import resolve; print(resolve('smollm2:135m'))")
+smol=$(HF_HUB_OFFLINE=1 $PY -c "from dyag_mlops.systems.models import resolve; print(resolve('smollm2:135m'))")
 cp "$smol"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .devsite/smol/
-minilm=$($PY -c "from dyag_mlops.rag import resolve_embedding_model; print(resolve_embedding_model(''))")
+minilm=$($PY -c "from dyag_mlops.retrieval.rag import resolve_embedding_model; print(resolve_embedding_model(''))")
 (cd "$minilm" && tar cf - --exclude=model.safetensors --exclude=README.md --exclude=.gitattributes .) | tar -C .devsite/minilm -xf -
 cp outputs/pipeline/data/dataset_train.jsonl .devsite/data/
 du -sh .devsite

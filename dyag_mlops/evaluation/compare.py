@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import CompareConfig
+from dyag_mlops.data.files import atomic_write_json, atomic_write_text
 from dyag_mlops.errors import DyagError
-from dyag_mlops.evaluate import QUALITY_METRICS, is_correct
-from dyag_mlops.files import atomic_write_json, atomic_write_text
+from dyag_mlops.evaluation.evaluate import QUALITY_METRICS, is_correct
 from dyag_mlops.tracking import NullTracker, configure
 
 # metric -> (higher is better, per-question column in the results rows or None)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import check_precision
+from dyag_mlops.data.files import file_digest
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import file_digest
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def materialise_gguf(gguf: Path, name: str = "") -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from dyag_mlops.prompts import ensure_chat_template
+    from dyag_mlops.systems.prompts import ensure_chat_template
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".materialise-"))
@@ -296,7 +296,7 @@ def release_memory() -> None:
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    from dyag_mlops.prompts import ensure_chat_template
+    from dyag_mlops.systems.prompts import ensure_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(source, token=hf_token(), trust_remote_code=trust_remote_code)
     ensure_chat_template(tokenizer)

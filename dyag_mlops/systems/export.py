@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import ExportConfig
+from dyag_mlops.data.files import atomic_write_json, atomic_write_text, current_umask, refuse_overwrite, staging_dir, swap_in
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, atomic_write_text, current_umask, refuse_overwrite, staging_dir, swap_in
 from dyag_mlops.tracking import NullTracker
 
 EXPORT_MANIFEST = "dyag_export.json"
@@ -51,7 +51,7 @@ class ExportResult:
 
 
 def run(config: ExportConfig, tracker: NullTracker = NullTracker()) -> ExportResult:
-    from dyag_mlops.systems import adapter_manifest, check_base_matches, locate_adapter
+    from dyag_mlops.systems.predictor import adapter_manifest, check_base_matches, locate_adapter
 
     if not config.model:
         raise DyagError("export needs MODEL: an adapter directory, runs:/ or models:/ URI")
@@ -92,7 +92,7 @@ def run(config: ExportConfig, tracker: NullTracker = NullTracker()) -> ExportRes
 def merge(adapter_dir: Path, base_model: str, out: Path) -> Any:
     """The adapter merged into its base in fp32 (the weights the adapter was
     evaluated with), saved as safetensors with the adapter's tokenizer; the tokenizer."""
-    from dyag_mlops.models import attach_adapter, load_base_model, load_tokenizer
+    from dyag_mlops.systems.models import attach_adapter, load_base_model, load_tokenizer
 
     model, _, _ = load_base_model(base_model, device="cpu", precision="fp32")
     merged = attach_adapter(model, str(adapter_dir), base_model).merge_and_unload()
@@ -106,7 +106,7 @@ def merge(adapter_dir: Path, base_model: str, out: Path) -> Any:
 def schema_system_prompt(schema: str) -> str:
     """The system prompt of the schema an adapter's training set was written
     in, for a manifest that records no prompt of its own; else ''."""
-    from dyag_mlops.inventory import cached_schema
+    from dyag_mlops.data.inventory import cached_schema
 
     if not schema or schema == "auto":
         return ""

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from dyag_mlops.config import DEFAULT_BASE_MODEL, SystemSpec
+from dyag_mlops.data.inventory import Schema, cached_schema, detect_schema
 from dyag_mlops.errors import DyagError
-from dyag_mlops.focus import narrow_hits
-from dyag_mlops.inventory import Schema, cached_schema, detect_schema
-from dyag_mlops.prompts import build_messages, render_prompt, strip_field_label, user_content
+from dyag_mlops.retrieval.focus import narrow_hits
+from dyag_mlops.systems.prompts import build_messages, render_prompt, strip_field_label, user_content
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
@@ -333,7 +333,7 @@ class Predictor:
         kwargs = self._generation_kwargs()
         end_of_line = None
         if contexts is not None:
-            from dyag_mlops.grounding import span_constraint
+            from dyag_mlops.systems.grounding import span_constraint
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
@@ -372,7 +372,7 @@ class Predictor:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = {**enc, **self._generation_kwargs(), "streamer": streamer}
         if self.grounded:
-            from dyag_mlops.grounding import span_constraint
+            from dyag_mlops.systems.grounding import span_constraint
 
             contexts = [[h.content for h in hits[0]]]
             self.schema_for([question])
@@ -424,7 +424,7 @@ def check_base_matches(adapter_dir: Path, base_model: str) -> str:
     if not base_model:
         return recorded or DEFAULT_BASE_MODEL
     if recorded and base_model != recorded:
-        from dyag_mlops.models import resolve
+        from dyag_mlops.systems.models import resolve
 
         try:
             same = resolve(base_model) == manifest.get("base_model_source")
@@ -455,7 +455,7 @@ def warn_focus_mismatch(adapter_dir: Path, focus: bool) -> None:
 def load_predictor(spec: SystemSpec | str, **settings: Any) -> Predictor:
     """Build the predictor of a system from its settings (`spec`, or a system
     name and `settings`): the base model, the adapter it names, the index."""
-    from dyag_mlops.models import load_base_model, speed_up_lm_head
+    from dyag_mlops.systems.models import load_base_model, speed_up_lm_head
 
     spec = SystemSpec(spec, **settings) if isinstance(spec, str) else spec
     adapter_dir = None
@@ -473,12 +473,12 @@ def load_predictor(spec: SystemSpec | str, **settings: Any) -> Predictor:
     if spec.system in ("rag", "hybrid"):
         if not spec.index:
             raise DyagError(f"system {spec.system} needs --index (a directory built by `dyag index-rag`)")
-        from dyag_mlops.rag import Retriever
+        from dyag_mlops.retrieval.rag import Retriever
 
         retriever = Retriever(spec.index)
     lm, tokenizer, _ = load_base_model(base_model, device=spec.device, precision=spec.precision)
     if adapter_dir is not None:
-        from dyag_mlops.models import attach_adapter, load_tokenizer
+        from dyag_mlops.systems.models import attach_adapter, load_tokenizer
 
         # Merged into the base weights: answering never trains, and an unmerged
         # LoRA adds two small matmuls to every linear layer (hybrid answering
@@ -628,7 +628,7 @@ def log_system_model(
     written in a temporary folder under `workdir`, never over a user's file."""
     import tempfile
 
-    from dyag_mlops.files import atomic_write_json
+    from dyag_mlops.data.files import atomic_write_json
 
     served = spec.served()
     if immutable_uri(spec.model):
@@ -648,7 +648,7 @@ def log_system_model(
         return tracker.log_pyfunc_model(
             f"dyag-{spec.system}", pyfunc_model(), artifacts, pip_requirements=pyfunc_requirements(),
             signature=served_signature(), input_example=served_example(example_question),
-            code_paths=[str(Path(__file__).resolve().parent)], as_input=evaluated,
+            code_paths=[str(Path(__file__).resolve().parents[1])], as_input=evaluated,
             # lineage on the model's page: what it is made of
             tags={"dyag.system": spec.system, "dyag.base_model": spec.base_model, "dyag.adapter": adapter},
         )

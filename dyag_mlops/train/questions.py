@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.files import jsonl_lines
-from dyag_mlops.inventory import SEPARATOR, Document, Profile, Schema, field_questions
-from dyag_mlops.prompts import build_messages, split_messages
-from dyag_mlops.text import normalise, strip_accents
+from dyag_mlops.data.evalset import split_messages
+from dyag_mlops.data.files import jsonl_lines
+from dyag_mlops.data.inventory import SEPARATOR, Document, Profile, Schema, field_questions
+from dyag_mlops.data.text import normalise, strip_accents
+from dyag_mlops.systems.prompts import build_messages
 
 
 

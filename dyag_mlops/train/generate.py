@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.corpus import Chunk, demo_corpus_path, load_corpus
+from dyag_mlops.data.corpus import Chunk, demo_corpus_path, load_corpus
+from dyag_mlops.data.evalset import split_messages
+from dyag_mlops.data.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
+from dyag_mlops.data.inventory import Schema, build_profile, cached_schema, documents
+from dyag_mlops.data.text import normalise
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
-from dyag_mlops.inventory import Schema, build_profile, cached_schema, documents
-from dyag_mlops.prompts import bare_question, build_messages, split_messages
-from dyag_mlops.questions import Examples, Fact, extract_facts, first_occurrences, hurried, make_example, missing_facts, rule_based_examples
-from dyag_mlops.text import normalise
+from dyag_mlops.systems.prompts import bare_question, build_messages
 from dyag_mlops.tracking import NullTracker
+from dyag_mlops.train.questions import Examples, Fact, extract_facts, first_occurrences, hurried, make_example, missing_facts, rule_based_examples
 
 # ---------------------------------------------------------------- llm-based
 
@@ -60,7 +61,7 @@ def llm_examples(chunks: list[Chunk], config: GenerateConfig, schema: Schema, pa
 
 
 def _local_writer(config: GenerateConfig) -> Callable[[str], str]:
-    from dyag_mlops.systems import load_predictor
+    from dyag_mlops.systems.predictor import load_predictor
 
     predictor = load_predictor("base", base_model=config.llm_model, max_new_tokens=256)
     return lambda prompt: predictor.answer_raw([prompt])[0]
@@ -234,8 +235,8 @@ def validate_dataset(path: str | Path) -> list[str]:
 def add_contexts(examples: list[dict], config: GenerateConfig) -> dict[str, int]:
     """Put retrieved chunks into the prompt of `config.context_share` of the
     examples (in place); returns counts of each kind of context."""
-    from dyag_mlops.focus import narrow_hits
-    from dyag_mlops.rag import Retriever
+    from dyag_mlops.retrieval.focus import narrow_hits
+    from dyag_mlops.retrieval.rag import Retriever
 
     rng = random.Random(config.seed + 1)
     chosen = [ex for ex in examples if rng.random() < config.context_share]
@@ -362,7 +363,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     corpus_file = Path(config.corpus) if config.corpus else demo_corpus_path()
     docs = documents(chunks)
     if config.with_context:
-        from dyag_mlops.rag import read_profile
+        from dyag_mlops.retrieval.rag import read_profile
 
         profile = read_profile(config.with_context)  # RAFT prompts are the index's
     else:
@@ -391,7 +392,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     kept = first_occurrences(examples.keys)  # never the same question twice
     excluded = 0
     if config.exclude:
-        from dyag_mlops.evaluate import load_eval_set
+        from dyag_mlops.data.evalset import load_eval_set
 
         held_apart = {normalise(item.question) for item in load_eval_set(config.exclude)}
         before = len(kept)

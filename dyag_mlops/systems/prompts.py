@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dyag_mlops.inventory import FIELD_LINE, Schema
+from dyag_mlops.data.inventory import FIELD_LINE, Schema
 
 # For base models that ship no chat template (ChatML, as SmolLM2 and Qwen use).
 # It is saved with the adapter so inference formats exactly like training.
@@ -117,8 +117,3 @@ def render_turns(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, st
     return pairs
 
 
-def split_messages(messages: Sequence[dict]) -> tuple[str, str]:
-    """(question, expected answer) of a chat example: last user turn, last assistant turn."""
-    question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-    answer = next((m["content"] for m in reversed(messages) if m.get("role") == "assistant"), "")
-    return question, answer

@@ -10,9 +10,9 @@ import functools
 import re
 from typing import Any
 
-from dyag_mlops.embeddings import load_vectors
-from dyag_mlops.inventory import Profile, Schema, field_questions
-from dyag_mlops.text import normalise
+from dyag_mlops.data.inventory import Profile, Schema, field_questions
+from dyag_mlops.data.text import normalise
+from dyag_mlops.retrieval.embeddings import load_vectors
 
 # A word that looks like an application name: 4+ characters, 2+ capitals
 # ("PEGASE", "GéoPlan", "VELO-Reg"); "CMS", "Qui" or "Le" do not.

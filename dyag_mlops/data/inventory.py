@@ -24,9 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dyag_mlops.data.files import read_text
+from dyag_mlops.data.text import normalise
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import read_text
-from dyag_mlops.text import normalise
 
 SHIPPED_SCHEMAS = ("fr", "en")
 DOC_PLACEHOLDER = "{doc}"
@@ -343,7 +343,7 @@ class Profile:
     fields: tuple[FieldInfo, ...]
     aliases: dict[str, list[str]] = field(default_factory=dict)  # doc id -> its other names
     # A document of the corpus asked about field by field: shown to the
-    # untrained base model before the real question (systems.Predictor).
+    # untrained base model before the real question (predictor.Predictor).
     example: dict = field(default_factory=dict)
     # Word stems found in the values of many documents ("package", "région"):
     # a question saying them points to no detail of one sheet (focus.py).

@@ -20,9 +20,9 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.embeddings import load_vectors
-from dyag_mlops.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, STEM, Profile, Schema, field_questions
-from dyag_mlops.text import normalise
+from dyag_mlops.data.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, STEM, Profile, Schema, field_questions
+from dyag_mlops.data.text import normalise
+from dyag_mlops.retrieval.embeddings import load_vectors
 
 # A chunk is a sheet when at least this share of its lines carries a field's label.
 SHEET_SHARE = 0.5
@@ -105,7 +105,7 @@ class SentenceVectors:
     n-grams (SENTENCE_WEIGHT: measured on a dev half, docs/decisions)."""
 
     def __init__(self, model: str):
-        from dyag_mlops.embeddings import load_embedder
+        from dyag_mlops.retrieval.embeddings import load_embedder
 
         self.embedder = load_embedder(model)
 

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import EvaluateConfig
-from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_chunks, atomic_write_json, file_digest, jsonl_lines, read_jsonl, refuse_overwrite
-from dyag_mlops.focus import word_vectors_version
-from dyag_mlops.prompts import split_messages
-from dyag_mlops.text import normalise
+from dyag_mlops.data.evalset import EvalItem, demo_eval_path, load_eval_set
+from dyag_mlops.data.files import atomic_write_json, file_digest, refuse_overwrite
+from dyag_mlops.data.text import normalise
+from dyag_mlops.retrieval.focus import word_vectors_version
 from dyag_mlops.tracking import NullTracker
 
 QUALITY_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "contains", "semantic_similarity", "bertscore_f1", "correct")
@@ -46,73 +45,6 @@ UNKNOWN_MARKERS = (
     "i don t know",
     "not available",
 )
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    question: str
-    expected: str
-    doc_id: str | None
-    lineno: int
-
-
-def demo_eval_path(half: str = "test") -> Path:
-    """The bundled hand-written questions on the demo corpus: the dev half
-    (tune on it) or the test half (report it)."""
-    from importlib import resources
-
-    return Path(str(resources.files("dyag_mlops") / "resources" / f"demo_eval_{half}.jsonl"))
-
-
-def split_eval_set(path: str | Path, output_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """An eval set cut into a dev half and a test half, stratified by kind
-    (`metadata.kind`): within each kind, questions in a fixed pseudo-random
-    order (a hash of the question) alternate between the halves. Writes
-    STEM_dev.jsonl and STEM_test.jsonl."""
-    import hashlib
-    import json
-
-    path = Path(path)
-    rows = [obj for _, obj in read_jsonl(path)]
-    load_eval_set(path)  # the same checks as evaluation
-    by_kind: dict[str, list[dict]] = {}
-    for row in rows:
-        by_kind.setdefault(str((row.get("metadata") or {}).get("kind", "")), []).append(row)
-    halves: dict[str, list[dict]] = {"dev": [], "test": []}
-    for kind in sorted(by_kind):
-        ordered = sorted(by_kind[kind], key=lambda r: hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest())
-        for n, row in enumerate(ordered):
-            halves["dev" if n % 2 == 0 else "test"].append(row)
-    stem = path.stem.removesuffix("_handwritten").removesuffix("_all")
-    outputs = {half: Path(output_dir) / f"{stem}_{half}.jsonl" for half in halves}
-    refuse_overwrite(list(outputs.values()), overwrite)
-    for half, chosen in halves.items():
-        order = {id(r): i for i, r in enumerate(rows)}
-        atomic_write_chunks(outputs[half], jsonl_lines(sorted(chosen, key=lambda r: order[id(r)])))
-    return outputs
-
-
-def load_eval_set(path: str | Path) -> list[EvalItem]:
-    """Chat `messages` or {question, expected_answer} (aliases query, answer)."""
-    path = Path(path) if path else demo_eval_path()
-    items = []
-    for lineno, obj in read_jsonl(path):
-        meta = obj.get("metadata") or {}
-        if "messages" in obj:
-            if not isinstance(obj["messages"], list):
-                raise DyagError(f"{path}:{lineno}: 'messages' must be a list")
-            question, expected = split_messages(obj["messages"])
-        else:
-            question = obj.get("question", obj.get("query", ""))
-            expected = obj.get("expected_answer", obj.get("answer", ""))
-        if not isinstance(question, str) or not question.strip():
-            raise DyagError(f"{path}:{lineno}: no question (need messages with a user turn, or 'question'/'query')")
-        if not isinstance(expected, str) or not expected.strip():
-            raise DyagError(f"{path}:{lineno}: empty expected answer (need an assistant turn, or 'expected_answer'/'answer')")
-        items.append(EvalItem(question.strip(), expected.strip(), meta.get("doc_id"), lineno))
-    if not items:
-        raise DyagError(f"{path}: no usable question in the eval file")
-    return items
 
 
 # ---------------------------------------------------------------- metrics
@@ -184,7 +116,7 @@ def token_f1_beyond_question(prediction: str, expected: str, question: str) -> f
 def semantic_similarities(predictions: list[str], expected: list[str]) -> list[float]:
     """Cosine similarity with the bundled all-MiniLM-L6-v2; raises if unavailable
     (a missing expected metric fails the run rather than vanishing)."""
-    from dyag_mlops.embeddings import load_embedder
+    from dyag_mlops.retrieval.embeddings import load_embedder
 
     model = load_embedder("all-minilm-l6-v2")
     a = model.encode(predictions, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
@@ -194,7 +126,7 @@ def semantic_similarities(predictions: list[str], expected: list[str]) -> list[f
 
 def bertscore_f1(predictions: list[str], expected: list[str]) -> list[float]:
     """BERTScore F1 (bert-score) per answer, on the bundled all-MiniLM-L6-v2."""
-    from dyag_mlops.embeddings import resolve_embedding_model
+    from dyag_mlops.retrieval.embeddings import resolve_embedding_model
 
     scorer = _bertscorer(resolve_embedding_model("all-minilm-l6-v2"))
     # An empty side scores 0 (bert-score cannot encode an empty text).
@@ -279,7 +211,7 @@ class EvaluateResult:
 def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor: Any = None) -> EvaluateResult:
     """Evaluate one system. `predictor` may be passed in (the pipeline reuses a
     loaded model); otherwise it is built from the config."""
-    from dyag_mlops.systems import immutable_uri, load_predictor, log_system_model
+    from dyag_mlops.systems.predictor import immutable_uri, load_predictor, log_system_model
 
     output = Path(config.output or f"outputs/results_{config.system}.json")
     refuse_overwrite([output], config.overwrite)
@@ -360,6 +292,6 @@ def retrieval_scores(predictor: Any, items: list[EvalItem], answers: list[Any], 
     """recall_at_k and mrr when the system retrieves and the eval set names documents."""
     if predictor.retriever is None or not any(i.doc_id for i in items):
         return {}
-    from dyag_mlops.rag import retrieval_metrics
+    from dyag_mlops.retrieval.rag import retrieval_metrics
 
     return retrieval_metrics([a.retrieved for a in answers], [i.doc_id for i in items], top_k)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import RANKINGS, IndexConfig
-from dyag_mlops.corpus import Chunk, demo_corpus_path, load_corpus
-from dyag_mlops.embeddings import (
+from dyag_mlops.data.corpus import Chunk, demo_corpus_path, load_corpus
+from dyag_mlops.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EMBED_BATCH,
     embedding_dimension,
@@ -39,14 +39,14 @@ from dyag_mlops.embeddings import (
     resolve_embedding_model,
     single_thread,
 )
-from dyag_mlops.embeddings import embed as _embed
+from dyag_mlops.data.files import atomic_write_json, exclusive_lock, staging_dir, swap_in
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, exclusive_lock, staging_dir, swap_in
-from dyag_mlops.inventory import (
+from dyag_mlops.retrieval.embeddings import embed as _embed
+from dyag_mlops.data.inventory import (
     SHIPPED_SCHEMAS, Profile, build_profile, cached_schema, documents, render_sheet,
 )
-from dyag_mlops.names import Catalogue
-from dyag_mlops.text import normalise
+from dyag_mlops.data.text import normalise
+from dyag_mlops.retrieval.names import Catalogue
 from dyag_mlops.tracking import NullTracker
 
 MANIFEST = "index_manifest.json"
@@ -427,7 +427,7 @@ def _index(
 
 @functools.lru_cache(maxsize=4)
 def _router(profile_json: str, schema_source: str) -> Any:
-    from dyag_mlops.focus import FieldRouter
+    from dyag_mlops.retrieval.focus import FieldRouter
 
     return FieldRouter(Profile.from_dict(json.loads(profile_json)), cached_schema(schema_source))
 

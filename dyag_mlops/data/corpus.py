@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from dyag_mlops.data.files import read_jsonl, read_text
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import read_jsonl, read_text
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 # A chunk is a passage of a document, not the document: longer than this, it

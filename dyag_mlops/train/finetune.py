@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import FinetuneConfig, SystemSpec
+from dyag_mlops.data.files import atomic_write_json, file_digest, read_jsonl
 from dyag_mlops.errors import DyagError
-from dyag_mlops.files import atomic_write_json, file_digest, read_jsonl
-from dyag_mlops.prompts import render_turns
-from dyag_mlops.systems import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
+from dyag_mlops.systems.predictor import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
+from dyag_mlops.systems.prompts import render_turns
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, download_mlflow_uri, process_rank
 
 
@@ -217,7 +217,7 @@ def build_model(config: FinetuneConfig, device: str, precision: str) -> tuple[An
     """Base model wrapped with a trainable LoRA (new or continued) adapter."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from dyag_mlops.models import attach_adapter, compile_layers, load_base_model, load_tokenizer
+    from dyag_mlops.systems.models import attach_adapter, compile_layers, load_base_model, load_tokenizer
 
     base_name = config.base_model
     if config.init_adapter:
@@ -291,7 +291,7 @@ EVAL_BATCH = 8
 
 
 def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> FinetuneResult:
-    from dyag_mlops.models import detect_device, resolve_precision
+    from dyag_mlops.systems.models import detect_device, resolve_precision
 
     check_output(config)
     train_path = resolve_dataset(config.dataset)
@@ -312,7 +312,7 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
 
 
 def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tuple, device: str, precision: str) -> FinetuneResult:
-    from dyag_mlops.models import release_memory, torch_dtype
+    from dyag_mlops.systems.models import release_memory, torch_dtype
 
     train_path, _, val_path, _ = datasets
     tracker.log_dataset(train_path, context="train")

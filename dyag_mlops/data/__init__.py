@@ -1,0 +1,2 @@
+"""What the platform reads and writes: the corpus and its documents' fields
+(inventory), text normalisation, atomic files. Imports nothing above it."""
