@@ -114,7 +114,7 @@ class FinetuneConfig:
     logging_steps: int = _f(5, "Log metrics every N steps.")
     device: str = _f("auto", "auto, cuda, mps or cpu.")
     precision: str = _f("auto", PRECISION_HELP)
-    compile: bool = _f(True, "On a CPU with a C++ compiler, compile the transformer blocks (torch.compile): ~2x faster steps after a one-off compilation.")
+    compile: bool = _f(True, "On a CPU with a C++ compiler, compile the transformer blocks (torch.compile): faster steps after a one-off compilation.")
     overwrite: bool = _f(False, "Replace a non-empty output directory.")
 
     def __post_init__(self) -> None:
@@ -300,7 +300,7 @@ class PipelineConfig:
     lr: float = _f(0.001, "Fine-tuning learning rate (tuned for smollm2:135m; 3e-4 for 0.5B+ models).")
     # A RAFT example is ~100 tokens: one per forward pass leaves two cores
     # mostly waiting on per-operation overhead; four packed into one sequence
-    # (no padding) train 2x faster for the same answers
+    # (no padding) train faster for the same answers
     # (docs/decisions/0004-training-defaults.md).
     batch_size: int = _f(4, "Fine-tuning examples per forward pass, packed into one sequence without padding.")
     grad_accum: int = _f(1, "Fine-tuning forward passes per optimizer step.")

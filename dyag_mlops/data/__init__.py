@@ -1,2 +1,3 @@
 """What the platform reads and writes: the corpus and its documents' fields
-(inventory), text normalisation, atomic files. Imports nothing above it."""
+(inventory), eval sets, text normalisation, atomic files. Imports nothing
+above it."""

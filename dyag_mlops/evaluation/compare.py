@@ -492,6 +492,9 @@ def run(config: CompareConfig, tracker: NullTracker = NullTracker()) -> dict:
     tracker.log_artifact(out / "comparison.json")
     tracker.log_artifact(out / "comparison.md")
     tracker.log_figure(fig, "comparison.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # pyplot keeps every figure until closed: the pipeline's process would hold them all
     # A table, not a metric per system and metric: forty one-bar charts would
     # bury the comparison (the evaluate runs hold the metrics, side by side).
     tracker.log_table(comparison_table(report), "comparison_table.json")

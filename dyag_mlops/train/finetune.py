@@ -361,6 +361,9 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
         return FinetuneResult(str(final), metrics, None, history)
     fig = plot_loss(history, out / "loss_curve.png")
     tracker.log_figure(fig, "loss_curve.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # pyplot keeps every figure until closed: the pipeline's process would hold them all
     tracker.log_artifacts(final, "adapter")
     # The model references the adapter just logged: stored once, in this run.
     adapter = f"runs:/{tracker.run_id}/adapter" if tracker.run_id else str(final)
