@@ -138,3 +138,22 @@ def test_a_sheet_narrowed_to_the_asked_field_is_answered_from(tiny_model_dir):
     (answer,) = Predictor("rag", model, tokenizer, retriever=FixedRetriever(kept), top_k=1, max_new_tokens=8,
                           grounded=True, focus=False).answer(["Quel est le statut de SIRENA ?"])
     assert answer.text != UNKNOWN and answer.text in "Statut: En production", answer.text
+
+
+def test_a_question_with_nothing_retrieved_is_refused_without_running_the_model(tiny_model_dir):
+    from dyag_mlops.retrieval.rag import Retrieved
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    emptied = Retrieved("app-001#website", "app-001", "SIRENA", "", 1.0, field="website")
+    for hits in ([], [emptied]):
+        predictor = Predictor("rag", model, tokenizer, retriever=FixedRetriever(*hits), top_k=1, max_new_tokens=8, grounded=True)
+        predictor._generate = None  # any generation fails the test
+        (answer,) = predictor.answer(["Quel est le site web de SIRENA ?"])
+        assert (answer.text, answer.tokens, answer.error) == (UNKNOWN, 0, None)
+        assert answer.sources == [h.chunk_id for h in hits]
+    # ungrounded, the model answers: it may say anything
+    free = Predictor("rag", model, tokenizer, retriever=FixedRetriever(), top_k=1, max_new_tokens=4, grounded=False)
+    (answer,) = free.answer(["Quel est le site web de SIRENA ?"])
+    assert answer.tokens >= 1

@@ -22,16 +22,22 @@ WORD_START = re.compile(r"(?:^|(?<=[\s(:,;«\"'/]))\S")
 CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
 
 
-def span_texts(chunks: Sequence[str], refusal: str) -> list[str]:
-    """Every allowed answer, longest form: from each word start of each
-    context line to the end of the line, plus the refusal (none for "";
-    always when the context is empty). An answer may stop at any token of
-    one of these."""
+def context_spans(chunks: Sequence[str]) -> list[str]:
+    """The longest span starting at each word start of each context line:
+    from there to the end of the line."""
     texts = []
     for chunk in chunks:
         for line in chunk.splitlines():
             line = CHUNK_NUMBER.sub("", line).rstrip()
             texts += [line[m.start():] for m in WORD_START.finditer(line)]
+    return texts
+
+
+def span_texts(chunks: Sequence[str], refusal: str) -> list[str]:
+    """Every allowed answer, longest form: the context's spans, plus the
+    refusal (none for ""; always when the context has no span). An answer
+    may stop at any token of one of these."""
+    texts = context_spans(chunks)
     if refusal or not texts:
         texts.append(refusal)
     return list(dict.fromkeys(texts))
