@@ -284,6 +284,10 @@ class Tracker(NullTracker):
         # MLflow scores rows on 10 threads by default; on a sqlite store they
         # wait on its connection pool (30 s timeouts, lost traces). One is fast.
         os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
+        # Its rate limits pace calls to remote judges (10 rows/s to start);
+        # these scorers only hand over scores, so nothing needs pacing.
+        os.environ.setdefault("MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT", "0")
+        os.environ.setdefault("MLFLOW_GENAI_EVAL_SCORER_RATE_LIMIT", "0")
         scores = {(r["question"], r["expected_answer"], r["generated_answer"]): r for r in rows}
 
         def handed_over(name: str) -> Any:
