@@ -1,9 +1,9 @@
 """Answering speed against another commit, on the same index, adapter and questions.
 
-    python bench/bench_answering.py --workdir outputs/pipeline [--baseline HEAD~1] [--systems rag,hybrid]
+    python bench/bench_answering.py --workdir outputs/pipeline [--baseline HEAD~1] [--systems rag,hybrid] [--eval-file F]
 
-A pipeline's workdir gives the index and the adapter; the demo's
-hand-written questions (both halves) are asked. Each commit (this working
+A pipeline's workdir gives the index and the adapter; the eval file's
+questions are asked (default: the demo's hand-written questions, both halves). Each commit (this working
 tree, and `--baseline` checked out in a temporary git worktree) runs
 `dyag evaluate-SYSTEM` in its own process, one after the other, on this
 machine. Prints each system's evaluation time for both, the ratio, and how
@@ -39,13 +39,15 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="a pipeline workdir (rag_index/, adapter/final/)")
     parser.add_argument("--baseline", default="HEAD~1", help="git revision to compare with")
     parser.add_argument("--systems", default="rag,hybrid")
+    parser.add_argument("--eval-file", default="", help="questions of the workdir's corpus (default: the demo's, both halves)")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     resources = ROOT / "dyag_mlops" / "resources"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        eval_file = tmp / "questions.jsonl"
-        eval_file.write_text("".join((resources / f"demo_eval_{half}.jsonl").read_text("utf-8") for half in ("dev", "test")), "utf-8")
+        eval_file = Path(args.eval_file).resolve() if args.eval_file else tmp / "questions.jsonl"
+        if not args.eval_file:
+            eval_file.write_text("".join((resources / f"demo_eval_{half}.jsonl").read_text("utf-8") for half in ("dev", "test")), "utf-8")
         baseline = tmp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=ROOT, check=True, capture_output=True)
         try:
