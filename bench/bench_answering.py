@@ -3,11 +3,11 @@
     python bench/bench_answering.py --workdir outputs/pipeline [--baseline HEAD~1] [--systems rag,hybrid] [--eval-file F]
 
 A pipeline's workdir gives the index and the adapter; the eval file's
-questions are asked (default: the demo's hand-written questions, both halves). Each commit (this working
-tree, and `--baseline` checked out in a temporary git worktree) runs
-`dyag evaluate-SYSTEM` in its own process, one after the other, on this
-machine. Prints each system's evaluation time for both, the ratio, and how
-many answers are identical.
+questions are asked (default: the demo's hand-written questions, both
+halves). Each commit (this working tree, and `--baseline` checked out in a
+temporary git worktree) runs `dyag evaluate-SYSTEM` in its own process, one
+after the other, on this machine. Prints each system's answering time for
+both, the ratio, and how many answers are identical.
 """
 
 from __future__ import annotations

@@ -223,18 +223,16 @@ class Predictor:
         messages, hits = self.messages_for(questions)
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
         results: list[Answer | None] = [None] * len(questions)
-        to_generate = range(len(prompts))
         if self.grounded:
             from dyag_mlops.systems.grounding import context_spans
 
             # Nothing retrieved (or nothing left by narrowing): the refusal is
             # the only grounded answer, so no model runs for it.
-            for i in to_generate:
-                if not context_spans([h.content for h in hits[i]]):
-                    results[i] = Answer(questions[i], self.refusal_for(hits[i]), 0.0, 0, [h.chunk_id for h in hits[i]], None, hits[i])
-            to_generate = [i for i in to_generate if results[i] is None]
+            for i, found in enumerate(hits):
+                if not context_spans([h.content for h in found]):
+                    results[i] = Answer(questions[i], self.refusal_for(found), 0.0, 0, [h.chunk_id for h in found], None, found)
         # Sorting by prompt length keeps padding (wasted compute) low per batch.
-        order = sorted(to_generate, key=lambda i: len(prompts[i]))
+        order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             began = time.perf_counter()
