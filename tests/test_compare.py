@@ -52,6 +52,9 @@ def test_clear_winner_and_lower_is_better(tmp_path, experiment):
     assert report["metrics"]["avg_time_seconds"]["winner"] == "finetuned"
     assert report["metrics"]["avg_time_seconds"]["speedup"] == pytest.approx(4.0)
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # the chart is not kept by pyplot for the rest of the process
     assert "| correct |" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert any("rag" in r for r in report["recommendations"])
 

@@ -259,15 +259,13 @@ def markdown_report(report: dict) -> str:
 
 
 def chart(report: dict, path: Path) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # outside pyplot: nothing holds it once logged
 
     systems = report["systems"]
     quality = [m for m in QUALITY_METRICS if m in report["metrics"]]
-    fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    fig = Figure(figsize=(12, 4.5))
+    ax, ax_time = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(len(systems), 1)
     x = np.arange(len(quality))
     for i, system in enumerate(systems):
@@ -492,9 +490,6 @@ def run(config: CompareConfig, tracker: NullTracker = NullTracker()) -> dict:
     tracker.log_artifact(out / "comparison.json")
     tracker.log_artifact(out / "comparison.md")
     tracker.log_figure(fig, "comparison.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)  # pyplot keeps every figure until closed: the pipeline's process would hold them all
     # A table, not a metric per system and metric: forty one-bar charts would
     # bury the comparison (the evaluate runs hold the metrics, side by side).
     tracker.log_table(comparison_table(report), "comparison_table.json")

@@ -174,12 +174,11 @@ def base_digest(source: str) -> str:
 
 
 def plot_loss(history: list[dict], path: Path) -> Any:
-    import matplotlib
+    # A Figure outside pyplot: nothing holds it once logged (no backend, no close).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     members = sorted({h.get("member", 0) for h in history})  # a soup's members are numbered from 1
     for member in members:
         name = f"member {member} " if member else ""
@@ -361,9 +360,6 @@ def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tu
         return FinetuneResult(str(final), metrics, None, history)
     fig = plot_loss(history, out / "loss_curve.png")
     tracker.log_figure(fig, "loss_curve.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)  # pyplot keeps every figure until closed: the pipeline's process would hold them all
     tracker.log_artifacts(final, "adapter")
     # The model references the adapter just logged: stored once, in this run.
     adapter = f"runs:/{tracker.run_id}/adapter" if tracker.run_id else str(final)
