@@ -24,13 +24,27 @@ pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 # PostgreSQL refuses to run as root: as root, its commands run as user postgres.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
-wait_for() {  # NAME URL: until URL answers, or the process is gone
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+serve() {  # NAME HEALTH_URL PORT COMMAND...: start NAME unless it answers, and wait until it does
+  local name=$1 url=$2 port=$3 started="" held=0; shift 3
   for _ in $(seq 120); do
-    curl -sf "$2" >/dev/null && return 0
-    alive "$1" || { echo "Error: $1 stopped; see $DIR/logs/$1.log" >&2; tail -5 "$DIR/logs/$1.log" >&2; exit 1; }
+    if alive "$name"; then
+      curl -sf "$url" >/dev/null && return 0
+    elif [ -n "$started" ]; then
+      echo "Error: $name stopped; see $DIR/logs/$name.log" >&2; tail -5 "$DIR/logs/$name.log" >&2; exit 1
+    elif port_taken "$port"; then  # a server of ours that was stopped holds its port until its workers exit
+      held=$((held + 1))
+      if [ "$held" -gt 30 ]; then
+        echo "Error: port $port for $name is taken by another process; choose another with ${name^^}_PORT" >&2; exit 1
+      fi
+    else
+      "$@" >"$DIR/logs/$name.log" 2>&1 &
+      echo $! >"$DIR/$name.pid"
+      started=1
+    fi
     sleep 1
   done
-  echo "Error: $1 does not answer at $2; see $DIR/logs/$1.log" >&2
+  echo "Error: $name does not answer at $url; see $DIR/logs/$name.log" >&2
   exit 1
 }
 
@@ -54,23 +68,20 @@ up() {
   fi
   as_pg "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U mlflow -d postgres -tAc "select 1 from pg_database where datname = 'mlflow'" | grep -q 1 \
     || as_pg "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U mlflow mlflow
-  if ! alive mlflow; then
+  serve mlflow "$MLFLOW_URL/health" "$MLFLOW_PORT" \
     .venv/bin/mlflow server --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/mlflow" \
-      --artifacts-destination "$DIR/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" >"$DIR/logs/mlflow.log" 2>&1 &
-    echo $! >"$DIR/mlflow.pid"
-  fi
-  if ! alive chroma; then
-    .venv/bin/chroma run --path "$DIR/chroma" --host 127.0.0.1 --port "$CHROMA_PORT" >"$DIR/logs/chroma.log" 2>&1 &
-    echo $! >"$DIR/chroma.pid"
-  fi
-  wait_for mlflow "$MLFLOW_URL/health"
-  wait_for chroma "$CHROMA_URL/api/v2/heartbeat"
+    --artifacts-destination "$DIR/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT"
+  serve chroma "$CHROMA_URL/api/v2/heartbeat" "$CHROMA_PORT" \
+    .venv/bin/chroma run --path "$DIR/chroma" --host 127.0.0.1 --port "$CHROMA_PORT"
   echo "export MLFLOW_TRACKING_URI=$MLFLOW_URL   # index-rag: --chroma-host 127.0.0.1:$CHROMA_PORT"
 }
 
 down() {
   for name in mlflow chroma; do
-    if alive "$name"; then kill "$(cat "$DIR/$name.pid")"; fi
+    if alive "$name"; then
+      kill "$(cat "$DIR/$name.pid")"
+      for _ in $(seq 60); do alive "$name" || break; sleep 0.5; done  # its workers finish their requests
+    fi
     rm -f "$DIR/$name.pid"
   done
   local bin; bin=$(pg_bin)
