@@ -54,7 +54,7 @@ def test_clear_winner_and_lower_is_better(tmp_path, experiment):
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
     import matplotlib.pyplot as plt
 
-    assert plt.get_fignums() == []  # the chart is not kept by pyplot for the rest of the process
+    assert plt.get_fignums() == []  # pyplot holds no figure of the chart afterwards
     assert "| correct |" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert any("rag" in r for r in report["recommendations"])
 

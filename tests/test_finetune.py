@@ -49,7 +49,7 @@ def test_loss_falls_base_frozen_adapter_changed_and_output_answers(tmp_path, tin
     assert (final / "adapter_model.safetensors").is_file() and (tmp_path / "out" / "loss_curve.png").is_file()
     import matplotlib.pyplot as plt
 
-    assert plt.get_fignums() == []  # the loss curve is not kept by pyplot for the rest of the process
+    assert plt.get_fignums() == []  # pyplot holds no figure of the loss curve afterwards
     assert (final / "chat_template.jinja").is_file() or "chat_template" in (final / "tokenizer_config.json").read_text()
     # loss finite and falling
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
