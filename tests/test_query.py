@@ -129,6 +129,29 @@ def test_a_shared_prompt_start_computed_once_gives_the_same_answers(tiny_model_d
     assert not plain._prefix_caches
 
 
+def test_free_answers_end_once_they_loop(tiny_model_dir):
+    """A free answer whose last tokens repeat one short cycle (three times, over
+    LOOP_SPAN tokens at least) ends there; a varied answer, or a cycle seen
+    only twice, goes on."""
+    import torch
+
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import LOOP_SPAN, EndOfLine, line_breaks
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    tables = line_breaks(tokenizer, model.get_output_embeddings().weight.shape[0])
+    ids = [i for i in range(300, 400) if not tables[0][i]][:24]  # 24 tokens, no line break
+    looping = ids[:3] * 8  # "la ville de la ville de ..."
+    varied = ids
+    twice = ids[:8] * 2 + ids[8:16]
+    stop = EndOfLine(tables)
+    prompt = ids[:3] * 5  # prompt tokens never count
+    for step in range(24):
+        done = stop(torch.tensor([prompt + r[: step + 1] for r in (looping, varied, twice)])).tolist()
+    assert done == [True, False, False]
+    assert stop.lengths == [LOOP_SPAN, None, None]
+
+
 def test_free_answers_end_at_their_first_line_break(tiny_model_dir):
     """Without grounding, a row stops at its first line break after some
     text; the answer is the first line the full decoding would have given."""

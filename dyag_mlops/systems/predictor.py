@@ -57,11 +57,18 @@ def line_breaks(tokenizer: Any, size: int) -> tuple[Any, Any, Any]:
     return breaks, text_first, blank
 
 
+# A free answer whose last tokens repeat one cycle of at most LOOP_PERIOD
+# tokens, at least LOOP_REPEATS times and over LOOP_SPAN tokens, is looping
+# ("la ville de la ville de la ville de"): greedy decoding rarely leaves such a loop.
+LOOP_PERIOD, LOOP_REPEATS, LOOP_SPAN = 16, 3, 12
+
+
 class EndOfLine:
     """Stopping criterion: a row is done at its first line break that follows
-    some text. Answers are one value of the inventory, one line: a model that
-    goes on (base rambles to the token limit) only adds decoding steps to its
-    whole batch."""
+    some text, or once it loops (LOOP_PERIOD). Answers are one value of the
+    inventory, one line: a model that goes on (base rambles to the token
+    limit, often in a loop within its first line) only adds decoding steps to
+    its whole batch."""
 
     def __init__(self, tables: tuple[Any, Any, Any]):
         self.breaks, self.text_first, self.blank = tables
@@ -77,12 +84,23 @@ class EndOfLine:
             self.has_text = self.done = self.blank.new_zeros(len(last))
             self.lengths = [None] * len(last)
         self.steps += 1
-        ends = self.breaks[last] & (self.has_text | self.text_first[last]) & ~self.done
+        ends = (self.breaks[last] & (self.has_text | self.text_first[last]) | self._looping(input_ids)) & ~self.done
         for row in ends.nonzero().flatten().tolist():
             self.lengths[row] = self.steps
         self.done = self.done | ends
         self.has_text = self.has_text | ~self.blank[last]
         return self.done
+
+    def _looping(self, input_ids: Any) -> Any:
+        """Per row: its last generated tokens are periodic (LOOP_PERIOD)."""
+        looping = self.done.new_zeros(len(input_ids))
+        for period in range(1, LOOP_PERIOD + 1):
+            span = max(LOOP_REPEATS * period, LOOP_SPAN)
+            if span > self.steps:
+                break
+            window = input_ids[:, -span:]
+            looping |= (window[:, period:] == window[:, :-period]).all(dim=1)
+        return looping
 
 
 def first_line(text: str) -> str:
