@@ -136,15 +136,14 @@ def test_free_answers_end_once_they_loop(tiny_model_dir):
     import torch
 
     from dyag_mlops.systems.models import load_base_model
-    from dyag_mlops.systems.predictor import LOOP_SPAN, EndOfLine, line_breaks
+    from dyag_mlops.systems.predictor import LOOP_SPAN, EndOfAnswer, line_breaks
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     tables = line_breaks(tokenizer, model.get_output_embeddings().weight.shape[0])
     ids = [i for i in range(300, 400) if not tables[0][i]][:24]  # 24 tokens, no line break
-    looping = ids[:3] * 8  # "la ville de la ville de ..."
-    varied = ids
+    looping, varied = ids[:3] * 8, ids  # "la ville de la ville de ...", no cycle
     twice = ids[:8] * 2 + ids[8:16]
-    stop = EndOfLine(tables)
+    stop = EndOfAnswer(tables)
     prompt = ids[:3] * 5  # prompt tokens never count
     for step in range(24):
         done = stop(torch.tensor([prompt + r[: step + 1] for r in (looping, varied, twice)])).tolist()
@@ -158,13 +157,13 @@ def test_free_answers_end_at_their_first_line_break(tiny_model_dir):
     import torch
 
     from dyag_mlops.systems.models import load_base_model
-    from dyag_mlops.systems.predictor import EndOfLine, Predictor, first_line, line_breaks
+    from dyag_mlops.systems.predictor import EndOfAnswer, Predictor, first_line, line_breaks
     from dyag_mlops.systems.prompts import render_prompt
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     tables = line_breaks(tokenizer, model.get_output_embeddings().weight.shape[0])
     [newline], word = tokenizer("\n", add_special_tokens=False)["input_ids"], tokenizer("SIRENA", add_special_tokens=False)["input_ids"][0]
-    stop = EndOfLine(tables)
+    stop = EndOfAnswer(tables)
     rows = [[newline, word, newline], [word, newline, word]]  # a leading break is not an end
     done = [stop(torch.tensor([r[: step + 1] for r in rows])).tolist() for step in range(3)]
     assert done == [[False, False], [False, True], [True, True]]

@@ -63,7 +63,7 @@ def line_breaks(tokenizer: Any, size: int) -> tuple[Any, Any, Any]:
 LOOP_PERIOD, LOOP_REPEATS, LOOP_SPAN = 16, 3, 12
 
 
-class EndOfLine:
+class EndOfAnswer:
     """Stopping criterion: a row is done at its first line break that follows
     some text, or once it loops (LOOP_PERIOD). Answers are one value of the
     inventory, one line: a model that goes on (base rambles to the token
@@ -146,7 +146,7 @@ class Predictor:
         self.top_k = spec.top_k
         self.batch_size = spec.batch_size
         self._prefix_caches: dict[tuple[int, ...], Any] = {}
-        self._line_breaks: tuple[Any, Any, Any] | None = None  # EndOfLine's tables, built once
+        self._line_breaks: tuple[Any, Any, Any] | None = None  # EndOfAnswer's tables, built once
         self.max_new_tokens = spec.max_new_tokens
         self.temperature = spec.temperature
         self.base_model = spec.base_model or DEFAULT_BASE_MODEL
@@ -352,12 +352,12 @@ class Predictor:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
         (`refusals`, refusal_for); with `one_line`, each ends at its first
-        line break (EndOfLine)."""
+        line break or once it loops (EndOfAnswer)."""
         import torch
 
         enc = self._encode(prompts)
         kwargs = self._generation_kwargs()
-        end_of_line = None
+        end_of_answer = None
         if contexts is not None:
             from dyag_mlops.systems.grounding import span_constraint
 
@@ -367,14 +367,14 @@ class Predictor:
         elif one_line:  # a span ends on its line already
             if self._line_breaks is None:
                 self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
-            end_of_line = EndOfLine(self._line_breaks)
-            kwargs["stopping_criteria"] = [end_of_line]
+            end_of_answer = EndOfAnswer(self._line_breaks)
+            kwargs["stopping_criteria"] = [end_of_answer]
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
         texts, counts = [], []
         eos = self.tokenizer.eos_token_id
-        ended = end_of_line.lengths if end_of_line else []
+        ended = end_of_answer.lengths if end_of_answer else []
         for i, row in enumerate(new.tolist()):
             n = row.index(eos) + 1 if eos in row else len(row)
             if i < len(ended) and ended[i] is not None:
