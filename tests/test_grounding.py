@@ -157,3 +157,38 @@ def test_a_question_with_nothing_retrieved_is_refused_without_running_the_model(
     free = Predictor("rag", model, tokenizer, retriever=FixedRetriever(), top_k=1, max_new_tokens=4, grounded=False)
     (answer,) = free.answer(["Quel est le site web de SIRENA ?"])
     assert answer.tokens >= 1
+
+
+def test_rows_that_ended_leave_the_batch_and_answers_stay_the_same(tiny_model_dir, monkeypatch):
+    """Decoding in stages: the rows that ended are dropped (with their part of
+    the cache) between stages; each answer, grounded or free, is the one a
+    single stage gives."""
+    import torch
+
+    from dyag_mlops.systems import predictor as predictor_module
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    [newline] = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # some free answers end early, at a line break
+        model.get_output_embeddings().weight[newline] *= 3
+    predictor = Predictor("rag", model, tokenizer, max_new_tokens=20, schema="fr")
+    contexts = [[SHEET], ["Nom: GéoPlan\nHébergement: Cloud interministériel Nubo"], [SHEET, "Site web: https://x.fr"], ["Statut: Abandonné"]] * 2
+    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks, schema=FR)) for i, chunks in enumerate(contexts)]
+    widths = []
+    generate = model.generate
+
+    def recorded(**kwargs):
+        widths.append(len(kwargs["input_ids"]))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recorded)
+    monkeypatch.setattr(predictor_module, "ANSWER_STAGE", 1000)
+    whole = [predictor._generate(prompts, contexts), predictor._generate(prompts, one_line=True)]
+    assert widths == [len(prompts)] * 2
+    monkeypatch.setattr(predictor_module, "ANSWER_STAGE", 2)
+    widths.clear()
+    staged = [predictor._generate(prompts, contexts), predictor._generate(prompts, one_line=True)]
+    assert staged == whole
+    assert len(widths) > 2 and min(widths) < len(prompts)  # rows left between stages

@@ -73,6 +73,10 @@ class SpanConstraint:
             allowed.append(self.eos)
         return allowed or [self.eos]
 
+    def keep(self, rows: Sequence[int]) -> "SpanConstraint":
+        """The constraint of the batch made of `rows` of this one."""
+        return SpanConstraint([self.tries[r] for r in rows], self.prompt_length, self.eos)
+
 
 def span_constraint(
     tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusals: Sequence[str]

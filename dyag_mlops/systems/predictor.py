@@ -31,6 +31,10 @@ from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 ADAPTER_MANIFEST = "dyag_manifest.json"
 # Prompts of a batch that share at least this many leading tokens compute them once.
 SHARED_PREFIX = 16
+# A decoding step costs with the batch's width: every ANSWER_STAGE tokens the
+# rows that ended leave it, so one long answer (a copied description) does
+# not hold the finished rows of its batch to its end.
+ANSWER_STAGE = 8
 SYSTEM_SPEC = "system.json"
 
 
@@ -90,6 +94,12 @@ class EndOfAnswer:
         self.done = self.done | ends
         self.has_text = self.has_text | ~self.blank[last]
         return self.done
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Go on with `rows` of the batch only (the next stage of `Predictor._generate`)."""
+        if self.has_text is not None:
+            self.has_text, self.done = self.has_text[list(rows)], self.done[list(rows)]
+            self.lengths = [self.lengths[r] for r in rows]
 
     def _looping(self, input_ids: Any) -> Any:
         """Per row: its last generated tokens are periodic (LOOP_PERIOD)."""
@@ -352,33 +362,69 @@ class Predictor:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
         (`refusals`, refusal_for); with `one_line`, each ends at its first
-        line break or once it loops (EndOfAnswer)."""
+        line break or once it loops (EndOfAnswer).
+
+        Generation runs in stages of ANSWER_STAGE tokens; the rows that ended
+        leave the batch between stages (with their part of the cache)."""
         import torch
 
         enc = self._encode(prompts)
+        prompt_length = enc["input_ids"].shape[1]
         kwargs = self._generation_kwargs()
-        end_of_answer = None
+        budget = kwargs.pop("max_new_tokens")
+        constraint = end_of_answer = None
         if contexts is not None:
             from dyag_mlops.systems.grounding import span_constraint
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals)
+            constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals)
         elif one_line:  # a span ends on its line already
             if self._line_breaks is None:
                 self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
             end_of_answer = EndOfAnswer(self._line_breaks)
             kwargs["stopping_criteria"] = [end_of_answer]
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1] :]
-        texts, counts = [], []
         eos = self.tokenizer.eos_token_id
-        ended = end_of_answer.lengths if end_of_answer else []
-        for i, row in enumerate(new.tolist()):
+        new: list[list[int]] = [[] for _ in prompts]
+        ended: list[int | None] = [None] * len(prompts)  # where EndOfAnswer ended a row
+        live = list(range(len(prompts)))  # the prompt of each row still in the batch
+        ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc.get("past_key_values")
+        while live and budget > 0:
+            stage = min(ANSWER_STAGE, budget)
+            if constraint is not None:
+                kwargs["prefix_allowed_tokens_fn"] = constraint
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=stage,
+                    return_dict_in_generate=True, **kwargs,
+                )
+            tokens = out.sequences[:, ids.shape[1] :]
+            going = []
+            for row, generated in enumerate(tokens.tolist()):
+                new[live[row]] += generated
+                if end_of_answer is not None and end_of_answer.lengths[row] is not None:
+                    ended[live[row]] = end_of_answer.lengths[row]
+                elif len(generated) == stage and eos not in generated:
+                    going.append(row)
+            budget -= stage
+            if not going or budget <= 0:
+                break
+            # The cache holds every token but the last generated: the next
+            # stage starts from the whole sequence and computes only that one.
+            mask = torch.cat([mask, mask.new_ones(len(mask), tokens.shape[1])], dim=1)
+            keep = torch.tensor(going, device=ids.device)
+            ids, mask, cache = out.sequences[keep], mask[keep], out.past_key_values
+            cache.batch_select_indices(keep)
+            live = [live[row] for row in going]
+            if constraint is not None:
+                constraint = constraint.keep(going)
+            if end_of_answer is not None:
+                end_of_answer.keep(going)
+        texts, counts = [], []
+        for row, stop in zip(new, ended):
             n = row.index(eos) + 1 if eos in row else len(row)
-            if i < len(ended) and ended[i] is not None:
-                n = min(n, ended[i])
+            if stop is not None:
+                n = min(n, stop)
             counts.append(n)
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             texts.append(first_line(text) if one_line else text.strip())
