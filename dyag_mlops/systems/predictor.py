@@ -393,10 +393,10 @@ class Predictor:
             stage = min(ANSWER_STAGE, budget)
             if constraint is not None:
                 kwargs["prefix_allowed_tokens_fn"] = constraint
+            cached = {"past_key_values": cache} if cache is not None else {}
             with torch.inference_mode():
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=stage,
-                    return_dict_in_generate=True, **kwargs,
+                    input_ids=ids, attention_mask=mask, max_new_tokens=stage, return_dict_in_generate=True, **cached, **kwargs
                 )
             tokens = out.sequences[:, ids.shape[1] :]
             going = []
