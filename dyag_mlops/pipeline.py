@@ -4,7 +4,7 @@
     dyag pipeline                             # the same, from the CLI
 
 index_rag -> generate_training (RAFT examples with retrieved chunks) ->
-finetune -> evaluate (base, finetuned, rag, hybrid) -> compare; with
+finetune -> evaluate (base, rag, finetuned, hybrid: systems of one model in a row, sharing it) -> compare; with
 closed_book_epochs > 0, a second generate/finetune pair trains a closed-book
 adapter on every fact, which finetuned answers with (hybrid keeps the RAFT
 adapter). Steps hand artifacts on by run URI (`runs:/ID/...`). A step that
@@ -166,7 +166,6 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
 
 def run(config: PipelineConfig) -> dict:
     from dyag_mlops.evaluation import compare
-    from dyag_mlops.evaluation import evaluate
     from dyag_mlops.retrieval import rag
 
     work = Path(config.workdir)
@@ -199,8 +198,11 @@ def run(config: PipelineConfig) -> dict:
         closed_book_uri = train_closed_book_adapter(config, work, timings) if closed_book else ""
         adapter_of = {"finetuned": closed_book_uri or raft_uri, "hybrid": raft_uri}
 
-        eval_runs = []
-        for system in systems:
+        # Systems of one model one after the other (base and rag; finetuned and
+        # hybrid when they share the adapter): the second reuses the loaded model.
+        run_of: dict[str, str] = {}
+        loaded: dict[tuple, Any] = {}
+        for system in sorted(systems, key=lambda s: adapter_of.get(s, "")):
             ev_cfg = EvaluateConfig(
                 eval_file=config.eval_file,
                 system=system,
@@ -215,8 +217,10 @@ def run(config: PipelineConfig) -> dict:
                 precision=config.precision,
                 output=str(work / f"results_{system}.json"),
             )
-            run_id = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate.run(c, t), [Path(ev_cfg.output)], config.reuse, timings, f"evaluate_{system}")
-            eval_runs.append(run_id)
+            run_of[system] = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate_sharing_model(c, t, loaded), [Path(ev_cfg.output)],
+                                  config.reuse, timings, f"evaluate_{system}")
+        loaded.clear()
+        eval_runs = [run_of[system] for system in systems]
 
         # The evaluate runs of this pipeline, reused ones included (those belong
         # to an earlier parent run), are compared by id.
@@ -234,6 +238,22 @@ def run(config: PipelineConfig) -> dict:
             print(f"[pipeline] {stage:<20} {seconds:8.1f} s")
         print(closing_words(report, parent.run_id))
     return report
+
+
+def evaluate_sharing_model(config: EvaluateConfig, tracker: Any, loaded: dict[tuple, Any]) -> Any:
+    """evaluate.run with the language model of the system evaluated just
+    before (`loaded`, this function's own record) when it is the same one;
+    another model is let go before this one loads."""
+    from dyag_mlops.evaluation import evaluate
+    from dyag_mlops.systems.predictor import load_predictor
+
+    key = (config.model if config.system in ("finetuned", "hybrid") else "", config.base_model, config.device, config.precision)
+    previous = loaded.pop(key, None)
+    loaded.clear()
+    predictor = load_predictor(config.system_spec(), model_from=previous)
+    del previous
+    loaded[key] = predictor
+    return evaluate.run(config, tracker, predictor=predictor)
 
 
 def run_name(config: PipelineConfig) -> str:

@@ -246,3 +246,28 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
     (index_run,) = [r for r in children if r.data.tags.get("dyag.stage") == "index_rag"]
     (corpus_input,) = index_run.inputs.dataset_inputs
     assert {"id", "content", "metadata.doc_id"} <= {c["name"] for c in json.loads(corpus_input.dataset.schema)["mlflow_colspec"]}
+
+
+def test_systems_of_one_model_share_it_and_are_compared_in_the_asked_order(tmp_path, tiny_model_dir, monkeypatch):
+    """base and rag answer with one loaded model, finetuned and hybrid (one
+    adapter) with another: each is loaded once; the comparison keeps the
+    order the systems were asked in."""
+    from dyag_mlops import pipeline
+    from dyag_mlops.config import PipelineConfig
+    from dyag_mlops.systems import predictor as predictor_module
+
+    models = {}
+    load = predictor_module.load_predictor
+
+    def recorded(spec, model_from=None, **settings):
+        built = load(spec, model_from=model_from, **settings)
+        models[built.system] = built.model
+        return built
+
+    monkeypatch.setattr(predictor_module, "load_predictor", recorded)
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2, systems="hybrid,base,finetuned,rag",
+                            workdir=str(tmp_path / "work"), registered_model="shared-qa", reuse=False)
+    report = pipeline.run(config)
+    assert models["base"] is models["rag"] and models["finetuned"] is models["hybrid"]
+    assert models["base"] is not models["hybrid"]
+    assert report["systems"] == ["hybrid", "base", "finetuned", "rag"]

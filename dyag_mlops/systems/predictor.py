@@ -524,9 +524,11 @@ def warn_focus_mismatch(adapter_dir: Path, focus: bool) -> None:
     )
 
 
-def load_predictor(spec: SystemSpec | str, **settings: Any) -> Predictor:
+def load_predictor(spec: SystemSpec | str, model_from: Predictor | None = None, **settings: Any) -> Predictor:
     """Build the predictor of a system from its settings (`spec`, or a system
-    name and `settings`): the base model, the adapter it names, the index."""
+    name and `settings`): the base model, the adapter it names, the index.
+    The language model and tokenizer of `model_from` are reused when they are
+    the same base model with the same adapter, device and precision."""
     from dyag_mlops.systems.models import load_base_model, speed_up_lm_head
 
     spec = SystemSpec(spec, **settings) if isinstance(spec, str) else spec
@@ -548,16 +550,22 @@ def load_predictor(spec: SystemSpec | str, **settings: Any) -> Predictor:
         from dyag_mlops.retrieval.rag import Retriever
 
         retriever = Retriever(spec.index)
-    lm, tokenizer, _ = load_base_model(base_model, device=spec.device, precision=spec.precision)
-    if adapter_dir is not None:
-        from dyag_mlops.systems.models import attach_adapter, load_tokenizer
+    # The adapter by the name it was given: a runs:/ URI downloads to a new folder each time.
+    loaded = (base_model, spec.model if adapter_dir else "", spec.device, spec.precision)
+    if model_from is not None and loaded == (model_from.base_model, model_from.spec.model if model_from.adapter_dir else "",
+                                             model_from.spec.device, model_from.spec.precision):
+        lm, tokenizer = model_from.model, model_from.tokenizer
+    else:
+        lm, tokenizer, _ = load_base_model(base_model, device=spec.device, precision=spec.precision)
+        if adapter_dir is not None:
+            from dyag_mlops.systems.models import attach_adapter, load_tokenizer
 
-        # Merged into the base weights: answering never trains, and an unmerged
-        # LoRA adds two small matmuls to every linear layer (hybrid answering
-        # measured 1.25x faster merged, docs/performance.md).
-        lm = attach_adapter(lm, str(adapter_dir), base_model).merge_and_unload()
-        tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
-    speed_up_lm_head(lm)
+            # Merged into the base weights: answering never trains, and an unmerged
+            # LoRA adds two small matmuls to every linear layer (hybrid answering
+            # measured 1.25x faster merged, docs/performance.md).
+            lm = attach_adapter(lm, str(adapter_dir), base_model).merge_and_unload()
+            tokenizer = load_tokenizer(str(adapter_dir))  # carries the template used in training
+        speed_up_lm_head(lm)
     return Predictor(replace(spec, base_model=base_model, schema=schema), lm, tokenizer, retriever=retriever,
                      adapter_dir=str(adapter_dir or ""))
 
