@@ -247,6 +247,7 @@ def evaluate_sharing_model(config: EvaluateConfig, tracker: Any, loaded: dict[tu
     from dyag_mlops.evaluation import evaluate
     from dyag_mlops.systems.predictor import load_predictor
 
+    # The adapter by the name it was given: a runs:/ URI downloads to a new folder each time.
     key = (config.model if config.system in ("finetuned", "hybrid") else "", config.base_model, config.device, config.precision)
     previous = loaded.pop(key, None)
     loaded.clear()

@@ -527,8 +527,8 @@ def warn_focus_mismatch(adapter_dir: Path, focus: bool) -> None:
 def load_predictor(spec: SystemSpec | str, model_from: Predictor | None = None, **settings: Any) -> Predictor:
     """Build the predictor of a system from its settings (`spec`, or a system
     name and `settings`): the base model, the adapter it names, the index.
-    The language model and tokenizer of `model_from` are reused when they are
-    the same base model with the same adapter, device and precision."""
+    `model_from`, a predictor of the same base model, adapter, device and
+    precision, lends its language model and tokenizer (the caller checks)."""
     from dyag_mlops.systems.models import load_base_model, speed_up_lm_head
 
     spec = SystemSpec(spec, **settings) if isinstance(spec, str) else spec
@@ -550,10 +550,7 @@ def load_predictor(spec: SystemSpec | str, model_from: Predictor | None = None, 
         from dyag_mlops.retrieval.rag import Retriever
 
         retriever = Retriever(spec.index)
-    # The adapter by the name it was given: a runs:/ URI downloads to a new folder each time.
-    loaded = (base_model, spec.model if adapter_dir else "", spec.device, spec.precision)
-    if model_from is not None and loaded == (model_from.base_model, model_from.spec.model if model_from.adapter_dir else "",
-                                             model_from.spec.device, model_from.spec.precision):
+    if model_from is not None:
         lm, tokenizer = model_from.model, model_from.tokenizer
     else:
         lm, tokenizer, _ = load_base_model(base_model, device=spec.device, precision=spec.precision)
