@@ -160,9 +160,9 @@ def test_a_question_with_nothing_retrieved_is_refused_without_running_the_model(
 
 
 def test_rows_that_ended_leave_the_batch_and_answers_stay_the_same(tiny_model_dir, monkeypatch):
-    """Decoding in stages: the rows that ended are dropped (with their part of
-    the cache) between stages; each answer, grounded or free, is the one a
-    single stage gives."""
+    """Free decoding in stages: the rows that ended are dropped (with their
+    part of the cache) between stages; each answer is the one a single stage
+    gives."""
     import torch
 
     from dyag_mlops.systems import predictor as predictor_module
@@ -171,11 +171,10 @@ def test_rows_that_ended_leave_the_batch_and_answers_stay_the_same(tiny_model_di
 
     model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
     [newline] = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():  # some free answers end early, at a line break
+    with torch.no_grad():  # some answers end early, at a line break
         model.get_output_embeddings().weight[newline] *= 3
     predictor = Predictor("rag", model, tokenizer, max_new_tokens=20, schema="fr")
-    contexts = [[SHEET], ["Nom: GéoPlan\nHébergement: Cloud interministériel Nubo"], [SHEET, "Site web: https://x.fr"], ["Statut: Abandonné"]] * 2
-    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks, schema=FR)) for i, chunks in enumerate(contexts)]
+    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", [SHEET], schema=FR)) for i in range(8)]
     widths = []
     generate = model.generate
 
@@ -185,10 +184,40 @@ def test_rows_that_ended_leave_the_batch_and_answers_stay_the_same(tiny_model_di
 
     monkeypatch.setattr(model, "generate", recorded)
     monkeypatch.setattr(predictor_module, "ANSWER_STAGE", 1000)
-    whole = [predictor._generate(prompts, contexts), predictor._generate(prompts, one_line=True)]
-    assert widths == [len(prompts)] * 2
+    whole = predictor._generate(prompts, one_line=True)
+    assert widths == [len(prompts)]
     monkeypatch.setattr(predictor_module, "ANSWER_STAGE", 2)
     widths.clear()
-    staged = [predictor._generate(prompts, contexts), predictor._generate(prompts, one_line=True)]
-    assert staged == whole
+    assert predictor._generate(prompts, one_line=True) == whole
     assert len(widths) > 2 and min(widths) < len(prompts)  # rows left between stages
+
+
+@pytest.mark.parametrize("shared_start", [True, False])
+def test_grounded_answers_checked_several_tokens_a_pass_are_generates(tiny_model_dir, monkeypatch, shared_start):
+    """decode_spans gives the tokens generate gives with SpanConstraint, in
+    fewer forward passes than tokens; with a shared prompt start's cache and
+    with left-padded prompts."""
+    import torch
+
+    from dyag_mlops.systems import grounding
+    from dyag_mlops.systems import predictor as predictor_module
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    with torch.no_grad():  # the end of an answer scores 0: a random model copies more than one token
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] = 0
+    if not shared_start:
+        monkeypatch.setattr(predictor_module, "SHARED_PREFIX", 10**6)
+    predictor = Predictor("rag", model, tokenizer, max_new_tokens=24, schema="fr")
+    contexts = [[SHEET], ["Nom: GéoPlan\nHébergement: Cloud interministériel Nubo"], [SHEET, "Site web: https://x.fr"], ["Statut: Abandonné"]] * 2
+    prompts = [render_prompt(tokenizer, build_messages(f"Question {i} ?", chunks, schema=FR)) for i, chunks in enumerate(contexts)]
+    passes = []
+    model.get_decoder().register_forward_hook(lambda *_: passes.append(1))
+    with monkeypatch.context() as m:
+        m.setattr(grounding, "decode_spans", lambda *args: None)  # generate, one token a pass
+        one_by_one = predictor._generate(prompts, contexts)  # (and the shared start's cache)
+    passes.clear()
+    checked = predictor._generate(prompts, contexts)
+    assert checked == one_by_one
+    assert len(passes) < max(checked[1])  # several tokens checked in one pass

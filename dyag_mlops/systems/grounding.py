@@ -86,3 +86,100 @@ def span_constraint(
     `refusals[i]` ("": may not)."""
     tries = [span_trie(tokenizer, chunks, refusal) for chunks, refusal in zip(contexts, refusals)]
     return SpanConstraint(tries, prompt_length, tokenizer.eos_token_id)
+
+
+# Tokens a row may propose past its last chosen one in one forward pass.
+MAX_DRAFT = 16
+
+
+def draft(node: dict, limit: int) -> list[int]:
+    """The tokens that follow `node` while the tree does not branch: the
+    only way a span can continue, what the model will most often choose."""
+    tokens: list[int] = []
+    while len(tokens) < limit and len(node) == 1:
+        token = next(iter(node))
+        tokens.append(token)
+        node = node[token]
+    return tokens
+
+
+def decode_spans(model: Any, ids: Any, mask: Any, cache: Any, tries: list[dict], eos: int, budget: int) -> list[list[int]] | None:
+    """Greedy grounded decoding that checks several tokens per forward pass.
+
+    Once started, a span can mostly continue one way only: each row feeds its
+    last chosen token and the tokens its tree allows next where it does not
+    branch (`draft`). One pass scores them all; the row keeps the drafted
+    tokens the model would have chosen one at a time, then its own choice
+    where they part (or the end of the answer). Only the allowed tokens are
+    scored. The choices of generate with SpanConstraint (up to the rounding
+    of a pass of several tokens), in a few passes instead of one per token.
+    `ids`, `mask` and `cache` are a batch's prompts as `Predictor._encode`
+    builds them. Returns each row's tokens, ending with `eos` where it ended;
+    None for a model whose head is not a plain linear layer on its decoder."""
+    import inspect
+
+    import torch
+
+    head = model.get_output_embeddings()
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        return _decode_spans(decoder, cache_name, head.weight, ids, mask, cache, tries, eos, budget)
+
+
+def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: Any, cache: Any, tries: list[dict], eos: int, budget: int) -> list[list[int]]:
+    import torch
+
+    past = cache.get_seq_length() if cache is not None else 0
+    feed = ids[:, past:]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+    fed: list[list[int]] = [[] for _ in tries]  # each row's fed tokens after its prompt: [chosen, drafted...]
+    nodes = list(tries)  # where each row's chosen tokens lead in its tree
+    out: list[list[int]] = [[] for _ in tries]
+    live = list(range(len(tries)))  # the row of the batch -> its prompt
+    while True:
+        result = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache})
+        cache = getattr(result, cache_name, None)
+        cache = result.past_key_values if cache is None else cache
+        hidden = result.last_hidden_state
+        first = not any(fed[p] for p in live)
+        going, kept = [], []
+        for row, prompt in enumerate(live):
+            tokens = fed[prompt]
+            node, accepted, choice = nodes[prompt], 0, eos
+            # The prompt's last position scores the first token; after that,
+            # the position of each fed token scores the token after it.
+            for j, position in enumerate([feed.shape[1] - 1] if first else range(len(tokens))):
+                if j > 0:
+                    node = node[tokens[j]]
+                # Sorted: a tie goes to the lowest id, as in generate's argmax.
+                allowed = sorted([*node, eos] if out[prompt] else node) or [eos]
+                choice = allowed[int(torch.argmax(hidden[row, position] @ weight[allowed].T))]
+                if j + 1 < len(tokens) and choice == tokens[j + 1]:
+                    accepted += 1
+                    continue
+                break
+            out[prompt] += tokens[1 : 1 + accepted] + [choice]
+            # Drafted tokens the model did not choose stay in the cache, masked out.
+            kept.append([1] * (1 + accepted) + [0] * (feed.shape[1] - 1 - accepted))
+            nodes[prompt] = node.get(choice, {})
+            if choice != eos and len(out[prompt]) < budget:
+                going.append(row)
+                fed[prompt] = [choice] + draft(nodes[prompt], min(MAX_DRAFT, budget - len(out[prompt])))
+        if not going:
+            return out
+        if not first:
+            mask = torch.cat([mask[:, : mask.shape[1] - feed.shape[1]], mask.new_tensor(kept)], dim=1)
+        rows = torch.tensor(going, device=mask.device)
+        mask = mask[rows]
+        cache.batch_select_indices(rows)
+        live = [live[row] for row in going]
+        width = max(len(fed[p]) for p in live)
+        feed = torch.tensor([fed[p] + [eos] * (width - len(fed[p])) for p in live], device=mask.device)
+        positions = mask.long().sum(-1, keepdim=True) + torch.arange(width, device=mask.device)
+        mask = torch.cat([mask, mask.new_tensor([[1] * len(fed[p]) + [0] * (width - len(fed[p])) for p in live])], dim=1)

@@ -389,6 +389,12 @@ class Predictor:
         ended: list[int | None] = [None] * len(prompts)  # where EndOfAnswer ended a row
         live = list(range(len(prompts)))  # the prompt of each row still in the batch
         ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc.get("past_key_values")
+        if constraint is not None and not kwargs.get("do_sample") and budget > 0:
+            from dyag_mlops.systems.grounding import decode_spans
+
+            spans = decode_spans(self.model, ids, mask, cache, constraint.tries, eos, budget)
+            if spans is not None:
+                new, live = spans, []
         while live and budget > 0:
             stage = min(ANSWER_STAGE, budget)
             if constraint is not None:
