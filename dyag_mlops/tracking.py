@@ -268,7 +268,7 @@ class Tracker(NullTracker):
     def log_evaluation(self, rows: list[dict], metric_names: tuple[str, ...], model_uri: str | None, dataset: Any) -> None:
         """The per-question results as an MLflow GenAI evaluation: one trace per
         question (question -> answer, sources) carrying the expected answer and
-        each metric as an assessment, so the UI's Evaluations view compares
+        each of `metric_names` as an assessment, so the UI's Evaluations view compares
         systems question by question. The answers and scores are the ones
         already computed: the scorers only hand them over, and log no run
         metric (the run's metrics are logged once, by evaluate)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from dyag_mlops.evaluation.evaluate import QUALITY_METRICS
+from dyag_mlops.evaluation.evaluate import QUESTION_VIEW_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
         traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
         assert len(traces) == config.limit
         scored = [{a.name: a.value for a in t.info.assessments} for t in traces]
-        assert all({"expected_response", *QUALITY_METRICS} <= set(s) for s in scored)
+        assert all({"expected_response", *QUESTION_VIEW_METRICS} <= set(s) for s in scored)
         assert sum(s["correct"] for s in scored) / len(traces) == run.data.metrics["correct"]
     (index_run,) = [r for r in children if r.data.tags.get("dyag.stage") == "index_rag"]
     (corpus_input,) = index_run.inputs.dataset_inputs
