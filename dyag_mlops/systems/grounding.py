@@ -170,7 +170,8 @@ def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: An
             nodes[prompt] = node.get(choice, {})
             if choice != eos and len(out[prompt]) < budget:
                 going.append(row)
-                fed[prompt] = [choice] + draft(nodes[prompt], min(MAX_DRAFT, budget - len(out[prompt])))
+                # Room for the drafts and the choice after them within `budget`.
+                fed[prompt] = [choice] + draft(nodes[prompt], min(MAX_DRAFT, budget - len(out[prompt]) - 1))
         if not going:
             return out
         if not first:
