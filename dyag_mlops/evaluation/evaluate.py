@@ -40,6 +40,10 @@ QUESTION_VIEW_METRICS = ("correct", "token_f1")
 # picks a middle-upper layer for the encoders it knows. Not rescaled: scores
 # compare systems on one eval set, not with published figures.
 BERTSCORE_LAYER = 4
+# Answers are short: in batches of 16 each pads to a near length (83 demo
+# answers encoded in 0.21 s, against 0.42 s in batches of 64; BERTScore of
+# 83 pairs 0.17 against 0.30 s). Scores move by 1e-7.
+SIMILARITY_BATCH = 16
 UNKNOWN_MARKERS = (
     "je ne sais pas",
     "pas disponible",
@@ -123,8 +127,8 @@ def semantic_similarities(predictions: list[str], expected: list[str]) -> list[f
     from dyag_mlops.retrieval.embeddings import load_embedder
 
     model = load_embedder("all-minilm-l6-v2")
-    a = model.encode(predictions, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
-    b = model.encode(expected, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
+    a = model.encode(predictions, normalize_embeddings=True, batch_size=SIMILARITY_BATCH, show_progress_bar=False)
+    b = model.encode(expected, normalize_embeddings=True, batch_size=SIMILARITY_BATCH, show_progress_bar=False)
     return [float(max(0.0, min(1.0, (x * y).sum()))) for x, y in zip(a, b)]
 
 
@@ -137,7 +141,7 @@ def bertscore_f1(predictions: list[str], expected: list[str]) -> list[float]:
     scored = [i for i, (p, e) in enumerate(zip(predictions, expected)) if p.strip() and e.strip()]
     result = [0.0] * len(predictions)
     if scored:
-        _, _, f1 = scorer.score([predictions[i] for i in scored], [expected[i] for i in scored], batch_size=64)
+        _, _, f1 = scorer.score([predictions[i] for i in scored], [expected[i] for i in scored], batch_size=SIMILARITY_BATCH)
         for i, value in zip(scored, f1.tolist()):
             result[i] = float(max(0.0, min(1.0, value)))
     return result
