@@ -7,8 +7,10 @@ still miscopies it ("Cotlin" for "Kotlin", "2/01/2018" for "02/01/2018",
 the context. With grounding on, the answer can only be a run of tokens that
 starts at a word of one line of the context and ends anywhere on that line,
 or the refusal: the model still chooses *which* span (its scores), but
-cannot invent one. Implemented with transformers' `prefix_allowed_tokens_fn`
-over a prefix tree (trie) of the token ids of every such span.
+cannot invent one. A prefix tree (trie) of the token ids of every such span
+constrains transformers' `prefix_allowed_tokens_fn` (sampling) or
+`decode_spans` (greedy: the tree's unbranched paths are checked several
+tokens per forward pass).
 """
 
 from __future__ import annotations

@@ -364,8 +364,10 @@ class Predictor:
         (`refusals`, refusal_for); with `one_line`, each ends at its first
         line break or once it loops (EndOfAnswer).
 
-        Generation runs in stages of ANSWER_STAGE tokens; the rows that ended
-        leave the batch between stages (with their part of the cache)."""
+        Greedy grounded answers are decoded by grounding.decode_spans (several
+        tokens checked per pass). Other generation runs in stages of
+        ANSWER_STAGE tokens; the rows that ended leave the batch between
+        stages (with their part of the cache)."""
         import torch
 
         enc = self._encode(prompts)
