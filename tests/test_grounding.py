@@ -221,3 +221,23 @@ def test_grounded_answers_checked_several_tokens_a_pass_are_generates(tiny_model
     checked = predictor._generate(prompts, contexts)
     assert checked == one_by_one
     assert len(passes) < max(checked[1]) <= budget  # several tokens checked in one pass
+
+
+def test_a_model_whose_settings_change_greedy_choices_is_left_to_generate(tiny_model_dir):
+    """A repetition penalty in the model's generation config (Qwen2.5 sets
+    one) is applied by generate: decode_spans declines, and the grounded
+    answers are generate's."""
+    from dyag_mlops.systems import grounding
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
+
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    predictor = Predictor("rag", model, tokenizer, max_new_tokens=8, schema="fr")
+    prompt = render_prompt(tokenizer, build_messages("Question ?", [SHEET], schema=FR))
+    enc = predictor._encode([prompt])
+    args = (model, enc["input_ids"], enc["attention_mask"], enc.get("past_key_values"), [{}], tokenizer.eos_token_id, 8)
+    assert grounding.decode_spans(*args) is not None
+    model.generation_config.repetition_penalty = 1.3
+    assert grounding.decode_spans(*args) is None
+    text, _ = predictor._generate([prompt], [[SHEET]])
+    assert text[0] and any(text[0] in line for line in SHEET.splitlines()) or text[0] == UNKNOWN

@@ -92,6 +92,13 @@ def span_constraint(
 
 # Tokens a row may propose past its last chosen one in one forward pass.
 MAX_DRAFT = 16
+# Settings of a model's generation config that change which token greedy
+# decoding picks; decode_spans leaves a model that sets one to generate.
+CHOICE_SETTINGS = (
+    "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
+    "begin_suppress_tokens", "min_new_tokens", "min_length", "forced_bos_token_id", "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+)
 
 
 def draft(node: dict, limit: int) -> list[int]:
@@ -117,11 +124,16 @@ def decode_spans(model: Any, ids: Any, mask: Any, cache: Any, tries: list[dict],
     of a pass of several tokens), in a few passes instead of one per token.
     `ids`, `mask` and `cache` are a batch's prompts as `Predictor._encode`
     builds them. Returns each row's tokens, ending with `eos` where it ended;
-    None for a model whose head is not a plain linear layer on its decoder."""
+    None for a model whose head is not a plain linear layer on its decoder,
+    or whose generation config sets one of CHOICE_SETTINGS (a repetition
+    penalty, ...): generate applies those."""
     import inspect
 
     import torch
 
+    config = getattr(model, "generation_config", None)
+    if any(getattr(config, name, None) not in (None, 0, 1.0) for name in CHOICE_SETTINGS):
+        return None
     head = model.get_output_embeddings()
     try:
         decoder = model.get_decoder()
