@@ -193,7 +193,7 @@ def test_rows_that_ended_leave_the_batch_and_answers_stay_the_same(tiny_model_di
 
 
 @pytest.mark.parametrize("shared_start, budget", [(True, 24), (False, 24), (True, 3)])
-def test_grounded_answers_checked_several_tokens_a_pass_are_generates(tiny_model_dir, monkeypatch, shared_start, budget):
+def test_grounded_answers_checked_several_tokens_a_pass_equal_generates(tiny_model_dir, monkeypatch, shared_start, budget):
     """decode_spans gives the tokens generate gives with SpanConstraint, in
     fewer forward passes than tokens; with a shared prompt start's cache,
     with left-padded prompts, and with answers cut at max_new_tokens."""

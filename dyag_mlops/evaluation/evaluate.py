@@ -33,16 +33,15 @@ from dyag_mlops.tracking import NullTracker
 
 QUALITY_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "contains", "semantic_similarity", "bertscore_f1", "correct")
 # The scores each question's trace carries in the UI's Evaluations view: each
-# one is a write per question to the tracking store (~0.25 s per 83 questions
-# on sqlite); every metric of every question is in eval_results.json.
+# one is a write per question to the tracking store (docs/decisions/0006);
+# every metric of every question is in eval_results.json.
 QUESTION_VIEW_METRICS = ("correct", "token_f1")
 # BERTScore on the bundled encoder (offline); layer 4 of its 6, as bert-score
 # picks a middle-upper layer for the encoders it knows. Not rescaled: scores
 # compare systems on one eval set, not with published figures.
 BERTSCORE_LAYER = 4
-# Answers are short: in batches of 16 each pads to a near length (83 demo
-# answers encoded in 0.21 s, against 0.42 s in batches of 64; BERTScore of
-# 83 pairs 0.17 against 0.30 s). Scores move by 1e-7.
+# Answers are short: in batches of 16 each pads to a near length, twice as
+# fast as batches of 64 (docs/decisions/0005); scores move by 1e-7.
 SIMILARITY_BATCH = 16
 UNKNOWN_MARKERS = (
     "je ne sais pas",
