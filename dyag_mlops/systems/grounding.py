@@ -156,12 +156,12 @@ def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: An
     nodes = list(tries)  # where each row's chosen tokens lead in its tree
     out: list[list[int]] = [[] for _ in tries]
     live = list(range(len(tries)))  # the row of the batch -> its prompt
+    first = True  # this pass reads the prompts
     while True:
         result = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache})
         cache = getattr(result, cache_name, None)
         cache = result.past_key_values if cache is None else cache
         hidden = result.last_hidden_state
-        first = not any(fed[p] for p in live)
         going, kept = [], []
         for row, prompt in enumerate(live):
             tokens = fed[prompt]
@@ -190,6 +190,7 @@ def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: An
             return out
         if not first:
             mask = torch.cat([mask[:, : mask.shape[1] - feed.shape[1]], mask.new_tensor(kept)], dim=1)
+        first = False
         rows = torch.tensor(going, device=mask.device)
         mask = mask[rows]
         cache.batch_select_indices(rows)
