@@ -48,9 +48,14 @@ def find_finished(stage: str, config: Any) -> Any:
 
 
 def step(
-    stage: str, config: Any, body: Callable[[Any], Any], outputs: list[Path], reuse: bool, timings: dict, label: str = ""
+    stage: str, config: Any, body: Callable[[Any], Any], outputs: list[Path], reuse: bool, timings: dict, label: str = "",
+    release: bool = True,
 ) -> str:
-    """Run one stage as a child run (or reuse a finished one); return its run id."""
+    """Run one stage as a child run (or reuse a finished one); return its run
+    id. `release`: give the stage's memory back once it ends (a full garbage
+    collection, which costs time with the pipeline's libraries loaded);
+    evaluate stages leave it to evaluate_sharing_model, which releases only
+    when it lets a model go."""
     label = label or stage
     began = time.perf_counter()
     if reuse:
@@ -63,7 +68,8 @@ def step(
     with stage_run(stage, config, nested=True, run_name=label) as tracker:
         body(tracker)
         run_id = tracker.run_id
-    release_memory()
+    if release:
+        release_memory()
     timings[label] = time.perf_counter() - began
     return run_id
 
@@ -218,7 +224,7 @@ def run(config: PipelineConfig) -> dict:
                 output=str(work / f"results_{system}.json"),
             )
             run_of[system] = step("evaluate", ev_cfg, lambda t, c=ev_cfg: evaluate_sharing_model(c, t, loaded), [Path(ev_cfg.output)],
-                                  config.reuse, timings, f"evaluate_{system}")
+                                  config.reuse, timings, f"evaluate_{system}", release=False)
         loaded.clear()
         eval_runs = [run_of[system] for system in systems]
 
@@ -229,7 +235,7 @@ def run(config: PipelineConfig) -> dict:
             min_questions=config.min_questions,
         )
         report: dict = {}
-        step("compare", cmp_cfg, lambda t: report.update(compare.run(cmp_cfg, t)), [], False, timings)
+        step("compare", cmp_cfg, lambda t: report.update(compare.run(cmp_cfg, t)), [], False, timings, release=False)
         # One metric for the whole, the stages in a table: eight one-bar charts told nothing.
         parent.log_metrics({"pipeline_seconds": sum(timings.values())})
         parent.log_table({"stage": list(timings), "seconds": [round(v, 1) for v in timings.values()]}, "stage_seconds.json")
@@ -250,7 +256,9 @@ def evaluate_sharing_model(config: EvaluateConfig, tracker: Any, loaded: dict[tu
     # The adapter by the name it was given: a runs:/ URI downloads to a new folder each time.
     key = (config.model if config.system in ("finetuned", "hybrid") else "", config.base_model, config.device, config.precision)
     previous = loaded.pop(key, None)
-    loaded.clear()
+    if loaded:  # another system's model: let it go before this one loads
+        loaded.clear()
+        release_memory()
     predictor = load_predictor(config.system_spec(), model_from=previous)
     del previous
     loaded[key] = predictor

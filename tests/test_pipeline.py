@@ -250,24 +250,28 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
 
 def test_systems_of_one_model_share_it_and_are_compared_in_the_asked_order(tmp_path, tiny_model_dir, monkeypatch):
     """base and rag answer with one loaded model, finetuned and hybrid (one
-    adapter) with another: each is loaded once; the comparison keeps the
-    order the systems were asked in."""
+    adapter) with another: each is loaded once, and memory is collected
+    only where the first model is let go; the comparison keeps the order
+    the systems were asked in."""
     from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
     from dyag_mlops.systems import predictor as predictor_module
 
-    models = {}
+    models, events = {}, []
     load = predictor_module.load_predictor
 
     def recorded(spec, model_from=None, **settings):
         built = load(spec, model_from=model_from, **settings)
         models[built.system] = built.model
+        events.append(built.system)
         return built
 
     monkeypatch.setattr(predictor_module, "load_predictor", recorded)
+    monkeypatch.setattr(pipeline, "release_memory", lambda: events.append("release"))
     config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2, systems="hybrid,base,finetuned,rag",
                             workdir=str(tmp_path / "work"), registered_model="shared-qa", reuse=False)
     report = pipeline.run(config)
     assert models["base"] is models["rag"] and models["finetuned"] is models["hybrid"]
     assert models["base"] is not models["hybrid"]
+    assert events[events.index("base") - 1 :] == ["release", "base", "rag", "release", "hybrid", "finetuned"]
     assert report["systems"] == ["hybrid", "base", "finetuned", "rag"]
