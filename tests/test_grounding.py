@@ -11,14 +11,20 @@ UNKNOWN = FR.unknown_answer
 SHEET = "Nom: SIRENA\nStatut: En production\nTechnologie principale: Java/Spring Boot\nContacts: Marie Dupont (marie.dupont@region-exemple.fr)"
 
 
-def test_spans_start_at_words_of_one_line_and_include_unknown():
-    spans = span_texts([f"[1] {SHEET}"], UNKNOWN)
+def test_spans_start_at_a_field_lines_start_or_value_other_lines_at_words_and_include_unknown():
+    """An inventory's answer is a field's value: a span of a "Label: value"
+    line starts at the line or at its value (a small model that started
+    inside a value dropped its first words: "Dupont" for "Marie Dupont");
+    a line without a label may be answered from any of its words."""
+    spans = span_texts([f"[1] {SHEET}\nhébergée à Lyon (Datacenter Gerland)"], UNKNOWN)
     assert "En production" in spans and "Statut: En production" in spans
-    assert "Spring Boot" in spans  # after the slash
-    assert "marie.dupont@region-exemple.fr)" in spans  # after the parenthesis
+    assert "Java/Spring Boot" in spans and "Spring Boot" not in spans
+    assert "Marie Dupont (marie.dupont@region-exemple.fr)" in spans
+    assert not any(s.startswith("Dupont") for s in spans)
+    assert "Lyon (Datacenter Gerland)" in spans and "Datacenter Gerland)" in spans  # after a space, after the parenthesis
     assert UNKNOWN in spans
     assert not any(s.startswith("[1]") or "\n" in s for s in spans)
-    assert "roduction" not in spans  # not from inside a word
+    assert "roduction" not in spans and "erland)" not in spans  # not from inside a word
     # the refusal is the language's: an English context is refused in English
     assert "I don't know" in span_texts(["Status: Active"], "I don't know")
     assert UNKNOWN not in span_texts(["Status: Active"], "I don't know")

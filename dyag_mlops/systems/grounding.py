@@ -4,13 +4,16 @@ A system that answers from retrieved chunks (rag, hybrid) is asked for the
 exact value the inventory holds. A 135M model that has found the right line
 still miscopies it ("Cotlin" for "Kotlin", "2/01/2018" for "02/01/2018",
 "October 2013"), and an untrained one wanders off into text that is nowhere in
-the context. With grounding on, the answer can only be a run of tokens that
-starts at a word of one line of the context and ends anywhere on that line,
-or the refusal: the model still chooses *which* span (its scores), but
-cannot invent one. A prefix tree (trie) of the token ids of every such span
-constrains transformers' `prefix_allowed_tokens_fn` (sampling) or
-`decode_spans` (greedy: the tree's unbranched paths are checked several
-tokens per forward pass).
+the context. With grounding on, the answer can only be a run of tokens of
+one line of the context, or the refusal: the model still chooses *which*
+span (its scores), but cannot invent one. A span of a `Label: value` line
+starts at the line or at its value (an answer is a field's value, and a
+small model free to start inside one dropped its first words); a span of
+another line starts at any of its words. It ends anywhere on its line. A
+prefix tree (trie) of the token ids of every such span constrains
+transformers' `prefix_allowed_tokens_fn` (sampling) or `decode_spans`
+(greedy: the tree's unbranched paths are checked several tokens per
+forward pass).
 """
 
 from __future__ import annotations
@@ -18,20 +21,26 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-# A span starts at a word: at the start of a line or after a space or an
-# opening punctuation mark.
+from dyag_mlops.data.inventory import FIELD_LINE
+
+# A word starts at the start of a line or after a space or an opening
+# punctuation mark.
 WORD_START = re.compile(r"(?:^|(?<=[\s(:,;«\"'/]))\S")
 CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
 
 
 def context_spans(chunks: Sequence[str]) -> list[str]:
-    """The longest span starting at each word start of each context line:
-    from there to the end of the line."""
+    """The longest span from each allowed start of each context line (the
+    line and its value for a field line, each word otherwise) to the line's end."""
     texts = []
     for chunk in chunks:
         for line in chunk.splitlines():
             line = CHUNK_NUMBER.sub("", line).rstrip()
-            texts += [line[m.start():] for m in WORD_START.finditer(line)]
+            field = FIELD_LINE.match(line)
+            if field:
+                texts += [line, line[field.start("value"):]]
+            else:
+                texts += [line[m.start():] for m in WORD_START.finditer(line)]
     return texts
 
 
