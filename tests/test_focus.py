@@ -123,6 +123,17 @@ def test_a_question_on_a_detail_gets_the_clause_that_holds_its_words():
     assert r.focus(sheet, "Quelle est la technologie principale de ORBIS ?", "ORBIS")[0] == "technology"
 
 
+def test_a_question_naming_a_long_field_gets_its_sentence_that_holds_its_words():
+    # The question names the description: of its two sentences, the one
+    # holding "véhicules" and "service" is kept; a one-sentence field is kept whole.
+    r = router()
+    question = "D'après sa description, ORBIS sert aussi à quoi pour les véhicules de service ?"
+    assert r.focus(SHEET, question, "ORBIS") == ("description", "Description: Il sert aussi aux véhicules de service.")
+    assert r.focus(SHEET, "Quelle est la description d'ORBIS ?", "ORBIS")[1].count("\n") == 1
+    assert r.focus(SHEET, "Quel est le site web d'ORBIS pour les salles de service ?", "ORBIS") == (
+        "website", "Site web: https://orbis.exemple.fr")
+
+
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():
     # People ask in words no sheet holds ("vieux", "bureaux"): the routed
     # field's line is kept, and the model decides from it.

@@ -10,7 +10,8 @@ question templates (the schema's where it knows the field, generic ones built
 from the label otherwise), character n-grams plus, where the schema names
 them, word vectors. A question on a detail of a long value names no field: a
 sentence of the sheet that holds enough of the question's own words overrules
-the router. Training (RAFT contexts), query and evaluation all narrow through
+the router, and a sentence of the routed field's long value that holds
+them is kept alone. Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
 
@@ -258,8 +259,14 @@ class FieldRouter:
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
             detail = self._detail(entries, wanted)
-            if detail:
-                return detail
+        else:
+            # The field is the question's; a value of several sentences
+            # (a description) keeps the one that holds the question's words.
+            own = [(info, lines) for info, lines in entries if info is not None and info.name == field]
+            long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
+            detail = self._detail(own, wanted) if long_value else None
+        if detail:
+            return detail
         return field, _lines_of(entries, field)
 
     @staticmethod
