@@ -311,6 +311,26 @@ def test_resolve_embedding_model():
     assert embeddings.resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
 
 
+def test_a_text_is_embedded_once_per_process_whatever_the_batch(monkeypatch):
+    import numpy as np
+
+    encoded: list[str] = []
+
+    class Counting:
+        def encode(self, texts, **kwargs):
+            encoded.extend(texts)
+            return np.array([[float(len(t)), 1.0] for t in texts])
+
+    monkeypatch.setattr(embeddings, "load_embedder", lambda name: Counting())
+    monkeypatch.setattr(embeddings, "_remembered", {})
+    first = embeddings.embed_remembered("some-model", ["a", "bb", "a"])
+    again = embeddings.embed_remembered("some-model", ["bb", "ccc"])
+    assert encoded == ["a", "bb", "ccc"]
+    assert [v[0] for v in first] == [1.0, 2.0, 1.0] and [v[0] for v in again] == [2.0, 3.0]
+    embeddings.embed_remembered("another-model", ["a"])  # vectors are the model's own
+    assert encoded[-1] == "a"
+
+
 def test_retrieval_metrics():
     def hits(*doc_ids):
         return [rag.Retrieved(f"{d}-c", d, d, "", 0.0) for d in doc_ids]

@@ -123,11 +123,11 @@ def token_f1_beyond_question(prediction: str, expected: str, question: str) -> f
 def semantic_similarities(predictions: list[str], expected: list[str]) -> list[float]:
     """Cosine similarity with the bundled all-MiniLM-L6-v2; raises if unavailable
     (a missing expected metric fails the run rather than vanishing)."""
-    from dyag_mlops.retrieval.embeddings import load_embedder
+    from dyag_mlops.retrieval.embeddings import embed_remembered
 
-    model = load_embedder("all-minilm-l6-v2")
-    a = model.encode(predictions, normalize_embeddings=True, batch_size=SIMILARITY_BATCH, show_progress_bar=False)
-    b = model.encode(expected, normalize_embeddings=True, batch_size=SIMILARITY_BATCH, show_progress_bar=False)
+    # Each distinct text once: many answers are their expected answer.
+    a = embed_remembered("all-minilm-l6-v2", predictions, SIMILARITY_BATCH)
+    b = embed_remembered("all-minilm-l6-v2", expected, SIMILARITY_BATCH)
     return [float(max(0.0, min(1.0, (x * y).sum()))) for x, y in zip(a, b)]
 
 

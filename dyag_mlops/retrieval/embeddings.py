@@ -65,6 +65,26 @@ def embed(embedder: Any, texts: list[str]) -> list[list[float]]:
     return vectors.tolist()
 
 
+# Texts whose vectors a process keeps (short ones: questions, answers).
+REMEMBERED_TEXTS = 20_000
+_remembered: dict[tuple[str, str], Any] = {}
+
+
+def embed_remembered(name: str, texts: list[str], batch_size: int = EMBED_BATCH) -> list[Any]:
+    """Unit-length vectors of `texts` by the model `name`, each text encoded
+    once per process: the pipeline's rag and hybrid stages embed the same
+    questions, and its four evaluate stages the same expected answers."""
+    embedder = load_embedder(name)
+    key = model_key(name)
+    missing = [t for t in dict.fromkeys(texts) if (key, t) not in _remembered]
+    if missing:
+        if len(_remembered) + len(missing) > REMEMBERED_TEXTS:
+            _remembered.clear()
+        vectors = embedder.encode(missing, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+        _remembered.update(((key, t), v) for t, v in zip(missing, vectors))
+    return [_remembered[(key, t)] for t in texts]
+
+
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """A few short questions gain nothing from intra-op threads, and waiting on

@@ -116,6 +116,8 @@ class SentenceVectors:
 
 SENTENCE_WEIGHT = 2.0
 
+# Routed questions whose ranking a router keeps.
+REMEMBERED_QUESTIONS = 20_000
 # A word found in templates of this many fields or more does not tell fields apart.
 SHARED_FIELDS = 3
 
@@ -160,6 +162,7 @@ class FieldRouter:
             features = make_union(features, FunctionTransformer(vectors))
         elif schema.sentence_encoder:
             features = make_union(features, FunctionTransformer(SentenceVectors(schema.sentence_encoder)))
+        self._ranked: dict[str, list[tuple[str, float]]] = {}
         # One field (a corpus with a single label): every question asks for it.
         self.only = fields[0] if len(set(fields)) == 1 else None
         if self.only is None:
@@ -197,11 +200,18 @@ class FieldRouter:
         return [str(f) for f in self.classifier.predict(list(questions))]
 
     def ranked(self, question: str, names: str) -> list[tuple[str, float]]:
-        """Every field with its probability for one question, most likely first."""
+        """Every field with its probability for one question, most likely
+        first. Kept per question: the router is built once per process, and
+        the pipeline's rag and hybrid stages route the same questions."""
         if self.only is not None:
             return [(self.only, 1.0)]
-        probabilities = self.classifier.predict_proba([_without_words(question, _stems(names))])[0]
-        return sorted(zip(map(str, self.classifier.classes_), map(float, probabilities)), key=lambda p: -p[1])
+        routed = _without_words(question, _stems(names))
+        if routed not in self._ranked:
+            if len(self._ranked) >= REMEMBERED_QUESTIONS:
+                self._ranked.clear()
+            probabilities = self.classifier.predict_proba([routed])[0]
+            self._ranked[routed] = sorted(zip(map(str, self.classifier.classes_), map(float, probabilities)), key=lambda p: -p[1])
+        return list(self._ranked[routed])
 
     def _sibling(self, field: str, other: str) -> bool:
         """Whether one field's label is part of the other's ("Author" of

@@ -33,6 +33,7 @@ from dyag_mlops.data.corpus import Chunk, demo_corpus_path, load_corpus
 from dyag_mlops.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EMBED_BATCH,
+    embed_remembered,
     embedding_dimension,
     load_embedder,
     model_key,
@@ -561,9 +562,10 @@ class Retriever:
             return []
         if len(questions) <= 8:
             with single_thread():
-                vectors = _embed(self.embedder, list(questions))
+                vectors = embed_remembered(self.embedding_model, list(questions))
         else:
-            vectors = _embed(self.embedder, list(questions))
+            vectors = embed_remembered(self.embedding_model, list(questions))
+        vectors = [v.tolist() for v in vectors]
         fetch = max(top_k * 4, 20) if self._bm25 is not None else top_k
         # One Chroma query per distinct document filter (the filter is per call).
         groups: dict[tuple[str, ...], list[int]] = {}
