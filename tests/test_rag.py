@@ -145,6 +145,10 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
         assert retriever.unknown_names("Which release of zenquard is out?") == ["zenquard"]
         assert retriever.unknown_names("Which version does the tiling library have?") == []
         assert retriever.retrieve(["Which release of zenquard is out?"], top_k=1) == [[]]
+        # A word only one document holds speaks of it, whatever unknown name comes with it.
+        assert retriever.catalogue.distinctive_words("Which release of zenquard is out?") == []
+        hits = retriever.retrieve(["Which zenquard release does the tiling library have?"], top_k=1)
+        assert [h.doc_id for h in hits[0]] == ["tessellate"]
 
 
 @pytest.mark.parametrize("ranking", ["lexical", "fused"])

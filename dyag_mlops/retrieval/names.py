@@ -22,6 +22,8 @@ NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
 NAME_TYPO_RATIO = 0.8
 # Shorter words are not corrected: one changed letter of four is another word.
 TYPO_MIN_LENGTH = 5
+# A word that at most this many documents hold speaks of them ("pyca").
+DISTINCTIVE_DOCS = 1
 
 
 def _name_tokens(name: str) -> tuple[str, ...]:
@@ -43,6 +45,8 @@ class Catalogue:
         # Every word the index holds, and each pair of neighbours glued
         # ("MOBI-Pass" -> "mobipass"): what a name must be among to be known.
         self.vocabulary: set[str] = set()
+        # The documents holding each word, counted up to DISTINCTIVE_DOCS + 1.
+        self._docs_of_word: dict[str, set[str]] = {}
         for doc_id, names in profile.aliases.items():
             for name in names:
                 self._add_name(name, doc_id)
@@ -51,6 +55,10 @@ class Catalogue:
         self._add_name(title, doc_id)
         words = normalise(f"{title} {text}").split()
         self.vocabulary.update(words)
+        for word in set(words):
+            holders = self._docs_of_word.setdefault(word, set())
+            if len(holders) <= DISTINCTIVE_DOCS:
+                holders.add(doc_id)
         self.vocabulary.update(a + b for a, b in zip(words, words[1:]))
 
     def _add_name(self, name: str, doc_id: str) -> None:
@@ -62,13 +70,28 @@ class Catalogue:
                 self.names.setdefault(("".join(tokens),), set()).add(doc_id)
 
     @functools.cached_property
-    def _known_words(self) -> set[str]:
-        """The index's words and the wording of its fields' questions."""
-        words = set(self.vocabulary) | set(self.schema.stop_words)
+    def _field_wording(self) -> set[str]:
+        """The words of the fields' questions and labels, and the stop words."""
+        words = set(self.schema.stop_words)
         for info in self.profile.fields:
             for text in field_questions(info, self.schema) + list(info.labels):
                 words.update(normalise(text).split())
         return words
+
+    @functools.cached_property
+    def _known_words(self) -> set[str]:
+        """The index's words and the wording of its fields' questions."""
+        return set(self.vocabulary) | self._field_wording
+
+    def distinctive_words(self, question: str) -> list[str]:
+        """Words of the question (4+ letters, not the fields' wording) that at
+        most DISTINCTIVE_DOCS documents hold: the question speaks of those
+        documents, whatever other name it gives: "the pyca crypto package"
+        is the one document holding "pyca", not the unknown "crypto"."""
+        return [
+            w for w in normalise(question).split()
+            if len(w) >= 4 and w not in self._field_wording and 0 < len(self._docs_of_word.get(w, ())) <= DISTINCTIVE_DOCS
+        ]
 
     @functools.cached_property
     def _known_by_letter(self) -> dict[str, list[str]]:

@@ -571,7 +571,7 @@ class Retriever:
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, question in enumerate(questions):
             docs = tuple(self.named_documents(question)) if doc_filter else ()
-            if doc_filter and not docs and self.unknown_names(question):
+            if doc_filter and not docs and self.unknown_names(question) and not self.catalogue.distinctive_words(question):
                 continue  # about something the index does not hold: no context
             groups.setdefault(docs, []).append(i)
         results: list[list[Retrieved]] = [[] for _ in questions]
