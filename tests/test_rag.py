@@ -151,6 +151,15 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
         assert [h.doc_id for h in hits[0]] == ["tessellate"]
 
 
+def test_stop_words_rank_no_document(english_index):
+    # "the", "and", "for" are in two summaries; the English stop words are
+    # left out of the lexical query, so no document scores on them.
+    with rag.Retriever(english_index) as retriever:
+        hits = retriever.retrieve(["the and for"], top_k=3)[0]
+        assert hits and all(h.score == 0.0 for h in hits)
+        assert retriever.retrieve(["the tiling library"], top_k=1)[0][0].score > 0
+
+
 @pytest.mark.parametrize("ranking", ["lexical", "fused"])
 def test_ranking_with_bm25(built, ranking):
     config, _, _ = built

@@ -610,7 +610,9 @@ class Retriever:
 
     def _rank_lexically(self, question: str, dense: list[Retrieved], docs: tuple[str, ...]) -> list[Retrieved]:
         """The dense hits and the BM25 ranking, fused (RRF) or BM25 first."""
-        scores = self._bm25.get_scores(normalise(question).split())
+        # The language's stop words say nothing of a document ("the", "de").
+        stop = set(self.schema.stop_words)
+        scores = self._bm25.get_scores([w for w in normalise(question).split() if w not in stop])
         allowed = set(docs)
         ranked = sorted(
             (j for j in range(len(scores)) if scores[j] > 0 and (not allowed or self._chunks[j].doc_id in allowed)),
