@@ -132,6 +132,9 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
     assert by_name["Mise en production"].kind == "date" and by_name["Identifiant"].kind == "number"
     dates = [t for t in schema.kind_templates["date"] if "{label}" not in t]
     assert dates and set(dates) <= set(field_questions(by_name["Mise en production"], schema))
+    # "Fichiers fonciers, Cadastre": a list, asked about as what the application relies on
+    assert by_name["Données liées"].kind == "list"
+    assert "De quoi dépend {doc} ?" in field_questions(by_name["Données liées"], schema)
     # labels the schema knows take its field's name, its wordings, and keep the corpus's spelling first
     assert by_name["status"].labels[0] == "Statut" and by_name["status"].templates and by_name["status"].documents == 2
     assert by_name["website"].labels[0] == "Sites web" and "Site web" not in by_name["website"].labels
@@ -179,6 +182,9 @@ def test_value_kinds_come_from_most_values():
     assert value_kind(["18062", "6 200", "3,5 Go", "12 %"]) == "number"
     assert value_kind(["1.6-2.1", "0.9", "2.1.0"]) == ""  # versions are no numbers
     assert value_kind(["https://a.example.org", "En production", "Abandonné"]) == ""  # no kind holds most
+    assert value_kind(["idna, urllib3, certifi", "libc6 (>= 2.34), libacl1 (>= 2.2.23)", "attrs"]) == "list"
+    # a sentence with commas is no list: its parts are longer than four words
+    assert value_kind(["The tool reads the records of the archive, and sends them on, every night"] * 2) == ""
     assert shared_values(["optional", "required", "optional", "a sentence of more than three words", "required"]) == (
         "optional", "required",
     )

@@ -181,6 +181,9 @@ VALUE_KINDS = {
     "date": re.compile(r"^(?:\d{4}-\d{1,2}(?:-\d{1,2})?|\d{1,2}/\d{1,2}/\d{2,4})$"),
     # "18062", "6 200", "3,5 Go"; not "0.9" (versions outnumber decimal points).
     "number": re.compile(r"^[<>~≈]?\s*\d[\d\s]*(?:,\d+)?\s*(?:%|[^\W\d]{1,4}\.?)?$"),
+    # Two items or more, each of at most four words, separated by commas:
+    # "idna, urllib3, certifi", "libc6 (>= 2.34), libacl1 (>= 2.2.23)".
+    "list": re.compile(r"^\S+(?:\s+\S+){0,3}(?:,\s*\S+(?:\s+\S+){0,3})+$"),
     # "text": not a pattern; the kind of the corpus's wordiest field (`_text_field`).
     "text": None,
 }
@@ -405,7 +408,8 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
         fields.append(
             FieldInfo(
                 name, tuple(corpus_labels + extra), spec.templates if spec else (), len(holders[name]),
-                bool(spec and spec.alias), kinds[name], () if kinds[name] else shared_values(values[name]),
+                # A list's whole value may be a category too ("Finances, RH").
+                bool(spec and spec.alias), kinds[name], () if kinds[name] not in ("", "list") else shared_values(values[name]),
             )
         )
     # Fields the schema knows and the corpus lacks stay as classes of the
