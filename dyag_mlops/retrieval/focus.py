@@ -8,10 +8,11 @@ field: the only grounded answer is then the refusal). Its classes are the
 corpus's fields (inventory.Profile); it is trained on their labels and
 question templates (the schema's where it knows the field, generic ones built
 from the label otherwise), character n-grams plus, where the schema names
-them, word vectors. A question on a detail of a long value names no field: a
-sentence of the sheet that holds enough of the question's own words overrules
-the router, and a sentence of the routed field's long value that holds
-them is kept alone. Training (RAFT contexts), query and evaluation all narrow through
+them, word vectors. A question on a detail of a long value may name no
+field: a sentence of the sheet that holds enough of the question's own words
+overrules an unsure router; a sure router (or a question naming the field's
+label) keeps, of its field's long value, the sentence that holds them.
+Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
 
