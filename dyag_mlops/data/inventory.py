@@ -412,8 +412,10 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
                 bool(spec and spec.alias), kinds[name], () if kinds[name] not in ("", "list") else shared_values(values[name]),
             )
         )
-    # Fields the schema knows and the corpus lacks stay as classes of the
-    # router: a question about them finds no line, and the answer is a refusal.
+    # Fields the schema knows and the corpus lacks stay in the profile, held
+    # by no document: their wording counts as known words when questions
+    # are spelt (names.Catalogue); the router's classes and inspect-corpus
+    # are the corpus's own fields (`corpus_fields`).
     known = {f.name for f in fields}
     fields += [FieldInfo(s.name, s.labels, s.templates, 0, s.alias) for s in schema.fields if s.name not in known]
     name_labels = Counter(d.name_label for d in docs if d.name_label)
