@@ -560,12 +560,8 @@ class Retriever:
         doc_filter = self.doc_filter if doc_filter is None else doc_filter
         if not questions:
             return []
-        if len(questions) <= 8:
-            with single_thread():
-                vectors = embed_remembered(self.embedding_model, list(questions))
-        else:
-            vectors = embed_remembered(self.embedding_model, list(questions))
-        vectors = [v.tolist() for v in vectors]
+        with single_thread() if len(questions) <= 8 else contextlib.nullcontext():
+            vectors = [v.tolist() for v in embed_remembered(self.embedding_model, list(questions))]
         fetch = max(top_k * 4, 20) if self._bm25 is not None else top_k
         # One Chroma query per distinct document filter (the filter is per call).
         groups: dict[tuple[str, ...], list[int]] = {}
