@@ -134,6 +134,19 @@ def test_a_question_naming_a_long_field_gets_its_sentence_that_holds_its_words()
         "website", "Site web: https://orbis.exemple.fr")
 
 
+def test_a_question_the_router_cannot_place_gets_the_description_sentence_closest_in_meaning():
+    # No word of the question is on the sheet ("automobiles", not
+    # "véhicules") and the router leans to another field; the description's
+    # sentence is the sheet's line closest to the question in meaning.
+    r = router()
+    question = "Les automobiles, ORBIS s'en occupe ?"
+    assert r.ranked(question, "ORBIS")[0][0] != "description"
+    assert r.focus(SHEET, question, "ORBIS") == ("description", "Description: Il sert aussi aux véhicules de service.")
+    # A sheet without a description keeps the routed field.
+    without = "\n".join(line for line in SHEET.splitlines() if not line.startswith(("Description", "Il sert")))
+    assert r.focus(without, question, "ORBIS")[0] == r.ranked(question, "ORBIS")[0][0]
+
+
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():
     # People ask in words no sheet holds ("vieux", "bureaux"): the routed
     # field's line is kept, and the model decides from it.

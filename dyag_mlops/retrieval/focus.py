@@ -10,8 +10,10 @@ question templates (the schema's where it knows the field, generic ones built
 from the label otherwise), character n-grams plus, where the schema names
 them, word vectors. A question on a detail of a long value may name no
 field: a sentence of the sheet that holds enough of the question's own words
-overrules an unsure router; a sure router (or a question naming the field's
-label) keeps, of its field's long value, the sentence that holds them.
+overrules an unsure router; failing that, the description's sentence
+closest in meaning does when the description is the sheet's line closest to
+the question; a sure router (or a question naming the field's label) keeps,
+of its field's long value, the sentence that holds them.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -24,7 +26,7 @@ from typing import Any, Sequence
 
 from dyag_mlops.data.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, STEM, Profile, Schema, field_questions
 from dyag_mlops.data.text import normalise
-from dyag_mlops.retrieval.embeddings import load_vectors
+from dyag_mlops.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, load_vectors
 
 # A chunk is a sheet when at least this share of its lines carries a field's label.
 SHEET_SHARE = 0.5
@@ -135,13 +137,13 @@ def _shared_words(texts_of: dict[str, list[str]]) -> set[str]:
 class FieldRouter:
     """Question -> the corpus field it asks about; sheet -> that field's lines."""
 
-    def __init__(self, profile: Profile, schema: Schema):
+    def __init__(self, profile: Profile, schema: Schema, embedding_model: str = DEFAULT_EMBEDDING_MODEL):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline, make_union
         from sklearn.preprocessing import FunctionTransformer
 
-        self.profile, self.schema = profile, schema
+        self.profile, self.schema, self.embedding_model = profile, schema, embedding_model
         # The classes are the corpus's fields: a field only the schema knows
         # would take the questions that say "website" from the corpus's
         # "Homepage", and answer them with a refusal.
@@ -168,6 +170,8 @@ class FieldRouter:
         self.only = fields[0] if len(set(fields)) == 1 else None
         if self.only is None:
             self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000, class_weight="balanced")).fit(questions, fields)
+        # The corpus's prose (its description): where an unplaced question's detail lies.
+        self.text_field = next((info.name for info in classes if info.kind == "text"), None)
         # What a question may say without asking for a detail: the fields' wording.
         self.label_stems = {info.name: [_stems(label) for label in info.labels] for info in classes}
         # ... and the corpus's common words: neither points to a detail of one sheet.
@@ -269,7 +273,7 @@ class FieldRouter:
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
-            detail = self._detail(entries, wanted)
+            detail = self._detail(entries, wanted) or self._prose(entries, question, names, ranking)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
@@ -279,6 +283,31 @@ class FieldRouter:
         if detail:
             return detail
         return field, _lines_of(entries, field)
+
+    def _prose(self, entries: list[tuple[Any, list[str]]], question: str, names: str, ranking: list[tuple[str, float]]) -> tuple[str, str] | None:
+        """(text field, "Label : sentence") when the sheet's prose (the
+        corpus's text field) is its line closest to the question, cut to its
+        sentence closest to the question; None otherwise. Closeness is the
+        router's probability plus the cosine of line and question, both
+        without the document's names (every line naming it would look close).
+        For a question the router cannot place and whose words the sheet does
+        not hold: "Can wget keep downloading after I have logged out?" of
+        "... so it will work in the background, after having logged off."."""
+        from dyag_mlops.retrieval.embeddings import embed_remembered
+
+        lines = [(info, " ".join(lines)) for info, lines in entries if info is not None]
+        if not any(info.name == self.text_field for info, _ in lines):
+            return None
+        stems, probability = _stems(names), dict(ranking)
+        asked, *vectors = embed_remembered(self.embedding_model, [_without_words(t, stems) for t in [question] + [line for _, line in lines]])
+        (info, line), _ = max(zip(lines, vectors), key=lambda pair: float(pair[1] @ asked) + probability.get(pair[0][0].name, 0.0))
+        if info.name != self.text_field:
+            return None
+        sentences = SENTENCE_END.split(_value(line))
+        if len(sentences) > 1:
+            vectors = embed_remembered(self.embedding_model, [_without_words(t, stems) for t in sentences])
+            sentences = [max(zip(sentences, vectors), key=lambda pair: float(pair[1] @ asked))[0]]
+        return info.name, f"{_label(line)}{SEPARATOR}{sentences[0]}"
 
     @staticmethod
     def _detail(entries: list[tuple[Any, list[str]]], wanted: set[str]) -> tuple[str, str] | None:

@@ -427,15 +427,16 @@ def _index(
 
 
 @functools.lru_cache(maxsize=4)
-def _router(profile_json: str, schema_source: str) -> Any:
+def _router(profile_json: str, schema_source: str, embedding_model: str) -> Any:
     from dyag_mlops.retrieval.focus import FieldRouter
 
-    return FieldRouter(Profile.from_dict(json.loads(profile_json)), cached_schema(schema_source))
+    return FieldRouter(Profile.from_dict(json.loads(profile_json)), cached_schema(schema_source), embedding_model)
 
 
-def field_router(profile: Profile, schema: Any) -> Any:
-    """The router of a corpus profile, built once per process (a few seconds with word vectors)."""
-    return _router(json.dumps(profile.to_dict(), sort_keys=True), schema.source)
+def field_router(profile: Profile, schema: Any, embedding_model: str = DEFAULT_EMBEDDING_MODEL) -> Any:
+    """The router of a corpus profile, built once per process (a few seconds
+    with word vectors); `embedding_model` is the index's."""
+    return _router(json.dumps(profile.to_dict(), sort_keys=True), schema.source, model_key(embedding_model))
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,7 @@ class Retriever:
     @functools.cached_property
     def router(self) -> Any:
         """The field router of this index's corpus (focus.FieldRouter)."""
-        return field_router(self.profile, self.schema)
+        return field_router(self.profile, self.schema, self.embedding_model)
 
     def close(self) -> None:
         _close(self._client)
