@@ -97,6 +97,34 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
 # ---------------------------------------------------------------- dyag's original formats
 
 
+def test_a_heading_over_one_plain_label_line_holds_it_as_its_text():
+    # A Debian description starts "GNU C Library: Shared libraries ...": under
+    # its heading it is the description, not a field "GNU C Library". Two
+    # such lines, or one marked up, are fields the heading groups.
+    text = "GNU C Library: Shared libraries used by nearly all programs."
+    assert parse_fields(f"## Description\n\n{text}")[0] == [("Description", text)]
+    assert parse_fields("## Détails\n\n- **Statut**: En test")[0] == [("Statut", "En test")]
+    assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [("Statut", "En test"), ("Version", "2")]
+
+
+def test_a_value_equal_to_its_title_is_a_fact_unless_the_label_names_most_documents(tmp_path):
+    # Markdown sheets have no name line: a package whose section is its own
+    # name keeps its section, and the corpus gets no name label from it.
+    folder = tmp_path / "md"
+    folder.mkdir()
+    for name, section in (("perl", "perl"), ("curl", "web"), ("grep", "utils")):
+        (folder / f"{name}.md").write_text(f"# {name}\n\n## Section\n\n{section}\n\n## Priority\n\noptional\n", encoding="utf-8")
+    docs = documents(load_corpus(folder))
+    assert facts_by_title(docs)["perl"] == [("Section", "perl"), ("Priority", "optional")]
+    assert {d.name_label for d in docs} == {""}
+    # A label that names every document ("Package: perl" in each chunk) is the name line.
+    chunks = [{"id": f"{n}-{k}", "content": f"Package: {n}\n{line}", "metadata": {"id": n, "nom": n}}
+              for n, section in (("perl", "perl"), ("curl", "web")) for k, line in enumerate([f"Section: {section}", "Priority: optional"])]
+    docs = documents(load_corpus(write_jsonl(tmp_path / "c.jsonl", chunks)))
+    assert facts_by_title(docs)["perl"] == [("Section", "perl"), ("Priority", "optional")]
+    assert {d.name_label for d in docs} == {"Package"}
+
+
 def test_the_one_field_per_chunk_sample_and_its_markdown_give_the_same_facts():
     chunks = load_corpus(SAMPLES / "corpus.jsonl")
     from_jsonl, from_md = documents(chunks), documents(load_corpus(SAMPLES / "corpus_md"))

@@ -237,25 +237,50 @@ def _is_label(label: str) -> bool:
     )
 
 
+# A field line marked up as one: a list item or a bold label.
+MARKED_FIELD = re.compile(r"^(?:[-*+]\s|\*\*|__)")
+
+
+def _grouping_headings(lines: list[str]) -> set[int]:
+    """Indexes of the headings that group "Label: value" lines: two or more
+    of them below, or one marked up ("- **Statut**: …"). Under any other
+    heading, a line that reads "GNU C Library: Shared libraries …" is the
+    heading's text, not a field of its own."""
+    groups, heading, fields, marked = set(), None, 0, False
+    for number, line in enumerate([*lines, "# end"]):
+        if HEADING.match(line):
+            if heading is not None and (fields >= 2 or marked):
+                groups.add(heading)
+            heading, fields, marked = number, 0, False
+        elif (match := FIELD_LINE.match(line)) and _is_label(match.group("label")):
+            fields += 1
+            marked = marked or bool(MARKED_FIELD.match(line))
+    return groups
+
+
 def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, value) pairs of a chunk, and its lines that belong to no field.
 
     A `## Label` heading holds the text written below it (unless that text is
-    itself "Label: value" lines: then the heading only groups them); a
+    "Label: value" lines, two or more or marked up: then the heading only
+    groups them, `_grouping_headings`); a
     `Label: value` line holds its value, continued by unlabelled lines up to a
     blank line. A top-level `# Title` heading names the document, not a field."""
     pairs: list[list[str]] = []
     loose: list[str] = []
     current: list[str] | None = None  # the field that unlabelled lines continue
     under_heading = False  # current is a heading's field, still waiting for or collecting its text
-    for raw in content.splitlines():
-        line = raw.strip()
+    grouping = False  # current's heading groups "Label: value" lines
+    lines = [raw.strip() for raw in content.splitlines()]
+    groups = _grouping_headings(lines)
+    for number, line in enumerate(lines):
         heading = HEADING.match(line)
         if heading:
             current, under_heading = None, False
             if len(heading.group(1)) > 1:
                 current, under_heading = [heading.group(2).strip(" *_:"), ""], True
                 pairs.append(current)
+                grouping = number in groups
             continue
         if not line:
             if not under_heading:
@@ -263,7 +288,7 @@ def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         match = FIELD_LINE.match(line)
         is_field = bool(match) and _is_label(match.group("label"))
-        if under_heading and current is not None and not current[1] and is_field:
+        if under_heading and current is not None and not current[1] and is_field and grouping:
             pairs.remove(current)  # a heading over "Label: value" lines groups them
             under_heading = False
         if is_field and not under_heading:
@@ -294,16 +319,17 @@ def documents(chunks: Sequence[Any]) -> list[Document]:
     grouped: dict[str, list[Any]] = defaultdict(list)
     for chunk in chunks:
         grouped[chunk.doc_id].append(chunk)
+    parsed = {doc_id: [parse_fields(chunk.content) for chunk in members] for doc_id, members in grouped.items()}
+    name_labels = _name_labels(grouped, parsed)
     docs = []
     for doc_id, members in grouped.items():
         title = members[0].title
         fields: dict[tuple[str, ...], tuple[str, str]] = {}
         free: list[str] = []
         name_label = ""
-        for chunk in members:
-            pairs, loose = parse_fields(chunk.content)
+        for chunk, (pairs, loose) in zip(members, parsed[doc_id]):
             for label, value in pairs:
-                if normalise(value) == normalise(title) and (not name_label or label == name_label):
+                if label_key(label) in name_labels and normalise(value) == normalise(title) and (not name_label or label == name_label):
                     name_label = label  # "Application: Marégraphe", "Nom : SIRENA": the name, not a fact
                     continue
                 fields.setdefault(label_key(label), (label, value))
@@ -313,6 +339,22 @@ def documents(chunks: Sequence[Any]) -> list[Document]:
                 free.append("\n".join(loose))
         docs.append(Document(doc_id, title, tuple(fields.values()), tuple(c.id for c in members), tuple(free), name_label))
     return docs
+
+
+# A label names the documents when more than this share of them give it their title as value.
+NAME_LABEL_SHARE = 0.5
+
+
+def _name_labels(grouped: dict[str, list[Any]], parsed: dict[str, list[tuple[list, list]]]) -> set[tuple[str, ...]]:
+    """The labels (label_key) whose line names the document ("Application:
+    Marégraphe" in every chunk): those more than NAME_LABEL_SHARE of the
+    documents give their title. In a corpus without such lines, one package whose section
+    is its own name ("Section: perl") keeps that field."""
+    naming: Counter = Counter()
+    for doc_id, members in grouped.items():
+        title = normalise(members[0].title)
+        naming.update({label_key(label) for pairs, _ in parsed[doc_id] for label, value in pairs if normalise(value) == title})
+    return {key for key, count in naming.items() if count > NAME_LABEL_SHARE * len(grouped)}
 
 
 # ---------------------------------------------------------------- profile
