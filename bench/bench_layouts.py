@@ -64,14 +64,13 @@ def main() -> None:
         folder = Path(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         answers: dict[str, list[str]] = {}
-        model = None
+        predictor = None
         for layout, corpus in write_layouts(args.corpus, folder).items():
             index = folder / f"index-{len(answers)}"
             rag.run(IndexConfig(corpus=corpus, index=str(index)))
             config = EvaluateConfig(eval_file=args.eval_file, system="rag", index=str(index), top_k=PipelineConfig.top_k,
                                     output=str(folder / f"results-{len(answers)}.json"))
-            predictor = load_predictor(config.system_spec(), model_from=model)
-            model = predictor
+            predictor = load_predictor(config.system_spec(), model_from=predictor)  # the model loads once
             rows = evaluate.run(config, predictor=predictor).rows
             answers[layout] = [r["generated_answer"] for r in rows]
             same = sum(a == b for a, b in zip(answers[layout], next(iter(answers.values()))))

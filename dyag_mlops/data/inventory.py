@@ -261,9 +261,8 @@ def _grouping_headings(lines: list[str]) -> set[int]:
 def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, value) pairs of a chunk, and its lines that belong to no field.
 
-    A `## Label` heading holds the text written below it (unless that text is
-    "Label: value" lines, two or more or marked up: then the heading only
-    groups them, `_grouping_headings`); a
+    A `## Label` heading holds the text written below it, unless that text is
+    "Label: value" lines the heading groups (`_grouping_headings`); a
     `Label: value` line holds its value, continued by unlabelled lines up to a
     blank line. A top-level `# Title` heading names the document, not a field."""
     pairs: list[list[str]] = []
@@ -348,8 +347,8 @@ NAME_LABEL_SHARE = 0.5
 def _name_labels(grouped: dict[str, list[Any]], parsed: dict[str, list[tuple[list, list]]]) -> set[tuple[str, ...]]:
     """The labels (label_key) whose line names the document ("Application:
     Marégraphe" in every chunk): those more than NAME_LABEL_SHARE of the
-    documents give their title. In a corpus without such lines, one package whose section
-    is its own name ("Section: perl") keeps that field."""
+    documents give their title. In a corpus without such lines, a package
+    whose section is its own name ("Section: perl") keeps that fact."""
     naming: Counter = Counter()
     for doc_id, members in grouped.items():
         title = normalise(members[0].title)
