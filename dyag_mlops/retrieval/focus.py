@@ -293,20 +293,24 @@ class FieldRouter:
         For a question the router cannot place and whose words the sheet does
         not hold: "Can wget keep downloading after I have logged out?" of
         "... so it will work in the background, after having logged off."."""
-        from dyag_mlops.retrieval.embeddings import embed_remembered
+        from dyag_mlops.retrieval.embeddings import embed_remembered, single_thread
 
         lines = [(info, " ".join(lines)) for info, lines in entries if info is not None]
         if not any(info.name == self.text_field for info, _ in lines):
             return None
         stems, probability = _stems(names), dict(ranking)
-        asked, *vectors = embed_remembered(self.embedding_model, [_without_words(t, stems) for t in [question] + [line for _, line in lines]])
+
+        def embedded(texts: list[str]) -> list[Any]:
+            with single_thread():  # a few short texts: threads cost more than they give
+                return embed_remembered(self.embedding_model, [_without_words(t, stems) for t in texts])
+
+        asked, *vectors = embedded([question] + [line for _, line in lines])
         (info, line), _ = max(zip(lines, vectors), key=lambda pair: float(pair[1] @ asked) + probability.get(pair[0][0].name, 0.0))
         if info.name != self.text_field:
             return None
         sentences = SENTENCE_END.split(_value(line))
         if len(sentences) > 1:
-            vectors = embed_remembered(self.embedding_model, [_without_words(t, stems) for t in sentences])
-            sentences = [max(zip(sentences, vectors), key=lambda pair: float(pair[1] @ asked))[0]]
+            sentences = [max(zip(sentences, embedded(sentences)), key=lambda pair: float(pair[1] @ asked))[0]]
         return info.name, f"{_label(line)}{SEPARATOR}{sentences[0]}"
 
     @staticmethod
