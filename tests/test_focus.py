@@ -147,6 +147,27 @@ def test_a_question_the_router_cannot_place_gets_the_description_sentence_closes
     assert r.focus(without, question, "ORBIS")[0] == r.ranked(question, "ORBIS")[0][0]
 
 
+VELIA = (
+    "Nom: VELIA\nStatut: En test\nHébergement: Datacenter Lyon\n"
+    "Description: Plateforme de suivi des vélos en libre-service. Elle compte les locations par station."
+)
+
+
+def test_a_question_naming_the_document_by_its_description_routes_on_its_other_words():
+    # "la plateforme de suivi des vélos" names VELIA, as its name would: it is
+    # no cue to the description field, and is left out before routing.
+    r = router()
+    entries = r.entries(VELIA)
+    question = "La plateforme de suivi des vélos, elle est hébergée où ?"
+    assert r.described_as(question, entries, "VELIA") == "la plateforme de suivi des velos"
+    assert r.focus(VELIA, question, "VELIA") == ("hosting", "Hébergement: Datacenter Lyon")
+    # Said with its name, the document needs no other naming words.
+    assert r.described_as("VELIA, la plateforme de suivi des vélos, est hébergée où ?", entries, "VELIA") == ""
+    # Words of the description's later sentences are the detail asked, not a name.
+    detail = "La plateforme de suivi des vélos compte quoi par station ?"
+    assert r.focus(VELIA, detail, "VELIA") == ("description", "Description: Elle compte les locations par station.")
+
+
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():
     # People ask in words no sheet holds ("vieux", "bureaux"): the routed
     # field's line is kept, and the model decides from it.

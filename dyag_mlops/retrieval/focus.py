@@ -8,9 +8,11 @@ field: the only grounded answer is then the refusal). Its classes are the
 corpus's fields (inventory.Profile); it is trained on their labels and
 question templates (the schema's where it knows the field, generic ones built
 from the label otherwise), character n-grams plus, where the schema names
-them, word vectors. A question on a detail of a long value may name no
-field: a sentence of the sheet that holds enough of the question's own words
-overrules an unsure router; failing that, the description's sentence
+them, word vectors. The words that name the document (its names, or the
+opening of its description for a question that does not say them) are left
+out first: they are no cue to a field. A question on a detail of a long
+value may name no field: a sentence of the sheet that holds enough of the
+question's own words overrules an unsure router; failing that, the description's sentence
 closest in meaning does when the description is the sheet's line closest to
 the question; a sure router (or a question naming the field's label) keeps,
 of its field's long value, the sentence that holds them.
@@ -36,6 +38,9 @@ EVIDENCE_WORDS = 2
 # ... unless the router gives its field at least this probability
 # (measured on the dev halves: docs/decisions/0003-question-words.md).
 ROUTER_SURE = 0.4
+# How many uncommon words of a document's description a question must say in
+# a row to be taken for naming the document by it.
+DESCRIBING_WORDS = 2
 # A value is searched sentence by sentence, and a sentence clause by clause:
 # a sentence of a description may hold several facts ("... recense les 142
 # lycées publics de la Région et calcule les dotations ..."), and the answer
@@ -262,6 +267,7 @@ class FieldRouter:
         if entries is None:
             return None
         names = self.sheet_names(entries, title)
+        names = f"{names} {self.described_as(question, entries, names)}"
         ranking = self.ranked(question, names)
         field = ranking[0][0]
         present = {info.name for info, _ in entries if info is not None}
@@ -283,6 +289,37 @@ class FieldRouter:
         if detail:
             return detail
         return field, _lines_of(entries, field)
+
+    def described_as(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str:
+        """The words by which a question that does not say the document's
+        name names it by its description ("" if none): the run of its words
+        that the opening of the sheet's prose holds, DESCRIBING_WORDS or more
+        of them uncommon in the corpus. "What's the version of the Python
+        computer algebra system?" of "Computer algebra system (CAS) in
+        Python": like a name, they are no cue to a field."""
+        words = normalise(question).split()
+        name_stems = _stems(names)
+        if self.text_field is None or any(len(w) >= 4 and w[:STEM] in name_stems for w in words):
+            return ""
+        prose = _lines_of(entries, self.text_field).splitlines()
+        # The opening (first line, first sentence) is what a document is
+        # known by; the rest holds the details questions ask about.
+        held = _stems(SENTENCE_END.split(_value(prose[0]))[0]) if prose else set()
+        common = set(self.profile.common_words)
+
+        def uncommon(run: list[str]) -> int:
+            return sum(w[:STEM] in held and w[:STEM] not in common for w in run)
+
+        best: list[str] = []
+        run: list[str] = []
+        for word in [*words, ""]:  # "" closes the last run; short words may lie within one
+            if word and (word[:STEM] in held or len(word) <= 3):
+                run.append(word)
+                continue
+            if uncommon(run) >= max(DESCRIBING_WORDS, uncommon(best) + 1):
+                best = run
+            run = []
+        return " ".join(best)
 
     def _prose(self, entries: list[tuple[Any, list[str]]], question: str, names: str, ranking: list[tuple[str, float]]) -> tuple[str, str] | None:
         """(text field, "Label : sentence") when the sheet's prose (the
