@@ -168,6 +168,17 @@ def test_a_question_naming_the_document_by_its_description_routes_on_its_other_w
     assert r.focus(VELIA, detail, "VELIA") == ("description", "Description: Elle compte les locations par station.")
 
 
+def test_a_question_asking_how_many_keeps_no_line_without_a_figure():
+    # "Combien" asks for a quantity: a line without a figure cannot answer
+    # it, so the context is empty and the grounded answer the refusal.
+    r = router()
+    question = "Combien de serveurs hébergent ORBIS ?"
+    assert r.focus(SHEET, question, "ORBIS") == ("hosting", "")
+    counted = SHEET.replace("Hébergement: Datacenter Nantes-Est", "Hébergement: 2 serveurs, Datacenter Nantes-Est")
+    assert r.focus(counted, question, "ORBIS") == ("hosting", "Hébergement: 2 serveurs, Datacenter Nantes-Est")
+    assert r.focus(SHEET, "Où est hébergé ORBIS ?", "ORBIS") == ("hosting", "Hébergement: Datacenter Nantes-Est")
+
+
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():
     # People ask in words no sheet holds ("vieux", "bureaux"): the routed
     # field's line is kept, and the model decides from it.

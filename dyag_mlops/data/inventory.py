@@ -83,6 +83,9 @@ class Schema:
     kind_templates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Common words of the language: how a corpus's language is recognised.
     stop_words: frozenset[str] = frozenset()
+    # Phrases that ask for what is written in figures, a quantity or a year
+    # ("how many", "since when"), normalised: no line without a digit answers them.
+    figure_phrases: tuple[str, ...] = ()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -147,6 +150,7 @@ def load_schema(name_or_path: str) -> Schema:
         generic_templates=generic,
         kind_templates={kind: tuple(templates) for kind, templates in kinds.items()},
         stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
+        figure_phrases=tuple(normalise(phrase) for phrase in data.get("figure_phrases", ())),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,

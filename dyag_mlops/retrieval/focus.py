@@ -15,7 +15,9 @@ value may name no field: a sentence of the sheet that holds enough of the
 question's own words overrules an unsure router; failing that, the description's sentence
 closest in meaning does when the description is the sheet's line closest to
 the question; a sure router (or a question naming the field's label) keeps,
-of its field's long value, the sentence that holds them.
+of its field's long value, the sentence that holds them. A question asking
+for figures ("how many", "since when": the schema's `figure_phrases`) keeps
+nothing from a line without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -286,9 +288,16 @@ class FieldRouter:
             own = [(info, lines) for info, lines in entries if info is not None and info.name == field]
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
             detail = self._detail(own, wanted) if long_value else None
-        if detail:
-            return detail
-        return field, _lines_of(entries, field)
+        kept = detail or (field, _lines_of(entries, field))
+        if self.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
+            return kept[0], ""  # "How many downloads …?" is not answered by a web address
+        return kept
+
+    def asks_figures(self, question: str) -> bool:
+        """Whether the question asks for figures: says one of the schema's
+        `figure_phrases` ("how many", "since when")."""
+        said = f" {normalise(question)} "
+        return any(f" {phrase} " in said for phrase in self.schema.figure_phrases)
 
     def described_as(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str:
         """The words by which a question that does not say the document's
