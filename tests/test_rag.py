@@ -136,6 +136,8 @@ def test_misspelt_words_are_read_as_the_corpus_writes_them(english_index):
         assert retriever.spelled("tesselate homepge?") == "tessellate homepage?"
         # English words are no misspellings, even close to a word of the corpus ("released"/"related").
         assert retriever.spelled("Under which terms is it released?") == "Under which terms is it released?"
+        # A word of the corpus with a suffix is another form of it, not a misspelling.
+        assert retriever.spelled("What makes its comprehensiveness?") == "What makes its comprehensiveness?"
         # Neighbouring words glued name a document.
         assert retriever.named_documents("logrota 3 version") == ["logrota3"]
 

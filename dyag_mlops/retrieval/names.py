@@ -22,6 +22,9 @@ NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
 NAME_TYPO_RATIO = 0.8
 # Shorter words are not corrected: one changed letter of four is another word.
 TYPO_MIN_LENGTH = 5
+# A known word followed by this many letters or more is another form of it
+# ("installer" of "install"), not a misspelling.
+FORM_SUFFIX = 2
 # A word that at most this many documents hold speaks of them ("pyca").
 DISTINCTIVE_DOCS = 1
 
@@ -130,7 +133,8 @@ class Catalogue:
         the closest word of the index or its fields' wording (TYPO_MIN_LENGTH
         letters or more, NAME_TYPO_RATIO alike, same first letter): "cipherkti
         verison" reads "cipherkit version", so retrieval finds the document and
-        the router the field. A word close to nothing is left as written."""
+        the router the field. A word close to nothing, or a known word with a
+        suffix (FORM_SUFFIX), is left as written."""
         import difflib
 
         def fix(match: re.Match) -> str:
@@ -139,7 +143,9 @@ class Catalogue:
             if len(key) < TYPO_MIN_LENGTH or " " in key or self._is_common_word(word):
                 return word
             close = difflib.get_close_matches(key, self._known_by_letter.get(key[0], []), n=1, cutoff=NAME_TYPO_RATIO)
-            return close[0] if close else word
+            if not close or (key.startswith(close[0]) and len(key) - len(close[0]) >= FORM_SUFFIX):
+                return word
+            return close[0]
 
         return re.sub(r"\w+", fix, question)
 
