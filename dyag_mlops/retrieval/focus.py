@@ -12,12 +12,12 @@ them, word vectors. The words that name the document (its names, or the
 opening of its description for a question that does not say them) are left
 out first: they are no cue to a field. A question on a detail of a long
 value may name no field: a sentence of the sheet that holds enough of the
-question's own words overrules an unsure router; failing that, the description's sentence
-closest in meaning does when the description is the sheet's line closest to
-the question; a sure router (or a question naming the field's label) keeps,
-of its field's long value, the sentence that holds them. A question asking
-for figures ("how many", "since when": the schema's `figure_phrases`) keeps
-nothing from a line without a digit.
+question's own words overrules an unsure router; failing that, the
+description's sentence closest in meaning does when the description is the
+sheet's line closest to the question; a sure router (or a question naming
+the field's label) keeps, of its field's long value, the sentence that holds
+them. A question asking for figures ("how many", "since when": the schema's
+`figure_phrases`) keeps nothing from a line without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
