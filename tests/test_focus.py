@@ -142,9 +142,23 @@ def test_a_question_the_router_cannot_place_gets_the_description_sentence_closes
     question = "Les automobiles, ORBIS s'en occupe ?"
     assert r.ranked(question, "ORBIS")[0][0] != "description"
     assert r.focus(SHEET, question, "ORBIS") == ("description", "Description: Il sert aussi aux véhicules de service.")
-    # A sheet without a description keeps the routed field.
-    without = "\n".join(line for line in SHEET.splitlines() if not line.startswith(("Description", "Il sert")))
-    assert r.focus(without, question, "ORBIS")[0] == r.ranked(question, "ORBIS")[0][0]
+
+
+def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():
+    # The router leans, unsure, to the summary; no word of the question is
+    # on the sheet ("keeps ... going"); the Maintainer line is the closest in
+    # meaning, and is kept.
+    from dyag_mlops.data.corpus import load_corpus
+
+    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "pydist" / "corpus_md"))
+    profile = build_profile(docs, "auto")
+    r = FieldRouter(profile, cached_schema(profile.schema))
+    sheet = render_sheet(next(d for d in docs if d.title == "python-dateutil"), profile.name_label)
+    others = [f.name for f in profile.corpus_fields if f.name != "Summary"]
+    r.ranked = lambda question, names: [("Summary", 0.3)] + [(f, 0.7 / len(others)) for f in others]
+    assert r.focus(sheet, "Who keeps python-dateutil going nowadays?", "python-dateutil") == ("Maintainer", "Maintainer: Paul Ganssle")
+    # A question whose words the sheet holds gets their line, as before.
+    assert r.focus(sheet, "Which Python datetime extensions does python-dateutil offer?", "python-dateutil")[0] == "Summary"
 
 
 VELIA = (

@@ -12,11 +12,10 @@ them, word vectors. The words that name the document (its names, or the
 opening of its description for a question that does not say them) are left
 out first: they are no cue to a field. A question on a detail of a long
 value may name no field: a sentence of the sheet that holds enough of the
-question's own words overrules an unsure router; failing that, the
-description's sentence closest in meaning does when the description is the
-sheet's line closest to the question; a sure router (or a question naming
-the field's label) keeps, of its field's long value, the sentence that holds
-them. A question asking for figures ("how many", "since when": the schema's
+question's own words overrules an unsure router; failing that, the sheet's
+line closest to the question in meaning does (the description cut to its
+closest sentence); a sure router (or a question naming the field's label)
+keeps, of its field's long value, the sentence that holds them. A question asking for figures ("how many", "since when": the schema's
 `figure_phrases`) keeps nothing from a line without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
@@ -281,7 +280,7 @@ class FieldRouter:
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
-            detail = self._detail(entries, wanted) or self._prose(entries, question, names, ranking)
+            detail = self._detail(entries, wanted) or self._closest(entries, question, names, ranking)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
@@ -330,19 +329,20 @@ class FieldRouter:
             run = []
         return " ".join(best)
 
-    def _prose(self, entries: list[tuple[Any, list[str]]], question: str, names: str, ranking: list[tuple[str, float]]) -> tuple[str, str] | None:
-        """(text field, "Label : sentence") when the sheet's prose (the
-        corpus's text field) is its line closest to the question, cut to its
-        sentence closest to the question; None otherwise. Closeness is the
+    def _closest(self, entries: list[tuple[Any, list[str]]], question: str, names: str, ranking: list[tuple[str, float]]) -> tuple[str, str] | None:
+        """(field, text) of the sheet's line closest to the question: the
         router's probability plus the cosine of line and question, both
-        without the document's names (every line naming it would look close).
-        For a question the router cannot place and whose words the sheet does
-        not hold: "Can wget keep downloading after I have logged out?" of
-        "... so it will work in the background, after having logged off."."""
+        without the document's names (every line naming it would look
+        close). The prose (the corpus's text field) is cut to its sentence
+        closest to the question. For a question the router cannot place and
+        whose words the sheet does not hold: "Can wget keep downloading after
+        I have logged out?" of "... so it will work in the background, after
+        having logged off."; "Who looks after X?" of a `Maintainer` line.
+        None for a sheet without a labelled line."""
         from dyag_mlops.retrieval.embeddings import embed_remembered, single_thread
 
         lines = [(info, " ".join(lines)) for info, lines in entries if info is not None]
-        if not any(info.name == self.text_field for info, _ in lines):
+        if not lines:
             return None
         stems, probability = _stems(names), dict(ranking)
 
@@ -353,7 +353,7 @@ class FieldRouter:
         asked, *vectors = embedded([question] + [line for _, line in lines])
         (info, line), _ = max(zip(lines, vectors), key=lambda pair: float(pair[1] @ asked) + probability.get(pair[0][0].name, 0.0))
         if info.name != self.text_field:
-            return None
+            return info.name, _lines_of(entries, info.name)
         sentences = SENTENCE_END.split(_value(line))
         if len(sentences) > 1:
             sentences = [max(zip(sentences, embedded(sentences)), key=lambda pair: float(pair[1] @ asked))[0]]
