@@ -153,6 +153,16 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
         assert [h.doc_id for h in hits[0]] == ["tessellate"]
 
 
+def test_a_question_naming_nothing_and_sharing_no_word_with_the_closest_document_retrieves_nothing(english_index):
+    # "nano" is an English word, not a name; no document holds it.
+    with rag.Retriever(english_index) as retriever:
+        assert retriever.unknown_names("Which version is nano at?") == []
+        assert retriever.retrieve(["Which version is nano at?"], top_k=1) == [[]]
+        assert retriever.retrieve(["Which version is nano at?"], top_k=1, doc_filter=False)[0], "no guard without the name filter"
+        # Named by words of its summary, a document is found as before.
+        assert [h.doc_id for h in retriever.retrieve(["Which version does the tiling library have?"], top_k=1)[0]] == ["tessellate"]
+
+
 def test_stop_words_rank_no_document(english_index):
     # "the", "and", "for" are in two summaries; the English stop words are
     # left out of the lexical query, so no document scores on them.

@@ -1,8 +1,9 @@
 """The names and words of an index: the documents a question names, the
-names it gives that the index lacks (a question about something else gets
-no context), and its misspelt words corrected to the index's. Built from the
-index's chunks, the corpus profile's aliases and the language's words (the
-embedding model's vocabulary, the schema's word vectors)."""
+names it gives that the index lacks and whether it shares a word with a
+document (a question about something else gets no context), and its
+misspelt words corrected to the index's. Built from the index's chunks, the
+corpus profile's aliases and the language's words (the embedding model's
+vocabulary, the schema's word vectors)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import functools
 import re
 from typing import Any
 
-from dyag_mlops.data.inventory import Profile, Schema, field_questions
+from dyag_mlops.data.inventory import STEM, Profile, Schema, field_questions
 from dyag_mlops.data.text import normalise
 from dyag_mlops.retrieval.embeddings import load_vectors
 
@@ -95,6 +96,22 @@ class Catalogue:
             w for w in normalise(question).split()
             if len(w) >= 4 and w not in self._field_wording and 0 < len(self._docs_of_word.get(w, ())) <= DISTINCTIVE_DOCS
         ]
+
+    def shares_a_word(self, question: str, text: str) -> bool:
+        """Whether `text` holds one of the question's own words (4+ letters,
+        not the fields' wording), by stem; True for a question without any.
+        A question that names no document and shares no word with the one
+        found closest in meaning ("nano - which section is it in?") is about
+        something the index does not hold. A misspelt name ("MAERA" of
+        MAREA) counts as shared, as for `unknown_names`."""
+        import difflib
+
+        asked = [w for w in normalise(question).split() if len(w) >= 4 and w not in self._field_wording]
+        held = {w[:STEM] for w in normalise(text).split()}
+        names = ["".join(n) for n in self.names]
+        return not asked or any(
+            w[:STEM] in held or difflib.get_close_matches(w, names, n=1, cutoff=NAME_TYPO_RATIO) for w in asked
+        )
 
     @functools.cached_property
     def _known_by_letter(self) -> dict[str, list[str]]:

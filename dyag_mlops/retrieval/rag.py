@@ -557,7 +557,8 @@ class Retriever:
         """Top-k chunks per question. `doc_filter` overrides the retriever's
         setting: restrict to the documents a question names, and retrieve
         nothing for a question that names only applications the index does not
-        hold (`unknown_names`)."""
+        hold (`unknown_names`), or that names none and shares no word with the
+        document found (`shares_a_word`)."""
         doc_filter = self.doc_filter if doc_filter is None else doc_filter
         if not questions:
             return []
@@ -583,6 +584,8 @@ class Retriever:
                     docs_used = docs
                 if self._bm25 is not None:
                     found = self._rank_lexically(questions[i], found, docs_used)
+                if doc_filter and not docs and found and not self.catalogue.shares_a_word(questions[i], f"{found[0].title} {found[0].content}"):
+                    found = []  # names nothing and shares no word with the closest document
                 results[i] = found[:top_k]
         return results
 
