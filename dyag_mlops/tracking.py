@@ -44,6 +44,8 @@ def configure() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     check_store(uri)
     mlflow.set_tracking_uri(uri)
+    if _sqlite_path(uri) is not None:
+        _sync_at_checkpoints()
     create_local_store(uri)
     return uri
 
@@ -61,7 +63,39 @@ def create_local_store(uri: str) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.parent, f"the tracking store {uri}"):
+        _write_ahead_log(path)  # before MLflow's first connection, so each of them syncs at checkpoints
         MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _write_ahead_log(path: Path) -> None:
+    """A store dyag creates keeps a write-ahead log (sqlite's WAL mode):
+    `mlflow ui` reads while a stage writes, and a commit syncs the disk at
+    checkpoints, not each time (synchronous=NORMAL, set per connection by
+    `_sync_at_checkpoints`). MLflow commits every trace, span and assessment:
+    the per-question view of an evaluation writes hundreds
+    (docs/decisions/0006-what-the-mlflow-ui-shows.md). A store that exists keeps its mode."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+@functools.lru_cache(maxsize=None)
+def _sync_at_checkpoints() -> None:
+    """synchronous=NORMAL on every sqlite connection of a store in WAL mode
+    (sqlite's advice for WAL: the database stays consistent; a power cut may
+    lose the last commits, not corrupt it)."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def sync_at_checkpoints(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            with contextlib.closing(connection.cursor()) as cursor:
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    cursor.execute("PRAGMA synchronous=NORMAL")
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -98,3 +98,27 @@ def test_a_lost_tracking_server_is_named_without_its_password(monkeypatch, capsy
     assert "the tracking server http://alice:***@tracking.example:5000 stopped answering" in said and "secret" not in said
     assert report(Exception("Max retries exceeded with url: http://elsewhere:80")) == 1
     assert "stopped answering" not in capsys.readouterr().err  # another host: an ordinary failure
+
+
+def test_a_store_dyag_creates_keeps_a_write_ahead_log_and_an_existing_one_its_mode(tmp_path, monkeypatch):
+    import sqlite3
+    from contextlib import closing
+
+    from dyag_mlops.tracking import configure
+
+    def mode(path):
+        with closing(sqlite3.connect(path)) as connection:
+            return connection.execute("PRAGMA journal_mode").fetchone()[0]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+    configure()
+    assert mode(tmp_path / "new" / "mlflow.db") == "wal"
+    existing = tmp_path / "old.db"
+    mlflow.MlflowClient(f"sqlite:///{existing}").search_experiments(max_results=1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{existing}")
+    configure()
+    assert mode(existing) == "delete"
+    # Both stores take runs as before.
+    with stage_run("generate_training", GenerateConfig()) as tracker:
+        run_id = tracker.run_id
+    assert mlflow.MlflowClient(f"sqlite:///{existing}").get_run(run_id).info.status == "FINISHED"
