@@ -4,7 +4,8 @@
 
 Each commit (`--baseline`, checked out in a temporary git worktree, then
 this working tree) runs the main entry point with `mlflow run` on the same
-corpus and test half, in a fresh workdir and tracking store, with this
+corpus and test half, in a fresh workdir and tracking store (created by the
+commit's own `tracking.configure`, as scripts/main.sh does), with this
 checkout's environment. Prints each stage's seconds (as the pipeline prints
 them), the wall time, each system's `correct` and how many of its answers
 are the same in both.
@@ -40,6 +41,9 @@ def run_pipeline(tree: Path, corpus: Path, eval_file: Path, work: Path, log: Pat
     work.mkdir(parents=True)
     began = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
+        # As scripts/main.sh: the commit's own code creates the store, then `mlflow run` runs.
+        create = [sys.executable, "-c", "from dyag_mlops.tracking import configure; configure()"]
+        subprocess.run(create, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
         subprocess.run(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - began
     stages = {name: float(seconds) for name, seconds in STAGE_LINE.findall(log.read_text("utf-8"))}

@@ -71,9 +71,9 @@ def _write_ahead_log(path: Path) -> None:
     """A store dyag creates keeps a write-ahead log (sqlite's WAL mode):
     `mlflow ui` reads while a stage writes, and a commit syncs the disk at
     checkpoints, not each time (synchronous=NORMAL, set per connection by
-    `_sync_at_checkpoints`). MLflow commits every trace, span and assessment:
-    the per-question view of an evaluation writes hundreds
-    (docs/decisions/0006-what-the-mlflow-ui-shows.md). A store that exists keeps its mode."""
+    `_sync_at_checkpoints`). MLflow commits every trace, span and
+    assessment: the per-question view of an evaluation writes hundreds
+    (docs/decisions/0006). A store that exists keeps its mode."""
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(path)) as connection:

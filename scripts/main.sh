@@ -8,6 +8,8 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 export TOKENIZERS_PARALLELISM=false
+# dyag creates a new store (with a write-ahead log: docs/decisions/0006) before `mlflow run` does.
+python -c "from dyag_mlops.tracking import configure; configure()"
 mlflow run . --env-manager local --experiment-name dyag-mlops "$@"
 case "$MLFLOW_TRACKING_URI" in
   http*) echo "Results: open $MLFLOW_TRACKING_URI" ;;

@@ -110,15 +110,19 @@ def test_a_store_dyag_creates_keeps_a_write_ahead_log_and_an_existing_one_its_mo
         with closing(sqlite3.connect(path)) as connection:
             return connection.execute("PRAGMA journal_mode").fetchone()[0]
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
-    configure()
-    assert mode(tmp_path / "new" / "mlflow.db") == "wal"
-    existing = tmp_path / "old.db"
-    mlflow.MlflowClient(f"sqlite:///{existing}").search_experiments(max_results=1)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{existing}")
-    configure()
-    assert mode(existing) == "delete"
-    # Both stores take runs as before.
-    with stage_run("generate_training", GenerateConfig()) as tracker:
-        run_id = tracker.run_id
-    assert mlflow.MlflowClient(f"sqlite:///{existing}").get_run(run_id).info.status == "FINISHED"
+    session_store = mlflow.get_tracking_uri()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+        configure()
+        assert mode(tmp_path / "new" / "mlflow.db") == "wal"
+        existing = tmp_path / "old.db"
+        mlflow.MlflowClient(f"sqlite:///{existing}").search_experiments(max_results=1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{existing}")
+        configure()
+        assert mode(existing) == "delete"
+        # Both stores take runs as before.
+        with stage_run("generate_training", GenerateConfig()) as tracker:
+            run_id = tracker.run_id
+        assert mlflow.MlflowClient(f"sqlite:///{existing}").get_run(run_id).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(session_store)

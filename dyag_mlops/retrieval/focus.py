@@ -15,7 +15,8 @@ value may name no field: a sentence of the sheet that holds enough of the
 question's own words overrules an unsure router; failing that, the sheet's
 line closest to the question in meaning does (the description cut to its
 closest sentence); a sure router (or a question naming the field's label)
-keeps, of its field's long value, the sentence that holds them. A question asking for figures ("how many", "since when": the schema's
+keeps, of its field's long value, the sentence that holds them. A question
+asking for figures ("how many", "since when": the schema's
 `figure_phrases`) keeps nothing from a line without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
