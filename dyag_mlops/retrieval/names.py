@@ -104,14 +104,15 @@ class Catalogue:
         found closest in meaning ("nano - which section is it in?") is about
         something the index does not hold. A misspelt name ("MAERA" of
         MAREA) counts as shared, as for `unknown_names`."""
-        import difflib
-
         asked = [w for w in normalise(question).split() if len(w) >= 4 and w not in self._field_wording]
         held = {w[:STEM] for w in normalise(text).split()}
-        names = ["".join(n) for n in self.names]
-        return not asked or any(
-            w[:STEM] in held or difflib.get_close_matches(w, names, n=1, cutoff=NAME_TYPO_RATIO) for w in asked
-        )
+        return not asked or any(w[:STEM] in held or self._misspells_a_name(w) for w in asked)
+
+    def _misspells_a_name(self, key: str) -> bool:
+        """Whether `key` (normalised, spaces removed) is NAME_TYPO_RATIO alike a document name."""
+        import difflib
+
+        return bool(difflib.get_close_matches(key, ["".join(n) for n in self.names], n=1, cutoff=NAME_TYPO_RATIO))
 
     @functools.cached_property
     def _known_by_letter(self) -> dict[str, list[str]]:
@@ -180,16 +181,13 @@ class Catalogue:
         """Words of the question that look like names (NAME_LIKE) of things the
         index does not hold: no chunk has them, they misspell no document name,
         and they are in capitals or no common word."""
-        import difflib
-
-        names = ["".join(n) for n in self.names]
         unknown = []
         for match in NAME_LIKE.finditer(question):
             word = match.group()
             if len(word) < NAME_MIN_LENGTH:
                 continue
             key = "".join(normalise(word).split())
-            if key in self.vocabulary or difflib.get_close_matches(key, names, n=1, cutoff=NAME_TYPO_RATIO):
+            if key in self.vocabulary or self._misspells_a_name(key):
                 continue
             # Capitals ("PEGASE", "GéoPlan"), or a word neither the language
             # nor the fields' wording holds ("zenquard", "vortexdb").
