@@ -57,12 +57,14 @@ def create_local_store(uri: str) -> None:
     path = _sqlite_path(uri)
     if path is None:
         return
-    if path.is_file() and path.stat().st_size > 0:
-        return
     from mlflow import MlflowClient
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.parent, f"the tracking store {uri}"):
+        # Checked under the lock: a store another process is creating is
+        # already a file with bytes in it, before its tables are all there.
+        if path.is_file() and path.stat().st_size > 0:
+            return
         _write_ahead_log(path)  # before MLflow's first connection, so each of them syncs at checkpoints
         MlflowClient(uri).search_experiments(max_results=1)
 
