@@ -123,6 +123,17 @@ def test_a_question_on_a_detail_gets_the_clause_that_holds_its_words():
     assert r.focus(sheet, "Quelle est la technologie principale de ORBIS ?", "ORBIS")[0] == "technology"
 
 
+def test_clauses_holding_as_many_of_the_question_s_own_words_are_told_apart_by_its_other_words():
+    # "consulter" and "bureaux" are one own word in each clause; "projet",
+    # a word of the fields' wording, is said by the second clause only.
+    sheet = SHEET.replace(
+        "Description: ORBIS permet de réserver des salles.\nIl sert aussi aux véhicules de service.",
+        "Description: ORBIS permet de consulter les plannings et de louer plus de 240 bureaux de projet.",
+    )
+    assert router().focus(sheet, "Combien de bureaux de projet peut-on consulter avec ORBIS ?", "ORBIS") == (
+        "description", "Description: de louer plus de 240 bureaux de projet.")
+
+
 def test_a_question_naming_a_long_field_gets_its_sentence_that_holds_its_words():
     # The question names the description: of its two sentences, the one
     # holding "véhicules" and "service" is kept; a one-sentence field is kept whole.

@@ -184,12 +184,17 @@ class FieldRouter:
         # ... and the corpus's common words: neither points to a detail of one sheet.
         self.field_stems = set().union(*(_stems(q) for q in questions)) | set(profile.common_words)
 
-    def evidence_words(self, question: str, names: str) -> set[str]:
-        """The question's own words (stems): 4+ letters, not a function word,
-        not in the fields' wording, not in `names` (the application's names)."""
-        ignored = self.field_stems | _stems(names)
+    @staticmethod
+    def question_words(question: str, names: str) -> set[str]:
+        """The question's words (stems): 4+ letters, not a function word, not
+        in `names` (the application's names)."""
         words = (w for w in normalise(question).split() if len(w) >= 4 and w not in FUNCTION_WORDS)
-        return {w[:STEM] for w in words} - ignored
+        return {w[:STEM] for w in words} - _stems(names)
+
+    def evidence_words(self, question: str, names: str) -> set[str]:
+        """The question's own words (stems): its `question_words` that are not
+        in the fields' wording."""
+        return self.question_words(question, names) - self.field_stems
 
     def names_label(self, question: str, field: str) -> bool:
         """Whether the question says every word of one label of `field` ("statut")."""
@@ -276,18 +281,19 @@ class FieldRouter:
         if field not in present:
             field = next((f for f, _ in ranking[1:] if f in present and self._sibling(field, f)), field)
         says_label = self.names_label(question, field)
-        wanted = self.evidence_words(question, names)
+        said = self.question_words(question, names)
+        wanted = said - self.field_stems
         # A question the router is sure of asks for its field, whatever words
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
-            detail = self._detail(entries, wanted) or self._closest(entries, question, names, ranking)
+            detail = self._detail(entries, wanted, said) or self._closest(entries, question, names, ranking)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
             own = [(info, lines) for info, lines in entries if info is not None and info.name == field]
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
-            detail = self._detail(own, wanted) if long_value else None
+            detail = self._detail(own, wanted, said) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
         if self.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
             return kept[0], ""  # "How many downloads …?" is not answered by a web address
@@ -361,11 +367,11 @@ class FieldRouter:
         return info.name, f"{_label(line)}{SEPARATOR}{sentences[0]}"
 
     @staticmethod
-    def _detail(entries: list[tuple[Any, list[str]]], wanted: set[str]) -> tuple[str, str] | None:
+    def _detail(entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str]) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds
         the most (at least EVIDENCE_WORDS) of the question's own words
-        (`wanted`, from `evidence_words`), cut to its clause that holds more of
-        them than any other; None if none does."""
+        (`wanted`, from `evidence_words`), cut to its `_clause`; None if none
+        does."""
 
         def evidence(text: str) -> int:
             return len(wanted & _stems(text))
@@ -381,10 +387,21 @@ class FieldRouter:
         if best is None:
             return None
         field, label, sentence = best
-        clauses = sorted(CLAUSE_BREAK.split(sentence), key=evidence, reverse=True)
-        if len(clauses) > 1 and evidence(clauses[0]) > evidence(clauses[1]):
-            sentence = clauses[0]
-        return field, f"{label}{SEPARATOR}{sentence}"
+        return field, f"{label}{SEPARATOR}{_clause(sentence, wanted, said)}"
+
+
+def _clause(sentence: str, wanted: set[str], said: set[str]) -> str:
+    """The clause of `sentence` that holds more of the question's own words
+    (`wanted`), then of its other words (`said`: "données géographiques"
+    tell "… de croiser plus de 300 couches de données géographiques" from
+    "… permettant de consulter"), than any other; the sentence when none does."""
+
+    def weight(text: str) -> tuple[int, int]:
+        stems = _stems(text)
+        return len(wanted & stems), len(said & stems)
+
+    clauses = sorted(CLAUSE_BREAK.split(sentence), key=weight, reverse=True)
+    return clauses[0] if len(clauses) > 1 and weight(clauses[0]) > weight(clauses[1]) else sentence
 
 
 def _label(line: str) -> str:
