@@ -30,6 +30,17 @@ def test_spans_start_at_a_field_lines_start_or_value_other_lines_at_words_and_in
     assert UNKNOWN not in span_texts(["Status: Active"], "I don't know")
 
 
+def test_a_span_of_prose_may_start_after_a_word_the_question_says():
+    """The answer to a question on a detail of a description follows the
+    words the question repeats; other values still start at their start."""
+    prose = "Description: Projet d'outil d'instruction des avis régionaux, abandonné en 2022 faute de financement."
+    spans = span_texts([prose, SHEET], UNKNOWN, "Pourquoi l'outil a-t-il été abandonné ? Marie Dupont le sait ?")
+    assert "en 2022 faute de financement." in spans and "d'instruction des avis régionaux, abandonné en 2022 faute de financement." in spans
+    assert "faute de financement." not in spans and "2022 faute de financement." not in spans  # not after an unsaid word
+    assert not any(s.startswith("Dupont") for s in spans)  # a contact is no prose
+    assert "en 2022 faute de financement." not in span_texts([prose], UNKNOWN)  # no question, no such start
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperature):
     """A random tiny model writes gibberish; grounded, every answer (greedy or

@@ -8,8 +8,10 @@ the context. With grounding on, the answer can only be a run of tokens of
 one line of the context, or the refusal: the model still chooses *which*
 span (its scores), but cannot invent one. A span of a `Label: value` line
 starts at the line or at its value (an answer is a field's value, and a
-small model free to start inside one dropped its first words); a span of
-another line starts at any of its words. It ends anywhere on its line. A
+small model free to start inside one dropped its first words), or, in a
+prose value, after a word the question says (the answer to a question on a
+detail follows the words it repeats); a span of another line starts at any
+of its words. It ends anywhere on its line. A
 prefix tree (trie) of the token ids of every such span constrains
 transformers' `prefix_allowed_tokens_fn` (sampling) or `decode_spans`
 (greedy: the tree's unbranched paths are checked several tokens per
@@ -21,17 +23,28 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.data.inventory import FIELD_LINE
+from dyag_mlops.data.inventory import FIELD_LINE, STEM, value_kind
+from dyag_mlops.data.text import normalise
 
 # A word starts at the start of a line or after a space or an opening
 # punctuation mark.
 WORD_START = re.compile(r"(?:^|(?<=[\s(:,;«\"'/]))\S")
 CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
+# A value of no kind (inventory.VALUE_KINDS) and at least this many words is prose.
+PROSE_WORDS = 8
 
 
-def context_spans(chunks: Sequence[str]) -> list[str]:
+def _prose(value: str) -> bool:
+    return len(value.split()) >= PROSE_WORDS and not value_kind([value])
+
+
+def context_spans(chunks: Sequence[str], question: str = "") -> list[str]:
     """The longest span from each allowed start of each context line (the
-    line and its value for a field line, each word otherwise) to the line's end."""
+    line and its value for a field line, each word otherwise) to the line's
+    end. In a prose value, a span may also start after a word (4+ letters)
+    the question says: "Why was it abandoned?" of "…, abandoned in 2022 for
+    lack of funding"."""
+    said = {w[:STEM] for w in normalise(question).split() if len(w) >= 4}
     texts = []
     for chunk in chunks:
         for line in chunk.splitlines():
@@ -39,25 +52,34 @@ def context_spans(chunks: Sequence[str]) -> list[str]:
             field = FIELD_LINE.match(line)
             if field:
                 texts += [line, line[field.start("value"):]]
+                if said and _prose(field.group("value")):
+                    words = list(WORD_START.finditer(line, field.start("value")))
+                    texts += [line[after.start():] for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
             else:
                 texts += [line[m.start():] for m in WORD_START.finditer(line)]
     return texts
 
 
-def span_texts(chunks: Sequence[str], refusal: str) -> list[str]:
+def _stem(line: str, word: re.Match) -> str:
+    """The stem of the word of `line` that `word` (a WORD_START match) begins."""
+    found = normalise(line[word.start():].split(maxsplit=1)[0]).split()
+    return found[0][:STEM] if found else ""
+
+
+def span_texts(chunks: Sequence[str], refusal: str, question: str = "") -> list[str]:
     """Every allowed answer, longest form: the context's spans, plus the
     refusal (none for ""; always when the context has no span). An answer
     may stop at any token of one of these."""
-    texts = context_spans(chunks)
+    texts = context_spans(chunks, question)
     if refusal or not texts:
         texts.append(refusal)
     return list(dict.fromkeys(texts))
 
 
-def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str) -> dict:
-    """Prefix tree of the token ids of `span_texts(chunks, refusal)`: {token: subtree}."""
+def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str = "") -> dict:
+    """Prefix tree of the token ids of `span_texts(chunks, refusal, question)`: {token: subtree}."""
     trie: dict = {}
-    for ids in tokenizer(span_texts(chunks, refusal), add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(span_texts(chunks, refusal, question), add_special_tokens=False)["input_ids"]:
         node = trie
         for token in ids:
             node = node.setdefault(token, {})
@@ -90,12 +112,13 @@ class SpanConstraint:
 
 
 def span_constraint(
-    tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusals: Sequence[str]
+    tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusals: Sequence[str], questions: Sequence[str] | None = None
 ) -> SpanConstraint:
     """The constraint for a batch whose row i holds the chunks `contexts[i]`
-    in a prompt padded to `prompt_length` tokens, and may refuse with
-    `refusals[i]` ("": may not)."""
-    tries = [span_trie(tokenizer, chunks, refusal) for chunks, refusal in zip(contexts, refusals)]
+    in a prompt padded to `prompt_length` tokens, asks `questions[i]`, and
+    may refuse with `refusals[i]` ("": may not)."""
+    questions = questions or [""] * len(contexts)
+    tries = [span_trie(tokenizer, *row) for row in zip(contexts, refusals, questions)]
     return SpanConstraint(tries, prompt_length, tokenizer.eos_token_id)
 
 

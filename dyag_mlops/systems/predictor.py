@@ -267,7 +267,7 @@ class Predictor:
             try:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
                 refusals = [self.refusal_for(hits[i]) for i in batch]
-                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True)
+                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True, questions=[questions[i] for i in batch])
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -358,6 +358,7 @@ class Predictor:
         contexts: list[list[str]] | None = None,
         refusals: Sequence[str] | None = None,
         one_line: bool = False,
+        questions: Sequence[str] | None = None,
     ) -> tuple[list[str], list[int]]:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
@@ -380,7 +381,7 @@ class Predictor:
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
-            constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals)
+            constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals, questions)
         elif one_line:  # a span ends on its line already
             if self._line_breaks is None:
                 self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
@@ -457,7 +458,7 @@ class Predictor:
             contexts = [[h.content for h in hits[0]]]
             self.schema_for([question])
             refusals = [self.refusal_for(hits[0])]
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals)
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [question])
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer
