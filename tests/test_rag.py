@@ -142,6 +142,14 @@ def test_misspelt_words_are_read_as_the_corpus_writes_them(english_index):
         assert retriever.named_documents("logrota 3 version") == ["logrota3"]
 
 
+def test_an_abbreviated_label_word_is_read_as_the_label_says_it(english_index):
+    with rag.Retriever(english_index) as retriever:
+        assert retriever.spelled("cipherkit ver?") == "cipherkit version?"
+        assert retriever.spelled("logrota3 summ pls") == "logrota3 summary pls"
+        # Only the letters of a label word, in order, from its first two: no other word is expanded.
+        assert retriever.spelled("zenquard hmpg") == "zenquard hmpg"
+
+
 def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(english_index):
     with rag.Retriever(english_index) as retriever:
         assert retriever.unknown_names("Which release of zenquard is out?") == ["zenquard"]

@@ -1,9 +1,9 @@
 """The names and words of an index: the documents a question names, the
 names it gives that the index lacks and whether it shares a word with a
 document (a question about something else gets no context), and its
-misspelt words corrected to the index's. Built from the index's chunks, the
-corpus profile's aliases and the language's words (the embedding model's
-vocabulary, the schema's word vectors)."""
+misspelt or abbreviated words written as the index writes them. Built from
+the index's chunks, the corpus profile's aliases and the language's words
+(the embedding model's vocabulary, the schema's word vectors)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,19 @@ NAME_MIN_LENGTH, NAME_MIN_CAPITALS = 4, 2
 NAME_TYPO_RATIO = 0.8
 # Shorter words are not corrected: one changed letter of four is another word.
 TYPO_MIN_LENGTH = 5
+# Shorter words are not read as abbreviations of a label word ("deps", "lic").
+ABBREVIATION_MIN_LENGTH = 3
 # A known word followed by this many letters or more is another form of it
 # ("installer" of "install"), not a misspelling.
 FORM_SUFFIX = 2
 # A word that at most this many documents hold speaks of them ("pyca").
 DISTINCTIVE_DOCS = 1
+
+
+def _subsequence(short: str, long: str) -> bool:
+    """Whether the letters of `short` appear in `long` in order ("deps" in "depends")."""
+    letters = iter(long)
+    return all(c in letters for c in short)
 
 
 def _name_tokens(name: str) -> tuple[str, ...]:
@@ -152,7 +160,9 @@ class Catalogue:
         letters or more, NAME_TYPO_RATIO alike, same first letter): "cipherkti
         verison" reads "cipherkit version", so retrieval finds the document and
         the router the field. A word close to nothing, or a known word with a
-        suffix (FORM_SUFFIX), is left as written."""
+        suffix (FORM_SUFFIX), is left as written. First, a word (no common
+        word) whose letters are, in order, those of one label word, from its
+        first two, is that word: "deps" reads "dependencies", "ver" "version"."""
         import difflib
 
         def fix(match: re.Match) -> str:
@@ -165,7 +175,20 @@ class Catalogue:
                 return word
             return close[0]
 
-        return re.sub(r"\w+", fix, question)
+        def expand(match: re.Match) -> str:
+            word = match.group()
+            key = normalise(word)
+            if len(key) < ABBREVIATION_MIN_LENGTH or " " in key or self._is_common_word(word):
+                return word
+            meant = {w for w in self._label_words if len(w) > len(key) and w[:2] == key[:2] and _subsequence(key, w)}
+            return meant.pop() if len(meant) == 1 else word
+
+        return re.sub(r"\w+", fix, re.sub(r"\w+", expand, question))
+
+    @functools.cached_property
+    def _label_words(self) -> set[str]:
+        """The words of the fields' labels ("requires", "python")."""
+        return {w for info in self.profile.fields for label in info.labels for w in normalise(label).split()}
 
     def named_documents(self, question: str) -> list[str]:
         """Doc ids of the documents a question names; a name inside a longer
