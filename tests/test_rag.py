@@ -92,6 +92,13 @@ def test_build_and_retrieve_named_document(built):
     assert hits[0][0].score > 0, "lexical ranking: the BM25 score"
 
 
+def test_a_corrected_word_is_written_as_the_corpus_writes_it(built):
+    # The router's word vectors know "fiscalité", not "fiscalite".
+    config, _, _ = built
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.spelled("Qui gère la fiscalitee locale ?") == "Qui gère la fiscalité locale ?"
+
+
 def test_unnamed_question_is_not_filtered(built):
     config, _, _ = built
     with rag.Retriever(config.index) as retriever:

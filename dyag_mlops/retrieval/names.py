@@ -59,12 +59,17 @@ class Catalogue:
         self.vocabulary: set[str] = set()
         # The documents holding each word, counted up to DISTINCTIVE_DOCS + 1.
         self._docs_of_word: dict[str, set[str]] = {}
+        # A word as the corpus or its fields' wording writes it, by its
+        # normalised form ("developpee" -> "développée"): what a correction
+        # is written as (the router's word vectors know the accented word).
+        self._written: dict[str, str] = {}
         for doc_id, names in profile.aliases.items():
             for name in names:
                 self._add_name(name, doc_id)
 
     def add_chunk(self, doc_id: str, title: str, text: str) -> None:
         self._add_name(title, doc_id)
+        self._remember_writing(f"{title} {text}")
         words = normalise(f"{title} {text}").split()
         self.vocabulary.update(words)
         for word in set(words):
@@ -72,6 +77,11 @@ class Catalogue:
             if len(holders) <= DISTINCTIVE_DOCS:
                 holders.add(doc_id)
         self.vocabulary.update(a + b for a, b in zip(words, words[1:]))
+
+    def _remember_writing(self, text: str) -> None:
+        for word in re.findall(r"\w+", text.lower()):
+            if not word.isascii():
+                self._written.setdefault(normalise(word), word)
 
     def _add_name(self, name: str, doc_id: str) -> None:
         tokens = _name_tokens(name)
@@ -88,6 +98,7 @@ class Catalogue:
         for info in self.profile.fields:
             for text in field_questions(info, self.schema) + list(info.labels):
                 words.update(normalise(text).split())
+                self._remember_writing(text)
         return words
 
     @functools.cached_property
@@ -173,7 +184,7 @@ class Catalogue:
             close = difflib.get_close_matches(key, self._known_by_letter.get(key[0], []), n=1, cutoff=NAME_TYPO_RATIO)
             if not close or (key.startswith(close[0]) and len(key) - len(close[0]) >= FORM_SUFFIX):
                 return word
-            return close[0]
+            return self._written.get(close[0], close[0])
 
         def expand(match: re.Match) -> str:
             word = match.group()
@@ -181,7 +192,7 @@ class Catalogue:
             if len(key) < ABBREVIATION_MIN_LENGTH or " " in key or self._is_common_word(word):
                 return word
             meant = {w for w in self._label_words if len(w) > len(key) and w[:2] == key[:2] and _subsequence(key, w)}
-            return meant.pop() if len(meant) == 1 else word
+            return self._written.get(*meant, *meant) if len(meant) == 1 else word
 
         return re.sub(r"\w+", fix, re.sub(r"\w+", expand, question))
 
