@@ -192,7 +192,10 @@ class Catalogue:
             if len(key) < ABBREVIATION_MIN_LENGTH or " " in key or self._is_common_word(word):
                 return word
             meant = {w for w in self._label_words if len(w) > len(key) and w[:2] == key[:2] and _subsequence(key, w)}
-            return self._written.get(*meant, *meant) if len(meant) == 1 else word
+            if len(meant) != 1:
+                return word
+            (label_word,) = meant
+            return self._written.get(label_word, label_word)
 
         return re.sub(r"\w+", fix, re.sub(r"\w+", expand, question))
 

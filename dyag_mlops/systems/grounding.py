@@ -11,11 +11,10 @@ starts at the line or at its value (an answer is a field's value, and a
 small model free to start inside one dropped its first words), or, in a
 prose value, after a word the question says (the answer to a question on a
 detail follows the words it repeats); a span of another line starts at any
-of its words. It ends anywhere on its line. A
-prefix tree (trie) of the token ids of every such span constrains
-transformers' `prefix_allowed_tokens_fn` (sampling) or `decode_spans`
-(greedy: the tree's unbranched paths are checked several tokens per
-forward pass).
+of its words. It ends anywhere on its line. A prefix tree (trie) of the
+token ids of every such span constrains transformers'
+`prefix_allowed_tokens_fn` (sampling) or `decode_spans` (greedy: the tree's
+unbranched paths are checked several tokens per forward pass).
 """
 
 from __future__ import annotations

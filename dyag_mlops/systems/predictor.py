@@ -267,7 +267,8 @@ class Predictor:
             try:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
                 refusals = [self.refusal_for(hits[i]) for i in batch]
-                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True, questions=[questions[i] for i in batch])
+                asked = [questions[i] for i in batch]
+                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True, questions=asked)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
