@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FixedRetriever, demo_profile, demo_sheets, write_jsonl
+from conftest import SAMPLES, FixedRetriever, demo_profile, demo_sheets, write_jsonl
+from dyag_mlops.data.corpus import load_corpus
 from dyag_mlops.data.inventory import build_profile, cached_schema, documents, render_sheet
 from dyag_mlops.retrieval.focus import FieldRouter, narrow_hits
 from dyag_mlops.retrieval.rag import Retrieved, field_router
@@ -132,6 +133,18 @@ def test_clauses_holding_as_many_of_the_question_s_own_words_are_told_apart_by_i
     )
     assert router().focus(sheet, "Combien de bureaux de projet peut-on consulter avec ORBIS ?", "ORBIS") == (
         "description", "Description: de louer plus de 240 bureaux de projet.")
+
+
+def test_a_run_of_the_question_s_words_that_a_value_holds_places_the_question():
+    # dyag's layout: "projet" is a word of the fields' wording, "cheffe" the
+    # only own word; the contact line holds "cheffe de projet" as the
+    # question says it. The router alone leans to the status.
+    docs = documents(load_corpus(str(SAMPLES / "corpus.jsonl")))
+    profile = build_profile(docs, "auto")
+    doc = next(d for d in docs if d.title == "Marégraphe")
+    field, text = field_router(profile, cached_schema(profile.schema)).focus(
+        render_sheet(doc, profile.name_label), "Qui est la cheffe de projet de Marégraphe ?", doc.title)
+    assert field == "contacts" and "LEROUX Anne (Cheffe de projet)" in text
 
 
 def test_a_question_naming_a_long_field_gets_its_sentence_that_holds_its_words():

@@ -12,11 +12,11 @@ them, word vectors. The words that name the document (its names, or the
 opening of its description for a question that does not say them) are left
 out first: they are no cue to a field. A question on a detail of a long
 value may name no field: a sentence of the sheet that holds enough of the
-question's own words overrules an unsure router; failing that, the sheet's
-line closest to the question in meaning does (the description cut to its
-closest sentence); a sure router (or a question naming the field's label)
-keeps, of its field's long value, the sentence that holds them. A question
-asking for figures ("how many", "since when": the schema's
+question's own words (or a run of its words as it says them) overrules an
+unsure router; failing that, the sheet's line closest to the question in
+meaning does (the description cut to its closest sentence); a sure router
+(or a question naming the field's label) keeps, of its field's long value,
+the sentence that holds them. A question asking for figures ("how many", "since when": the schema's
 `figure_phrases`) keeps nothing from a line without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
@@ -283,17 +283,18 @@ class FieldRouter:
         says_label = self.names_label(question, field)
         said = self.question_words(question, names)
         wanted = said - self.field_stems
+        phrases = _phrases(question, wanted)
         # A question the router is sure of asks for its field, whatever words
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
-            detail = self._detail(entries, wanted, said) or self._closest(entries, question, names, ranking)
+            detail = self._detail(entries, wanted, said, phrases) or self._closest(entries, question, names, ranking)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
             own = [(info, lines) for info, lines in entries if info is not None and info.name == field]
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
-            detail = self._detail(own, wanted, said) if long_value else None
+            detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
         if self.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
             return kept[0], ""  # "How many downloads …?" is not answered by a web address
@@ -367,11 +368,13 @@ class FieldRouter:
         return info.name, f"{_label(line)}{SEPARATOR}{sentences[0]}"
 
     @staticmethod
-    def _detail(entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str]) -> tuple[str, str] | None:
+    def _detail(
+        entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str], phrases: list[str]
+    ) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds
         the most (at least EVIDENCE_WORDS) of the question's own words
-        (`wanted`, from `evidence_words`), cut to its `_clause`; None if none
-        does."""
+        (`wanted`, from `evidence_words`), or one of its `phrases` as the
+        question says it, cut to its `_clause`; None if none does."""
 
         def evidence(text: str) -> int:
             return len(wanted & _stems(text))
@@ -382,12 +385,33 @@ class FieldRouter:
                 continue
             label, value = _label(lines[0]), _value(" ".join(lines))
             for sentence in SENTENCE_END.split(value.strip()):
-                if evidence(sentence) > best_count:
-                    best, best_count = (info.name, label, sentence), evidence(sentence)
+                count = evidence(sentence)
+                if any(f" {phrase} " in f" {normalise(sentence)} " for phrase in phrases):
+                    count = max(count, EVIDENCE_WORDS)
+                if count > best_count:
+                    best, best_count = (info.name, label, sentence), count
         if best is None:
             return None
         field, label, sentence = best
         return field, f"{label}{SEPARATOR}{_clause(sentence, wanted, said)}"
+
+
+def _phrases(question: str, wanted: set[str]) -> list[str]:
+    """Runs of the question's words: two of 4+ letters, one of them an own
+    word (`wanted`), with at most two shorter words between ("cheffe de
+    projet"). A value that holds one as the question says it is where the
+    answer lies, though "projet" alone is a word of the fields' wording."""
+    words = normalise(question).split()
+    found = []
+    for i, first in enumerate(words):
+        if len(first) < 4:
+            continue
+        for j in range(i + 1, min(i + 4, len(words))):
+            if len(words[j]) >= 4:
+                if {first[:STEM], words[j][:STEM]} & wanted:
+                    found.append(" ".join(words[i : j + 1]))
+                break
+    return found
 
 
 def _clause(sentence: str, wanted: set[str], said: set[str]) -> str:
