@@ -41,6 +41,31 @@ def test_a_span_of_prose_may_start_after_a_word_the_question_says():
     assert "en 2022 faute de financement." not in span_texts([prose], UNKNOWN)  # no question, no such start
 
 
+def test_grounding_reads_the_question_the_prompt_asks(tiny_model_dir, monkeypatch):
+    """A misspelt word is corrected in the prompt; the spans that start after
+    a word the question says are built from that corrected question too."""
+    from dyag_mlops.retrieval.rag import Retrieved
+    from dyag_mlops.systems import grounding
+    from dyag_mlops.systems.models import load_base_model
+    from dyag_mlops.systems.predictor import Predictor
+
+    retriever = FixedRetriever(Retrieved("app-001", "app-001", "SIRENA", SHEET, 0.9))
+    retriever.spelled = lambda question: question.replace("statu", "statut")
+    seen = []
+
+    def recording(tokenizer, contexts, prompt_length, refusals, questions=None):
+        seen.extend(questions)
+        return real(tokenizer, contexts, prompt_length, refusals, questions)
+
+    real = grounding.span_constraint
+    monkeypatch.setattr(grounding, "span_constraint", recording)
+    model, tokenizer, _ = load_base_model(str(tiny_model_dir), device="cpu")
+    (answer,) = Predictor("rag", model, tokenizer, retriever=retriever, top_k=1, max_new_tokens=4, grounded=True).answer(
+        ["Quel est le statu de SIRENA ?"])
+    assert answer.error is None, answer.error
+    assert seen == ["Quel est le statut de SIRENA ?"]
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_grounded_answer_is_a_span_of_its_own_context(tiny_model_dir, temperature):
     """A random tiny model writes gibberish; grounded, every answer (greedy or

@@ -25,7 +25,7 @@ from dyag_mlops.config import DEFAULT_BASE_MODEL, SystemSpec
 from dyag_mlops.data.inventory import Schema, cached_schema, detect_schema
 from dyag_mlops.errors import DyagError
 from dyag_mlops.retrieval.focus import narrow_hits
-from dyag_mlops.systems.prompts import build_messages, render_prompt, strip_field_label, user_content
+from dyag_mlops.systems.prompts import bare_question, build_messages, render_prompt, strip_field_label, user_content
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 
 ADAPTER_MANIFEST = "dyag_manifest.json"
@@ -250,6 +250,9 @@ class Predictor:
             return []
         messages, hits = self.messages_for(questions)
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
+        # The questions as the prompts ask them (spelling corrected): grounding reads their words.
+        schema = self.schema_for(questions)
+        asked = [bare_question(m[-1]["content"], schema) for m in messages]
         results: list[Answer | None] = [None] * len(questions)
         if self.grounded:
             from dyag_mlops.systems.grounding import context_spans
@@ -267,8 +270,8 @@ class Predictor:
             try:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
                 refusals = [self.refusal_for(hits[i]) for i in batch]
-                asked = [questions[i] for i in batch]
-                texts, counts = self._generate([prompts[i] for i in batch], contexts, refusals, one_line=True, questions=asked)
+                rows = [prompts[i] for i in batch]
+                texts, counts = self._generate(rows, contexts, refusals, one_line=True, questions=[asked[i] for i in batch])
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -457,9 +460,9 @@ class Predictor:
             from dyag_mlops.systems.grounding import span_constraint
 
             contexts = [[h.content for h in hits[0]]]
-            self.schema_for([question])
+            asked = bare_question(messages[0][-1]["content"], self.schema_for([question]))
             refusals = [self.refusal_for(hits[0])]
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [question])
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [asked])
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer
