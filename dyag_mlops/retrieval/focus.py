@@ -16,8 +16,9 @@ question's own words (or a run of its words as it says them) overrules an
 unsure router; failing that, the sheet's line closest to the question in
 meaning does (the description cut to its closest sentence); a sure router
 (or a question naming the field's label) keeps, of its field's long value,
-the sentence that holds them. A question asking for figures ("how many", "since when": the schema's
-`figure_phrases`) keeps nothing from a line without a digit.
+the sentence that holds them. A question asking for figures ("how many",
+"since when": the schema's `figure_phrases`) keeps nothing from a line
+without a digit.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -385,8 +386,8 @@ class FieldRouter:
                 continue
             label, value = _label(lines[0]), _value(" ".join(lines))
             for sentence in SENTENCE_END.split(value.strip()):
-                count = evidence(sentence)
-                if any(f" {phrase} " in f" {normalise(sentence)} " for phrase in phrases):
+                count, words = evidence(sentence), f" {normalise(sentence)} "
+                if any(f" {phrase} " in words for phrase in phrases):
                     count = max(count, EVIDENCE_WORDS)
                 if count > best_count:
                     best, best_count = (info.name, label, sentence), count

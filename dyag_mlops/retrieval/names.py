@@ -93,7 +93,8 @@ class Catalogue:
 
     @functools.cached_property
     def _field_wording(self) -> set[str]:
-        """The words of the fields' questions and labels, and the stop words."""
+        """The words of the fields' questions and labels, and the stop words
+        (and how the accented ones are written, for `spelled`)."""
         words = set(self.schema.stop_words)
         for info in self.profile.fields:
             for text in field_questions(info, self.schema) + list(info.labels):
