@@ -40,7 +40,7 @@ class GenerateConfig:
 
     corpus: str = _f("", "Corpus: JSONL chunks or a folder of Markdown files (empty: bundled demo corpus).")
     method: str = _f("rule-based", "rule-based, augmented or llm-based.")
-    count: int = _f(0, "Number of examples to produce (0: every example the method can make).")
+    count: int = _f(0, "Number of examples to produce, spread over the facts (0: every example the method can make).")
     seed: int = _f(42, "Random seed for sampling and splitting.")
     output: str = _f("data/dataset.jsonl", "Output path; with --split, OUT_train/_val/_test.jsonl and OUT_manifest.json.")
     split: bool = _f(True, "Split into train/val/test.")
@@ -308,10 +308,12 @@ class PipelineConfig:
     # (docs/decisions/0004-training-defaults.md).
     soup: int = _f(1, "Fine-tuning: adapters trained with different seeds and averaged into one (finetune --soup); N x the training time.")
     max_length: int = _f(512, "Fine-tuning maximum tokens per example.")
-    # 0 keeps the pipeline within its time budget, and finetuned then asks
-    # the RAFT adapter without context, which mostly refuses; 2 epochs over
-    # every fact cost 30-45 minutes on 2 cores (docs/quality.md).
-    closed_book_epochs: float = _f(0.0, "Epochs of a closed-book adapter trained on every fact (augmented phrasings, a share typed in a hurry, no context), which finetuned then answers with; hybrid keeps the RAFT adapter. 0: none (finetuned asks the RAFT adapter without context).")
+    # finetuned is fine-tuning's candidate: without a closed-book adapter it
+    # asks the RAFT adapter without context, which mostly refuses. 2400
+    # questions (600 steps over two epochs) keep the cost fixed whatever the
+    # corpus's size (docs/decisions/0004-training-defaults.md).
+    closed_book_epochs: float = _f(2.0, "Epochs of a closed-book adapter trained on the facts (augmented phrasings, a share typed in a hurry, no context), which finetuned then answers with; hybrid keeps the RAFT adapter. 0: none (finetuned asks the RAFT adapter without context).")
+    closed_book_count: int = _f(2400, "Closed-book questions per epoch, spread over the facts (0: every phrasing of every fact); 8 make one training step.")
     closed_book_lr: float = _f(0.003, "Learning rate of the closed-book adapter (closed_book_epochs > 0).")
     limit: int = _f(0, "Evaluate only the first N questions (0: all).")
     top_k: int = _f(1, "Chunks retrieved per question (rag, hybrid); each costs prompt tokens (recall@1 is 1.0 on the demo set, lexical ranking).")

@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 
 import mlflow
 import pytest
@@ -65,6 +66,18 @@ def test_count_and_seed_are_repeatable(tmp_path):
     b = generate.run(GenerateConfig(count=50, seed=7, output=str(tmp_path / "b.jsonl")))
     assert a.counts["examples_total"] == 50
     assert read(a.files["train"]) == read(b.files["train"])
+
+def test_a_count_asks_every_fact_once_before_any_fact_twice(tmp_path):
+    """--count spreads the examples over the facts: as many as there are
+    facts ask each one once; a uniform sample would leave about a third of
+    them unasked and ask others two or three times."""
+    every = read(generate.run(GenerateConfig(method="augmented", output=str(tmp_path / "all.jsonl"), split=False)).files["all"])
+    facts = {row["metadata"]["fact_id"] for row in every}
+    result = generate.run(GenerateConfig(method="augmented", count=len(facts) + 5, output=str(tmp_path / "some.jsonl"), split=False))
+    asked = Counter(row["metadata"]["fact_id"] for row in read(result.files["all"]))
+    assert set(asked) == facts
+    assert sorted(asked.values())[-6:] == [1, 2, 2, 2, 2, 2]
+
 
 
 def test_malformed_jsonl_names_file_and_line_and_writes_nothing(tmp_path):

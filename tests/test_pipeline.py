@@ -56,7 +56,7 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     work = tmp_path / "work"
     cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e",
            "-P", f"base_model={tiny_model_dir}", "-P", "epochs=0.05", "-P", "limit=6", "-P", f"workdir={work}",
-           "-P", "registered_model=e2e-qa", "-P", "min_questions=1"]
+           "-P", "registered_model=e2e-qa", "-P", "min_questions=1", "-P", "closed_book_count=16"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -65,10 +65,11 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
     stages = sorted(r.data.tags.get("dyag.stage", "") for r in runs)
-    assert stages == sorted(["main", "generate_training", "finetune", "index_rag", "compare"] + ["evaluate"] * 4)
+    # two adapters: RAFT (hybrid) and closed-book (finetuned)
+    assert stages == sorted(["main", "index_rag", "compare"] + ["generate_training", "finetune"] * 2 + ["evaluate"] * 4)
     parent = next(r for r in runs if r.data.tags["dyag.stage"] == "main")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in runs)
     systems = {r.data.tags["dyag.system"] for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
     assert systems == {"base", "finetuned", "rag", "hybrid"}
     rankings = {r.data.tags["dyag.system"]: r.data.tags.get("dyag.ranking") for r in runs if r.data.tags["dyag.stage"] == "evaluate"}
@@ -80,16 +81,19 @@ def test_main_entry_point_end_to_end_against_an_mlflow_server(tmp_path, tiny_mod
     champion = client.get_model_version_by_alias("e2e-qa", "champion")
     assert champion.tags["dyag.system"] in systems
     assert (work / "compare" / "comparison.md").is_file()
-    # the adapter is stored once, in the finetune run; the systems that use it reference it
-    finetune_run = next(r for r in runs if r.data.tags["dyag.stage"] == "finetune")
+    # each adapter is stored once, in its finetune run; the systems that use it reference it
+    finetune_run = {r.data.params["output"].rsplit("/", 1)[-1]: r for r in runs if r.data.tags["dyag.stage"] == "finetune"}
+    trained_by = {"hybrid": finetune_run["adapter"], "finetuned": finetune_run["closed_book_adapter"]}
     for run in runs:
-        if run.data.tags.get("dyag.system") in ("finetuned", "hybrid") or run is finetune_run:
+        system = run.data.tags.get("dyag.system")
+        if system in trained_by or run.data.tags["dyag.stage"] == "finetune":
             model = client.get_logged_model(run.data.tags["dyag.model_uri"].rsplit("/", 1)[-1])
             stored = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{model.artifact_location}/artifacts", tracking_uri=mlflow_server)}
             assert not any(p.endswith("adapter") for p in stored), stored
             spec = json.loads(Path(mlflow.artifacts.download_artifacts(
                 f"{model.artifact_location}/artifacts/system.json", tracking_uri=mlflow_server, dst_path=str(tmp_path / model.model_id))).read_text())
-            assert spec["adapter_uri"] == model.tags["dyag.adapter"] == f"runs:/{finetune_run.info.run_id}/adapter"
+            owner = trained_by.get(system, run)
+            assert spec["adapter_uri"] == model.tags["dyag.adapter"] == f"runs:/{owner.info.run_id}/adapter"
     # the index is built before the training data, whose prompts hold retrieved chunks (RAFT)
     train = [json.loads(line) for line in open(work / "data" / "dataset_train.jsonl", encoding="utf-8")]
     assert train and all(r["metadata"]["context_ids"] and "Contexte :" in r["messages"][1]["content"] for r in train)
@@ -144,7 +148,7 @@ def test_a_count_too_small_for_a_val_split_trains_without_validation(tmp_path, t
     from dyag_mlops.config import PipelineConfig
 
     work = tmp_path / "work"
-    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2,
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, closed_book_count=16, limit=2,
                             systems="finetuned,hybrid", workdir=str(work), registered_model="small-qa", reuse=False)
     pipeline.run(config)
     assert (work / "data" / "dataset_val.jsonl").stat().st_size == 0
@@ -250,7 +254,7 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
 
 def test_systems_of_one_model_share_it_and_are_compared_in_the_asked_order(tmp_path, tiny_model_dir, monkeypatch):
     """base and rag answer with one loaded model, finetuned and hybrid (one
-    adapter) with another: each is loaded once, and memory is collected
+    adapter, without a closed-book one) with another: each is loaded once, and memory is collected
     only where the first model is let go; the comparison keeps the order
     the systems were asked in."""
     from dyag_mlops import pipeline
@@ -268,7 +272,8 @@ def test_systems_of_one_model_share_it_and_are_compared_in_the_asked_order(tmp_p
 
     monkeypatch.setattr(predictor_module, "load_predictor", recorded)
     monkeypatch.setattr(pipeline, "release_memory", lambda: events.append("release"))
-    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, limit=2, systems="hybrid,base,finetuned,rag",
+    config = PipelineConfig(base_model=str(tiny_model_dir), count=40, epochs=0.05, closed_book_epochs=0, limit=2,
+                            systems="hybrid,base,finetuned,rag",
                             workdir=str(tmp_path / "work"), registered_model="shared-qa", reuse=False)
     report = pipeline.run(config)
     assert models["base"] is models["rag"] and models["finetuned"] is models["hybrid"]

@@ -36,3 +36,22 @@ def test_any_gguf_file_is_a_base_model(tmp_path, monkeypatch):
     ours, theirs = load_file(f"{source}/model.safetensors"), load_file(f"{bundled}/model.safetensors")
     assert ours.keys() == theirs.keys()
     assert all((ours[k] == theirs[k]).all() for k in ours)
+
+
+def test_finetuned_answers_the_sample_s_questions_from_what_it_learnt(tmp_path):
+    """The pipeline's defaults on dyag's one-field-per-chunk sample, with its
+    own questions: the closed-book adapter answers most of them with no
+    retrieval, where the base model knows none."""
+    from conftest import SAMPLES
+
+    from dyag_mlops import pipeline
+    from dyag_mlops.config import PipelineConfig
+
+    work = tmp_path / "work"
+    report = pipeline.run(PipelineConfig(
+        corpus=str(SAMPLES / "corpus.jsonl"), eval_file=str(SAMPLES / "questions.jsonl"), systems="base,finetuned",
+        workdir=str(work), registered_model="sample-closed-book", reuse=False,
+    ))
+    correct = report["metrics"]["correct"]["values"]
+    assert correct["base"] <= 0.2 and correct["finetuned"] >= 0.5, correct
+    assert not (work / "adapter").exists()  # no system asked for the RAFT adapter

@@ -169,6 +169,25 @@ def _round_robin(left: Any, place: Any, count: int) -> Any:
     return taken
 
 
+def spread_over_facts(positions: list[int], fact_codes: Any, count: int, seed: int) -> list[int]:
+    """`count` of `positions`, as many phrasings of each fact as fit: one
+    phrasing of every fact, then a second, and so on (facts and phrasings in
+    random order). A uniform sample would leave some facts unasked and ask
+    others four times. `fact_codes`: each position's fact, as a code."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    codes = np.asarray(fact_codes, dtype=np.int64)
+    shuffled = rng.permutation(len(codes))
+    by_fact = shuffled[np.argsort(codes[shuffled], kind="stable")]  # a fact's phrasings together, in random order
+    fact_of = codes[by_fact]
+    starts = np.flatnonzero(np.r_[True, fact_of[1:] != fact_of[:-1]])
+    round_ = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    place = rng.permutation(int(codes.max(initial=-1)) + 1)[fact_of]
+    chosen = by_fact[np.argsort(round_ * len(place) + place, kind="stable")[:count]]
+    return [positions[i] for i in chosen]
+
+
 def manifest_for(
     splits: dict[str, list[int]], fact_codes: Any, field_codes: Any, field_names: list[str], requested: int, dropped: int
 ) -> dict:
@@ -400,7 +419,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
         excluded = before - len(kept)
     available = len(kept)
     if config.count and config.count < available:
-        kept = random.Random(config.seed).sample(kept, config.count)
+        kept = spread_over_facts(kept, examples.codes(("fact_id",), kept)[0][0], config.count, config.seed)
     elif config.count > available:
         warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
     if config.hurried_share and config.method != "llm-based":
