@@ -311,7 +311,7 @@ class PipelineConfig:
     # finetuned is fine-tuning's candidate: without a closed-book adapter it
     # asks the RAFT adapter without context, which mostly refuses. 2400
     # questions (600 steps over two epochs) keep the cost fixed whatever the
-    # corpus's size (docs/decisions/0004-training-defaults.md).
+    # corpus's size (docs/decisions/0009-finetuned-learns-the-facts.md).
     closed_book_epochs: float = _f(2.0, "Epochs of a closed-book adapter trained on the facts (augmented phrasings, a share typed in a hurry, no context), which finetuned then answers with; hybrid keeps the RAFT adapter. 0: none (finetuned asks the RAFT adapter without context).")
     closed_book_count: int = _f(2400, "Closed-book questions per epoch, spread over the facts (0: every phrasing of every fact); 8 make one training step.")
     closed_book_lr: float = _f(0.003, "Learning rate of the closed-book adapter (closed_book_epochs > 0).")
