@@ -67,6 +67,7 @@ def test_count_and_seed_are_repeatable(tmp_path):
     assert a.counts["examples_total"] == 50
     assert read(a.files["train"]) == read(b.files["train"])
 
+
 def test_a_count_asks_every_fact_once_before_any_fact_twice(tmp_path):
     """--count spreads the examples over the facts: as many as there are
     facts ask each one once; a uniform sample would leave about a third of
@@ -77,7 +78,6 @@ def test_a_count_asks_every_fact_once_before_any_fact_twice(tmp_path):
     asked = Counter(row["metadata"]["fact_id"] for row in read(result.files["all"]))
     assert set(asked) == facts
     assert sorted(asked.values())[-6:] == [1, 2, 2, 2, 2, 2]
-
 
 
 def test_malformed_jsonl_names_file_and_line_and_writes_nothing(tmp_path):

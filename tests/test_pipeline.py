@@ -254,9 +254,9 @@ def test_the_pipeline_run_tells_who_won(tmp_path, tiny_model_dir, capsys):
 
 def test_systems_of_one_model_share_it_and_are_compared_in_the_asked_order(tmp_path, tiny_model_dir, monkeypatch):
     """base and rag answer with one loaded model, finetuned and hybrid (one
-    adapter, without a closed-book one) with another: each is loaded once, and memory is collected
-    only where the first model is let go; the comparison keeps the order
-    the systems were asked in."""
+    adapter when there is no closed-book one) with another: each is loaded
+    once, and memory is collected only where the first model is let go; the
+    comparison keeps the order the systems were asked in."""
     from dyag_mlops import pipeline
     from dyag_mlops.config import PipelineConfig
     from dyag_mlops.systems import predictor as predictor_module
