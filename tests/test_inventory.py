@@ -157,7 +157,7 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
         assert questions and all("{doc}" in q for q in questions)
         assert len([q for q in questions if normalise(label) in normalise(q)]) >= len(schema.generic_templates)
     # a field the schema lacks is also asked about the way its values look
-    assert by_name["Mise en production"].kind == "date" and by_name["Identifiant"].kind == "number"
+    assert by_name["Mise en production"].kind == "date" and by_name["Identifiant"].kind == "identifier"
     dates = [t for t in schema.kind_templates["date"] if "{label}" not in t]
     assert dates and set(dates) <= set(field_questions(by_name["Mise en production"], schema))
     # "Fichiers fonciers, Cadastre": a list, asked about as what the application relies on
@@ -201,6 +201,28 @@ def test_label_variants_meet_in_one_field():
     assert linked is profile.field_for_label("Donnée liée") is profile.field_for_label("DONNEES LIEES")
     assert linked.name == "Donnée liée" and linked.documents == 3 and set(linked.labels) == {"Donnée liée", "Données liées", "DONNEES LIEES"}
     assert len([f for f in profile.corpus_fields]) == 3  # website, the linked data, status
+
+
+def test_an_identifier_is_asked_for_as_a_reference_not_a_quantity():
+    chunks = [
+        Chunk("a", "Nom : A\nIdentifiant : 4107\nAgents : 120\nCode postal : 35000", "a", "A"),
+        Chunk("b", "Nom : B\nIdentifiant : 5521\nAgents : 35\nCode postal : 29200", "b", "B"),
+    ]
+    profile = build_profile(documents(chunks), "fr")
+    schema = cached_schema("fr")
+    kinds = {f.name: f.kind for f in profile.corpus_fields}
+    # a label with an identifier's word and one-word values; a count stays a number
+    assert kinds == {"Identifiant": "identifier", "Agents": "number", "Code postal": "identifier"}
+    asked = field_questions(profile.field_for_label("Identifiant"), schema)
+    assert "Quel est le numéro de {doc} ?" in asked and not any("combien" in normalise(q) for q in asked)
+    assert any("combien" in normalise(q) for q in field_questions(profile.field_for_label("Agents"), schema))
+    # English: "Package ID"; an identifier's word over values of several words is no identifier
+    english = [
+        Chunk("f", "Name: foo\nPackage ID: PKG-0042\nCode of conduct: Be kind to each other", "f", "foo"),
+        Chunk("g", "Name: goo\nPackage ID: PKG-0077\nCode of conduct: Treat others well", "g", "goo"),
+    ]
+    kinds = {f.name: f.kind for f in build_profile(documents(english), "en").corpus_fields}
+    assert kinds["Package ID"] == "identifier" and kinds["Code of conduct"] != "identifier"
 
 
 def test_value_kinds_come_from_most_values():

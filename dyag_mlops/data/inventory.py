@@ -86,6 +86,10 @@ class Schema:
     # Phrases that ask for what is written in figures, a quantity or a year
     # ("how many", "since when"), normalised: no line without a digit answers them.
     figure_phrases: tuple[str, ...] = ()
+    # Words of a label that names a document's identifier ("id", "code"),
+    # normalised: such a field of one-word values is asked for as a
+    # reference ("What is the ID of {doc}?"), not as a quantity.
+    identifier_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -151,6 +155,7 @@ def load_schema(name_or_path: str) -> Schema:
         kind_templates={kind: tuple(templates) for kind, templates in kinds.items()},
         stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
         figure_phrases=tuple(normalise(phrase) for phrase in data.get("figure_phrases", ())),
+        identifier_words=frozenset(normalise(" ".join(data.get("identifier_words", ()))).split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,
@@ -190,6 +195,9 @@ VALUE_KINDS = {
     "list": re.compile(r"^\S+(?:\s+\S+){0,3}(?:,\s*\S+(?:\s+\S+){0,3})+$"),
     # "text": not a pattern; the kind of the corpus's wordiest field (`_text_field`).
     "text": None,
+    # "identifier": not a pattern; one-word values under a label the schema
+    # takes for an identifier's (`_identifier_fields`).
+    "identifier": None,
 }
 KIND_SHARE = 0.6
 # The wordiest field is a description when its values average this many words.
@@ -224,6 +232,21 @@ def _text_field(values: dict[str, list[str]], kinds: dict[str, str]) -> str:
     }
     best = max(words, key=words.__getitem__, default="")
     return best if best and words[best] >= TEXT_WORDS else ""
+
+
+def _identifier_fields(
+    spellings: dict[str, Counter], values: dict[str, list[str]], kinds: dict[str, str], schema: Schema
+) -> list[str]:
+    """The fields whose label says a word of the schema's `identifier_words`
+    ("Identifiant", "Package ID") and whose values are one word each, a
+    figure or a code ("4107", "APP-0042"), not an address or a date."""
+    return [
+        name
+        for name, labels in spellings.items()
+        if kinds.get(name) in ("", "number")
+        and any(set(normalise(label).split()) & schema.identifier_words for label in labels)
+        and all(len(v.split()) == 1 for v in values[name])
+    ]
 
 
 def label_key(label: str) -> tuple[str, ...]:
@@ -445,6 +468,7 @@ def build_profile(docs: Sequence[Document], schema_name: str = "auto") -> Profil
     kinds = {name: value_kind(vs) for name, vs in values.items()}
     if text := _text_field(values, kinds):
         kinds[text] = "text"
+    kinds.update(dict.fromkeys(_identifier_fields(spellings, values, kinds, schema), "identifier"))
     fields = []
     for name, labels in spellings.items():
         spec = next((s for s in schema.fields if s.name == name), None)
