@@ -121,9 +121,10 @@ class Catalogue:
         """Whether `text` holds one of the question's own words (4+ letters,
         not the fields' wording), by stem; True for a question without any.
         A question that names no document and shares no word with the one
-        found closest in meaning ("nano - which section is it in?") is about
-        something the index does not hold. A misspelt name ("MAERA" of
-        MAREA) counts as shared, as for `unknown_names`."""
+        found closest in meaning ("emacs: what section?", of a corpus
+        without emacs) is about something the index does not hold. A
+        misspelt name ("MAERA" of MAREA) counts as shared, as for
+        `unknown_names`."""
         asked = [w for w in normalise(question).split() if len(w) >= 4 and w not in self._field_wording]
         held = {w[:STEM] for w in normalise(text).split()}
         return not asked or any(w[:STEM] in held or self._misspells_a_name(w) for w in asked)
