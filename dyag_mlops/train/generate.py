@@ -173,7 +173,7 @@ def spread_over_facts(positions: list[int], fact_codes: Any, count: int, seed: i
     """`count` of `positions`, as many phrasings of each fact as fit: one
     phrasing of every fact, then a second, and so on (facts and phrasings in
     random order). A uniform sample would leave some facts unasked and ask
-    others four times. `fact_codes`: each position's fact, as a code."""
+    others several times. `fact_codes`: each position's fact, as a code."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -421,7 +421,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
     if config.count and config.count < available:
         kept = spread_over_facts(kept, examples.codes(("fact_id",), kept)[0][0], config.count, config.seed)
     elif config.count > available:
-        warnings.append(f"asked for {config.count} examples, the {config.method} method could make {available}")
+        warnings.append(f"count {config.count}: the {config.method} method makes {available} examples of this corpus, all kept")
     if config.hurried_share and config.method != "llm-based":
         rng = random.Random(config.seed + 2)
         for i in kept:  # after dedupe: examples.keys keep the careful questions' keys
