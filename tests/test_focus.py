@@ -185,6 +185,29 @@ def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():
     assert r.focus(sheet, "Which Python datetime extensions does python-dateutil offer?", "python-dateutil")[0] == "Summary"
 
 
+def test_a_question_asking_which_document_gets_the_sheet_s_name_line():
+    # "Quelle application …" naming no document asks for the document itself:
+    # the sheet keeps its name line, whatever field the rest of it points to.
+    r = router()
+    assert r.focus(SHEET, "Quelle application sert aux véhicules de service ?", "ORBIS") == ("Nom", "Nom: ORBIS")
+    assert r.focus(SHEET, "Quelle est l'application hébergée à Nantes-Est ?", "ORBIS") == ("Nom", "Nom: ORBIS")
+    # Naming the document, or its alias, it asks for one of its fields.
+    assert r.focus(SHEET, "Quelle application est ORBIS, en production ou en test ?", "ORBIS")[0] == "status"
+    assert r.focus(SHEET, "Quel est le statut de l'Outil de Réservation des Bâtiments et Salles ?", "ORBIS")[0] == "status"
+
+
+def test_which_package_asks_for_the_name_in_english_with_the_corpus_s_name_label():
+    from dyag_mlops.data.corpus import load_corpus
+
+    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "debian" / "corpus.jsonl"))
+    profile = build_profile(docs, "auto")
+    r = FieldRouter(profile, cached_schema(profile.schema))
+    sheet = render_sheet(next(d for d in docs if d.title == "tmux"), profile.name_label)
+    assert profile.name_label == "Package"  # "package" is the schema's word too; the label is the corpus's
+    assert r.focus(sheet, "Which package multiplexes terminals?", "tmux") == ("Package", "Package: tmux")
+    assert r.focus(sheet, "Which version of the tmux package is installed?", "tmux")[0] == "Version"
+
+
 VELIA = (
     "Nom: VELIA\nStatut: En test\nHébergement: Datacenter Lyon\n"
     "Description: Plateforme de suivi des vélos en libre-service. Elle compte les locations par station."

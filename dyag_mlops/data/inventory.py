@@ -90,6 +90,11 @@ class Schema:
     # normalised: such a field of one-word values is asked for as a
     # reference ("What is the ID of {doc}?"), not as a quantity.
     identifier_words: frozenset[str] = frozenset()
+    # A question asking which document holds what it says ("Quelle
+    # application est en développement ?"): one of `which_words`, then, past
+    # short words only, one of `document_words` or the corpus's name label.
+    which_words: frozenset[str] = frozenset()
+    document_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -156,6 +161,8 @@ def load_schema(name_or_path: str) -> Schema:
         stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
         figure_phrases=tuple(normalise(phrase) for phrase in data.get("figure_phrases", ())),
         identifier_words=frozenset(normalise(" ".join(data.get("identifier_words", ()))).split()),
+        which_words=frozenset(normalise(" ".join(data.get("which_words", ()))).split()),
+        document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,

@@ -18,7 +18,9 @@ meaning does (the description cut to its closest sentence); a sure router
 (or a question naming the field's label) keeps, of its field's long value,
 the sentence that holds them. A question asking for figures ("how many",
 "since when": the schema's `figure_phrases`) keeps nothing from a line
-without a digit.
+without a digit. A question asking which document holds what it says
+("Which package is the pager?", naming none) keeps the
+sheet's name line: the answer is the document's name.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -274,6 +276,9 @@ class FieldRouter:
         entries = self.entries(content)
         if entries is None:
             return None
+        if self.asks_for_document(question, entries, title):
+            name_line = next((lines for info, lines in entries if info is None and _value(lines[0]) == title), entries[0][1])
+            return self.profile.name_label, name_line[0]
         names = self.sheet_names(entries, title)
         names = f"{names} {self.described_as(question, entries, names)}"
         ranking = self.ranked(question, names)
@@ -300,6 +305,23 @@ class FieldRouter:
         if self.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
             return kept[0], ""  # "How many downloads …?" is not answered by a web address
         return kept
+
+    def asks_for_document(self, question: str, entries: list[tuple[Any, list[str]]], title: str) -> bool:
+        """Whether the question asks which document holds what it says,
+        naming none of this sheet's names: "Quelle application est en
+        développement ?", "Which package is the pager?". The
+        answer is then the sheet's name, not one of its fields."""
+        words = normalise(question).split()
+        nouns = self.schema.document_words | set(normalise(self.profile.name_label).split())
+        asks = any(
+            word in self.schema.which_words and any(w in nouns for w in _after_short_words(words[i + 1 :]))
+            for i, word in enumerate(words)
+        )
+        if not asks:
+            return False
+        said = f" {' '.join(words)} "
+        names = [title, *(_value(line) for info, lines in entries if info is not None and info.alias for line in lines)]
+        return not any(f" {normalise(name)} " in said for name in names if normalise(name))
 
     def asks_figures(self, question: str) -> bool:
         """Whether the question asks for figures: says one of the schema's
@@ -395,6 +417,20 @@ class FieldRouter:
             return None
         field, label, sentence = best
         return field, f"{label}{SEPARATOR}{_clause(sentence, wanted, said)}"
+
+
+# Words that may stand between "which" and the noun it asks about ("quelle
+# est l'application …", "which is the package …").
+LINKING_WORDS = frozenset("est sont is are".split())
+
+
+def _after_short_words(words: list[str]) -> list[str]:
+    """The first word of `words` that is neither short (3 letters or fewer)
+    nor a linking word, as a one-item list ([] if none within four)."""
+    for word in words[:4]:
+        if len(word) > 3 and word not in LINKING_WORDS:
+            return [word]
+    return []
 
 
 def _phrases(question: str, wanted: set[str]) -> list[str]:
