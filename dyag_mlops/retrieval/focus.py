@@ -19,8 +19,8 @@ meaning does (the description cut to its closest sentence); a sure router
 the sentence that holds them. A question asking for figures ("how many",
 "since when": the schema's `figure_phrases`) keeps nothing from a line
 without a digit. A question asking which document holds what it says
-("Which package is the pager?", naming none) keeps the
-sheet's name line: the answer is the document's name.
+("Which package is the pager?", naming none) keeps the sheet's name line:
+the answer is the document's name.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -309,14 +309,11 @@ class FieldRouter:
     def asks_for_document(self, question: str, entries: list[tuple[Any, list[str]]], title: str) -> bool:
         """Whether the question asks which document holds what it says,
         naming none of this sheet's names: "Quelle application est en
-        développement ?", "Which package is the pager?". The
-        answer is then the sheet's name, not one of its fields."""
+        développement ?", "Which package is the pager?". The answer is then
+        the sheet's name, not one of its fields."""
         words = normalise(question).split()
         nouns = self.schema.document_words | set(normalise(self.profile.name_label).split())
-        asks = any(
-            word in self.schema.which_words and any(w in nouns for w in _after_short_words(words[i + 1 :]))
-            for i, word in enumerate(words)
-        )
+        asks = any(word in self.schema.which_words and _first_long_word(words[i + 1 :]) in nouns for i, word in enumerate(words))
         if not asks:
             return False
         said = f" {' '.join(words)} "
@@ -424,13 +421,10 @@ class FieldRouter:
 LINKING_WORDS = frozenset("est sont is are".split())
 
 
-def _after_short_words(words: list[str]) -> list[str]:
-    """The first word of `words` that is neither short (3 letters or fewer)
-    nor a linking word, as a one-item list ([] if none within four)."""
-    for word in words[:4]:
-        if len(word) > 3 and word not in LINKING_WORDS:
-            return [word]
-    return []
+def _first_long_word(words: list[str]) -> str:
+    """The first of `words` that is neither short (3 letters or fewer) nor a
+    linking word ("" if none within four)."""
+    return next((w for w in words[:4] if len(w) > 3 and w not in LINKING_WORDS), "")
 
 
 def _phrases(question: str, wanted: set[str]) -> list[str]:
