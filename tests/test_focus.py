@@ -290,6 +290,27 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
     assert r.focus(sheet, "Quel est le statut de ORBIS ?", "ORBIS") == ("status", "Statut: En production")
 
 
+def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
+    """ "Est-elle en production ?" asks for the status, though its words
+    point the router to a "Mise en production" date (no status value is
+    shared here to pull it back); a question with a question word keeps the
+    router's field."""
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Application: ORBIS\nStatut: En production\nMise en production: 02/09/2016\nPortée géographique: Nationale", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nStatut: En développement\nMise en production: 01/03/2024", "b", "HYDRA"),
+    ]
+    profile = build_profile(documents(chunks), "auto")
+    r = FieldRouter(profile, FR)
+    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    assert r.focus(sheet, "ORBIS est-elle en production ?", "ORBIS") == ("status", "Statut: En production")
+    assert r.focus(sheet, "ORBIS, c'est en prod ou en dev ?", "ORBIS") == ("status", "Statut: En production")
+    assert r.focus(sheet, "ORBIS est-elle nationale ?", "ORBIS")[0] == "scope"
+    assert r.focus(sheet, "Quand ORBIS a-t-elle été mise en production ?", "ORBIS")[0] == "Mise en production"
+    assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "Mise en production"
+
+
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):
     from dyag_mlops.config import GenerateConfig
     from dyag_mlops.data.evalset import split_messages

@@ -95,6 +95,10 @@ class Schema:
     # short words only, one of `document_words` or the corpus's name label.
     which_words: frozenset[str] = frozenset()
     document_words: frozenset[str] = frozenset()
+    # Words that ask for something (who, when, quel, où), lower case with
+    # their accents ("où" is not "ou"): a question with none of them asks
+    # yes or no ("Is X in production?"), about the field whose value it says.
+    question_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -163,6 +167,7 @@ def load_schema(name_or_path: str) -> Schema:
         identifier_words=frozenset(normalise(" ".join(data.get("identifier_words", ()))).split()),
         which_words=frozenset(normalise(" ".join(data.get("which_words", ()))).split()),
         document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),
+        question_words=frozenset(" ".join(data.get("question_words", ())).lower().split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,

@@ -20,7 +20,8 @@ the sentence that holds them. A question asking for figures ("how many",
 "since when": the schema's `figure_phrases`) keeps nothing from a line
 without a digit. A question asking which document holds what it says
 ("Which package is the pager?", naming none) keeps the sheet's name line:
-the answer is the document's name.
+the answer is the document's name. A yes-or-no question ("Is X in
+production?") asks for the field whose short value it says.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -31,7 +32,7 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.data.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, STEM, Profile, Schema, field_questions
+from dyag_mlops.data.inventory import DOC_PLACEHOLDER, FIELD_LINE, SEPARATOR, SHARED_VALUE_WORDS, STEM, Profile, Schema, field_questions
 from dyag_mlops.data.text import normalise
 from dyag_mlops.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, load_vectors
 
@@ -287,6 +288,12 @@ class FieldRouter:
         if field not in present:
             field = next((f for f, _ in ranking[1:] if f in present and self._sibling(field, f)), field)
         says_label = self.names_label(question, field)
+        if not says_label and not self.asks_figures(question):
+            # "Is X in production?" asks for the status, not for the date
+            # the "Go-live" field's label would route it to.
+            valued = self.value_said(question, entries, names)
+            if valued is not None and valued != field:
+                field, says_label = valued, True
         said = self.question_words(question, names)
         wanted = said - self.field_stems
         phrases = _phrases(question, wanted)
@@ -319,6 +326,31 @@ class FieldRouter:
         said = f" {' '.join(words)} "
         names = [title, *(_value(line) for info, lines in entries if info is not None and info.alias for line in lines)]
         return not any(f" {normalise(name)} " in said for name in names if normalise(name))
+
+    def value_said(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str | None:
+        """The field a yes-or-no question (none of the schema's
+        `question_words`) asks about: the one whose short value on this
+        sheet (a category: SHARED_VALUE_WORDS words at most), or whose values
+        shared across the corpus, hold the most of its words ("Is X still in
+        production or in dev?": a status of "En production"). None for
+        another question, or one that says no such value; a detail of a long
+        value (a list, the prose) is `_detail`'s, and the document's names
+        are no value."""
+        if set(re.findall(r"\w+", question.lower())) & self.schema.question_words:
+            return None
+        name_stems = _stems(names)
+        asked = [w for w in normalise(question).split() if len(w) >= 3 and w not in self.schema.stop_words and w[:STEM] not in name_stems]
+        best, best_count = None, 0
+        for info, lines in entries:
+            if info is None or info.alias or info.name == self.text_field:
+                continue
+            value = _value(" ".join(lines))
+            short = [value] if len(value.split()) <= SHARED_VALUE_WORDS else []
+            values = set(normalise(" ".join([*short, *info.shared_values])).split())
+            count = sum(any(_same_word(w, v) for v in values) for w in asked)
+            if count > best_count:
+                best, best_count = info.name, count
+        return best
 
     def asks_figures(self, question: str) -> bool:
         """Whether the question asks for figures: says one of the schema's
@@ -425,6 +457,14 @@ def _first_long_word(words: list[str]) -> str:
     """The first of `words` that is neither short (3 letters or fewer) nor a
     linking word ("" if none within four)."""
     return next((w for w in words[:4] if len(w) > 3 and w not in LINKING_WORDS), "")
+
+
+def _same_word(asked: str, value_word: str) -> bool:
+    """Whether a question's word says a value's word: the same stem, or its
+    opening for a short word ("prod" of "production", "dev" of "développement")."""
+    if len(asked) >= STEM:
+        return asked[:STEM] == value_word[:STEM]
+    return value_word.startswith(asked)
 
 
 def _phrases(question: str, wanted: set[str]) -> list[str]:
