@@ -41,6 +41,32 @@ def test_a_span_of_prose_may_start_after_a_word_the_question_says():
     assert "en 2022 faute de financement." not in span_texts([prose], UNKNOWN)  # no question, no such start
 
 
+def test_a_value_that_is_no_prose_ends_only_at_an_item_s_end(tiny_model_dir):
+    """A contact line is copied whole, not cut after its first address; a
+    list may stop after one of its items; prose anywhere."""
+    from transformers import AutoTokenizer
+
+    from dyag_mlops.systems.grounding import END, span_trie
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    contact = "Equipe SIRENA - DDT 35 <sirena@exemple.fr> : <sirena@exemple.fr>"
+    listed = "GéoPlan, e-Subv"
+    prose = "SIRENA permet de réserver des salles et des véhicules de service."
+    trie = span_trie(tokenizer, [f"Contacts: {contact}\nApplications liées: {listed}\nDescription: {prose}"], "")
+
+    def ends(value: str) -> list[str]:
+        node, ids, found = trie, tokenizer(value, add_special_tokens=False)["input_ids"], []
+        for i, token in enumerate(ids):
+            node = node[token]
+            if END in node:
+                found.append(tokenizer.decode(ids[: i + 1]))
+        return found
+
+    assert ends(contact) == [contact]
+    assert ends(listed) == ["GéoPlan", listed]
+    assert len(ends(prose)) == len(tokenizer(prose, add_special_tokens=False)["input_ids"])
+
+
 def test_grounding_reads_the_question_the_prompt_asks(tiny_model_dir, monkeypatch):
     """A misspelt word is corrected in the prompt; the spans that start after
     a word the question says are built from that corrected question too."""

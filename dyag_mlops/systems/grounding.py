@@ -11,7 +11,9 @@ starts at the line or at its value (an answer is a field's value, and a
 small model free to start inside one dropped its first words), or, in a
 prose value, after a word the question says (the answer to a question on a
 detail follows the words it repeats); a span of another line starts at any
-of its words. It ends anywhere on its line. A prefix tree (trie) of the
+of its words. It ends anywhere on its line, but a value that is no prose
+ends at an item's end only (a small model cut "Team X <x@y.fr> : <x@y.fr>"
+after its first address). A prefix tree (trie) of the
 token ids of every such span constrains transformers'
 `prefix_allowed_tokens_fn` (sampling) or `decode_spans` (greedy: the tree's
 unbranched paths are checked several tokens per forward pass).
@@ -43,20 +45,36 @@ def context_spans(chunks: Sequence[str], question: str = "") -> list[str]:
     end. In a prose value, a span may also start after a word (4+ letters)
     the question says: "Why was it abandoned?" of "…, abandoned in 2022 for
     lack of funding"."""
+    return [text for text, _ in _spans(chunks, question)]
+
+
+def _spans(chunks: Sequence[str], question: str) -> list[tuple[str, bool]]:
+    """`context_spans`, each with whether it is a value that is no prose:
+    such a span ends only at an item's end (ITEM_END)."""
     said = {w[:STEM] for w in normalise(question).split() if len(w) >= 4}
-    texts = []
+    spans = []
     for chunk in chunks:
         for line in chunk.splitlines():
             line = CHUNK_NUMBER.sub("", line).rstrip()
             field = FIELD_LINE.match(line)
             if field:
-                texts += [line, line[field.start("value"):]]
-                if said and _prose(field.group("value")):
+                prose = _prose(field.group("value"))
+                spans += [(line, not prose), (line[field.start("value"):], not prose)]
+                if said and prose:
                     words = list(WORD_START.finditer(line, field.start("value")))
-                    texts += [line[after.start():] for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
+                    spans += [(line[after.start():], False) for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
             else:
-                texts += [line[m.start():] for m in WORD_START.finditer(line)]
-    return texts
+                spans += [(line[m.start():], False) for m in WORD_START.finditer(line)]
+    return spans
+
+
+# Where an answer copying a value that is no prose may end: before a list's
+# separator, or at the value's end. "Equipe X <x@y.fr> : <x@y.fr>" is
+# copied whole, not cut after its first address; "libc6, libssl3" may stop
+# at "libc6".
+ITEM_END = re.compile(r"(?=[,;]\s)")
+# A key of a node of a span trie: an answer may end there.
+END = -1
 
 
 def _stem(line: str, word: re.Match) -> str:
@@ -68,27 +86,46 @@ def _stem(line: str, word: re.Match) -> str:
 def span_texts(chunks: Sequence[str], refusal: str, question: str = "") -> list[str]:
     """Every allowed answer, longest form: the context's spans, plus the
     refusal (none for ""; always when the context has no span). An answer
-    may stop at any token of one of these."""
-    texts = context_spans(chunks, question)
-    if refusal or not texts:
-        texts.append(refusal)
-    return list(dict.fromkeys(texts))
+    may stop at any token of one of these (of a value that is no prose, at
+    an item's end only: `span_trie`)."""
+    return list(dict.fromkeys(text for text, _ in _answers(chunks, refusal, question)))
+
+
+def _answers(chunks: Sequence[str], refusal: str, question: str) -> list[tuple[str, bool]]:
+    spans = _spans(chunks, question)
+    if refusal or not spans:
+        spans.append((refusal, False))
+    return spans
 
 
 def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str = "") -> dict:
-    """Prefix tree of the token ids of `span_texts(chunks, refusal, question)`: {token: subtree}."""
+    """Prefix tree of the token ids of `span_texts(chunks, refusal, question)`:
+    {token: subtree}; a node where an answer may end holds END. A span of a
+    value that is no prose may end where a token ends at one of its items'
+    ends (a tokenizer without offsets: at any token, as any other span)."""
+    spans = list(dict.fromkeys(_answers(chunks, refusal, question)))
+    encoded = tokenizer([text for text, _ in spans], add_special_tokens=False, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
+    offsets = encoded.get("offset_mapping") or [None] * len(spans)
     trie: dict = {}
-    for ids in tokenizer(span_texts(chunks, refusal, question), add_special_tokens=False)["input_ids"]:
+    for (text, whole_items), ids, marks in zip(spans, encoded["input_ids"], offsets):
+        ends = {m.start() for m in ITEM_END.finditer(text)} | {len(text)} if whole_items and marks else None
         node = trie
-        for token in ids:
+        for i, token in enumerate(ids):
             node = node.setdefault(token, {})
+            if ends is None or marks[i][1] in ends or i == len(ids) - 1:
+                node[END] = True
     return trie
+
+
+def _next(node: dict) -> list[int]:
+    """The tokens that may follow `node`."""
+    return [token for token in node if token != END]
 
 
 class SpanConstraint:
     """`prefix_allowed_tokens_fn` for one batch: row i may only continue a
-    path of `tries[i]`; end of answer (EOS) is allowed once it has a token, and
-    forced when the path leaves the tree."""
+    path of `tries[i]`; end of answer (EOS) is allowed where the tree says
+    (END), and forced when the path leaves the tree."""
 
     def __init__(self, tries: list[dict], prompt_length: int, eos_token_id: int):
         self.tries, self.prompt_length, self.eos = tries, prompt_length, eos_token_id
@@ -100,8 +137,8 @@ class SpanConstraint:
             node = node.get(token) if token != self.eos else None
             if node is None:
                 return [self.eos]
-        allowed = list(node)
-        if generated:
+        allowed = _next(node)
+        if generated and END in node:
             allowed.append(self.eos)
         return allowed or [self.eos]
 
@@ -136,8 +173,8 @@ def draft(node: dict, limit: int) -> list[int]:
     """The tokens that follow `node` while the tree does not branch: the
     only way a span can continue, what the model will most often choose."""
     tokens: list[int] = []
-    while len(tokens) < limit and len(node) == 1:
-        token = next(iter(node))
+    while len(tokens) < limit and len(_next(node)) == 1:
+        token = _next(node)[0]
         tokens.append(token)
         node = node[token]
     return tokens
@@ -203,7 +240,7 @@ def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: An
                 if j > 0:
                     node = node[tokens[j]]
                 # Sorted: a tie goes to the lowest id, as in generate's argmax.
-                allowed = sorted([*node, eos] if out[prompt] else node) or [eos]
+                allowed = sorted([*_next(node), eos] if out[prompt] and END in node else _next(node)) or [eos]
                 choice = allowed[int(torch.argmax(hidden[row, position] @ weight[allowed].T))]
                 if j + 1 < len(tokens) and choice == tokens[j + 1]:
                     accepted += 1
