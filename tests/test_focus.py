@@ -311,6 +311,19 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
     assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "Mise en production"
 
 
+def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_with_who():
+    # dyag's layout: "Qui gère …" leaves the router unsure, and the line
+    # closest in meaning is of another field unless the "who" fields decide.
+    from dyag_mlops.data.corpus import load_corpus
+
+    docs = documents(load_corpus(SAMPLES / "corpus.jsonl"))
+    profile = build_profile(docs, "auto")
+    r = FieldRouter(profile, cached_schema(profile.schema))
+    sheets = {d.title: render_sheet(d, profile.name_label) for d in docs}
+    assert r.focus(sheets["Terrabase"], "Qui gère Terrabase ?", "Terrabase")[0] == "contacts"
+    assert r.focus(sheets["Marégraphe"], "Qui s'occupe de Marégraphe ?", "Marégraphe")[0] == "contacts"
+
+
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):
     from dyag_mlops.config import GenerateConfig
     from dyag_mlops.data.evalset import split_messages

@@ -99,6 +99,9 @@ class Schema:
     # their accents ("où" is not "ou"): a question with none of them asks
     # yes or no ("Is X in production?"), about the field whose value it says.
     question_words: frozenset[str] = frozenset()
+    # Those that ask who ("qui", "who"): such a question the router cannot
+    # place is answered by a field whose templates ask who (the contacts).
+    who_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -168,6 +171,7 @@ def load_schema(name_or_path: str) -> Schema:
         which_words=frozenset(normalise(" ".join(data.get("which_words", ()))).split()),
         document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),
         question_words=frozenset(" ".join(data.get("question_words", ())).lower().split()),
+        who_words=frozenset(" ".join(data.get("who_words", ())).lower().split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,

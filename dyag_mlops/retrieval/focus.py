@@ -181,6 +181,11 @@ class FieldRouter:
         self.only = fields[0] if len(set(fields)) == 1 else None
         if self.only is None:
             self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000, class_weight="balanced")).fit(questions, fields)
+        # The fields asked about with "who" (the contacts, the owner): where
+        # the closest line to a question asking who lies.
+        self.asked_who = {
+            name for name, texts in texts_of.items() if set(re.findall(r"\w+", " ".join(texts).lower())) & schema.who_words
+        }
         # The corpus's prose (its description): where an unplaced question's detail lies.
         self.text_field = next((info.name for info in classes if info.kind == "text"), None)
         # What a question may say without asking for a detail: the fields' wording.
@@ -397,11 +402,15 @@ class FieldRouter:
         closest to the question. For a question the router cannot place and
         whose words the sheet does not hold: "Can wget keep downloading after
         I have logged out?" of "... so it will work in the background, after
-        having logged off."; "Who looks after X?" of a `Maintainer` line.
+        having logged off."; "Who looks after X?" of a `Maintainer` line (a
+        question asking who, of the lines of fields whose templates ask who).
         None for a sheet without a labelled line."""
         from dyag_mlops.retrieval.embeddings import embed_remembered, single_thread
 
-        lines = [(info, " ".join(lines)) for info, lines in entries if info is not None]
+        lines = [(info, " ".join(lines)) for info, lines in entries if info is not None and not info.alias]
+        if set(re.findall(r"\w+", question.lower())) & self.schema.who_words:
+            # "Qui gère X ?" is answered by a field asked about with "qui", where the sheet has one.
+            lines = [(info, line) for info, line in lines if info.name in self.asked_who] or lines
         if not lines:
             return None
         stems, probability = _stems(names), dict(ranking)
