@@ -324,6 +324,18 @@ def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_
     assert r.focus(sheets["Marégraphe"], "Qui s'occupe de Marégraphe ?", "Marégraphe")[0] == "contacts"
 
 
+def test_a_label_the_corpus_lacks_finds_the_value_that_says_its_synonym():
+    # The French schema's owner field is "MOA" or "Maîtrise d'ouvrage"; dyag's
+    # layout has no such field, but its "Acteurs" value says the role.
+    from dyag_mlops.data.corpus import load_corpus
+
+    docs = documents(load_corpus(SAMPLES / "corpus.jsonl"))
+    profile = build_profile(docs, "auto")
+    r = FieldRouter(profile, cached_schema(profile.schema))
+    sheet = render_sheet(next(d for d in docs if d.title == "Marégraphe"), profile.name_label)
+    assert r.focus(sheet, "Qui est la MOA de Marégraphe ?", "Marégraphe") == ("Acteurs", "Acteurs: DGPR/SRNH (Maîtrise d'ouvrage)")
+
+
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):
     from dyag_mlops.config import GenerateConfig
     from dyag_mlops.data.evalset import split_messages

@@ -13,8 +13,9 @@ opening of its description for a question that does not say them) are left
 out first: they are no cue to a field. A question on a detail of a long
 value may name no field: a sentence of the sheet that holds enough of the
 question's own words (or a run of its words as it says them) overrules an
-unsure router; failing that, the sheet's line closest to the question in
-meaning does (the description cut to its closest sentence); a sure router
+unsure router (a label of a schema field said by the question counts its
+other labels as said: "MOA" finds "Maîtrise d'ouvrage"); failing that, the
+sheet's line closest to the question in meaning does (the description cut to its closest sentence); a sure router
 (or a question naming the field's label) keeps, of its field's long value,
 the sentence that holds them. A question asking for figures ("how many",
 "since when": the schema's `figure_phrases`) keeps nothing from a line
@@ -301,7 +302,7 @@ class FieldRouter:
                 field, says_label = valued, True
         said = self.question_words(question, names)
         wanted = said - self.field_stems
-        phrases = _phrases(question, wanted)
+        phrases = _phrases(question, wanted) + self.synonyms_said(question)
         # A question the router is sure of asks for its field, whatever words
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
@@ -356,6 +357,18 @@ class FieldRouter:
             if count > best_count:
                 best, best_count = info.name, count
         return best
+
+    def synonyms_said(self, question: str) -> list[str]:
+        """The other labels (normalised) of each schema field one of whose
+        labels the question says: "Qui est la MOA de X ?" is answered by a
+        value that says "Maîtrise d'ouvrage" (a field's labels are synonyms)."""
+        said = f" {normalise(question)} "
+        found = []
+        for spec in self.schema.fields:
+            keys = [normalise(label) for label in spec.labels]
+            if any(f" {key} " in said for key in keys):
+                found += [key for key in keys if f" {key} " not in said]
+        return found
 
     def asks_figures(self, question: str) -> bool:
         """Whether the question asks for figures: says one of the schema's
