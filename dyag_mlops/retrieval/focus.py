@@ -15,11 +15,11 @@ value may name no field: a sentence of the sheet that holds enough of the
 question's own words (or a run of its words as it says them) overrules an
 unsure router (a label of a schema field said by the question counts its
 other labels as said: "MOA" finds "Maîtrise d'ouvrage"); failing that, the
-sheet's line closest to the question in meaning does (the description cut to its closest sentence); a sure router
-(or a question naming the field's label) keeps, of its field's long value,
-the sentence that holds them. A question asking for figures ("how many",
-"since when": the schema's `figure_phrases`) keeps nothing from a line
-without a digit. A question asking which document holds what it says
+sheet's line closest to the question in meaning does (the description cut
+to its closest sentence); a sure router (or a question naming the field's
+label) keeps, of its field's long value, the sentence that holds them. A
+question asking for figures ("how many", "since when": the schema's
+`figure_phrases`) keeps nothing from a line without a digit. A question asking which document holds what it says
 ("Which package is the pager?", naming none) keeps the sheet's name line:
 the answer is the document's name. A yes-or-no question ("Is X in
 production?") asks for the field whose short value it says.
@@ -60,6 +60,12 @@ FUNCTION_WORDS = frozenset(
     "combien pourquoi comment elle elles sont peut cette leur leurs quand quoi "
     "many much does which what where when whom whose with from that this their there".split()
 )
+
+
+def _words(text: str) -> set[str]:
+    """The words of `text` in lower case, accents kept ("où" is not "ou"):
+    what the schema's question words are compared with."""
+    return set(re.findall(r"\w+", text.lower()))
 
 
 def _stems(text: str) -> set[str]:
@@ -184,9 +190,7 @@ class FieldRouter:
             self.classifier = make_pipeline(features, LogisticRegression(C=10, max_iter=2000, class_weight="balanced")).fit(questions, fields)
         # The fields asked about with "who" (the contacts, the owner): where
         # the closest line to a question asking who lies.
-        self.asked_who = {
-            name for name, texts in texts_of.items() if set(re.findall(r"\w+", " ".join(texts).lower())) & schema.who_words
-        }
+        self.asked_who = {name for name, texts in texts_of.items() if _words(" ".join(texts)) & schema.who_words}
         # The corpus's prose (its description): where an unplaced question's detail lies.
         self.text_field = next((info.name for info in classes if info.kind == "text"), None)
         # What a question may say without asking for a detail: the fields' wording.
@@ -342,7 +346,7 @@ class FieldRouter:
         another question, or one that says no such value; a detail of a long
         value (a list, the prose) is `_detail`'s, and the document's names
         are no value."""
-        if set(re.findall(r"\w+", question.lower())) & self.schema.question_words:
+        if _words(question) & self.schema.question_words:
             return None
         name_stems = _stems(names)
         asked = [w for w in normalise(question).split() if len(w) >= 3 and w not in self.schema.stop_words and w[:STEM] not in name_stems]
@@ -421,7 +425,7 @@ class FieldRouter:
         from dyag_mlops.retrieval.embeddings import embed_remembered, single_thread
 
         lines = [(info, " ".join(lines)) for info, lines in entries if info is not None and not info.alias]
-        if set(re.findall(r"\w+", question.lower())) & self.schema.who_words:
+        if _words(question) & self.schema.who_words:
             # "Qui gère X ?" is answered by a field asked about with "qui", where the sheet has one.
             lines = [(info, line) for info, line in lines if info.name in self.asked_who] or lines
         if not lines:
