@@ -13,10 +13,10 @@ prose value, after a word the question says (the answer to a question on a
 detail follows the words it repeats); a span of another line starts at any
 of its words. It ends anywhere on its line, but a value that is no prose
 ends at an item's end only (a small model cut "Team X <x@y.fr> : <x@y.fr>"
-after its first address). A prefix tree (trie) of the
-token ids of every such span constrains transformers'
-`prefix_allowed_tokens_fn` (sampling) or `decode_spans` (greedy: the tree's
-unbranched paths are checked several tokens per forward pass).
+after its first address). A prefix tree (trie) of the token ids of every
+such span constrains transformers' `prefix_allowed_tokens_fn` (sampling) or
+`decode_spans` (greedy: the tree's unbranched paths are checked several
+tokens per forward pass).
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def span_texts(chunks: Sequence[str], refusal: str, question: str = "") -> list[
 
 
 def _answers(chunks: Sequence[str], refusal: str, question: str) -> list[tuple[str, bool]]:
+    """`_spans`, plus the refusal as `span_texts` offers it."""
     spans = _spans(chunks, question)
     if refusal or not spans:
         spans.append((refusal, False))
