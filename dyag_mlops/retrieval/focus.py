@@ -148,7 +148,7 @@ def _shared_words(texts_of: dict[str, list[str]]) -> set[str]:
     fields_of: dict[str, set[str]] = {}
     for name, texts in texts_of.items():
         for text in texts:
-            for word in re.findall(r"\w+", text.lower()):
+            for word in _words(text):
                 fields_of.setdefault(word, set()).add(name)
     return {word for word, fields in fields_of.items() if len(fields) >= SHARED_FIELDS}
 
@@ -270,10 +270,9 @@ class FieldRouter:
 
     @staticmethod
     def sheet_names(entries: list[tuple[Any, list[str]]], title: str) -> str:
-        """What names the document a sheet is about: its title and the values
-        of its alias fields ("Nom complet")."""
-        aliases = [line for info, lines in entries if info is not None and info.alias for line in lines]
-        return " ".join([title, *(_value(line) for line in aliases)])
+        """What names the document a sheet is about, in one string: its title
+        and the values of its alias fields ("Nom complet")."""
+        return " ".join(_names(entries, title))
 
     def narrow(self, content: str, field: str) -> str | None:
         """The lines of `content` labelled with `field` ("" if none), or None
@@ -335,8 +334,7 @@ class FieldRouter:
         if not asks:
             return False
         said = f" {' '.join(words)} "
-        names = [title, *(_value(line) for info, lines in entries if info is not None and info.alias for line in lines)]
-        return not any(f" {normalise(name)} " in said for name in names if normalise(name))
+        return not any(f" {normalise(name)} " in said for name in _names(entries, title) if normalise(name))
 
     def value_said(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str | None:
         """The field a yes-or-no question (none of the schema's
@@ -478,6 +476,11 @@ class FieldRouter:
 # Words that may stand between "which" and the noun it asks about ("quelle
 # est l'application …", "which is the package …").
 LINKING_WORDS = frozenset("est sont is are".split())
+
+
+def _names(entries: list[tuple[Any, list[str]]], title: str) -> list[str]:
+    """A sheet's title and the values of its alias fields, one by one."""
+    return [title, *(_value(line) for info, lines in entries if info is not None and info.alias for line in lines)]
 
 
 def _first_long_word(words: list[str]) -> str:
