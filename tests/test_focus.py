@@ -185,6 +185,35 @@ def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():
     assert r.focus(sheet, "Which Python datetime extensions does python-dateutil offer?", "python-dateutil")[0] == "Summary"
 
 
+def pydist_router_and_sheets():
+    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "pydist" / "corpus_md"))
+    profile = build_profile(docs, "auto")
+    return FieldRouter(profile, cached_schema(profile.schema)), {d.title: render_sheet(d, profile.name_label) for d in docs}
+
+
+def test_a_field_the_sheet_lacks_gives_way_to_one_the_router_cannot_tell_from_it():
+    # markupsafe has a Maintainer-email, no Author-email: a question the
+    # router splits between the two asks for the one the sheet has; a
+    # router clear about the missing field still gets nothing (the refusal).
+    r, sheets = pydist_router_and_sheets()
+    question = "Who looks after markupsafe?"
+    r.ranked = lambda q, names: [("Author-email", 0.48), ("Maintainer-email", 0.47), ("Summary", 0.05)]
+    assert r.focus(sheets["MarkupSafe"], question, "markupsafe") == ("Maintainer-email", "Maintainer-email: Pallets <contact@palletsprojects.com>")
+    r.ranked = lambda q, names: [("Author-email", 0.7), ("Maintainer-email", 0.25), ("Summary", 0.05)]
+    assert r.focus(sheets["MarkupSafe"], question, "markupsafe") == ("Author-email", "")
+
+
+def test_a_field_the_sheet_lacks_gives_way_to_a_line_that_says_a_word_of_the_question():
+    # certifi has no dependencies; "provide" is no field's wording, and its
+    # Summary says "providing".
+    r, sheets = pydist_router_and_sheets()
+    r.ranked = lambda q, names: [("Dependencies", 0.83), ("Summary", 0.12), ("License", 0.05)]
+    kept = r.focus(sheets["certifi"], "What does certifi provide?", "certifi")
+    assert kept == ("Summary", "Summary: Python package for providing Mozilla's CA Bundle.")
+    # A question saying only the field's wording keeps nothing.
+    assert r.focus(sheets["certifi"], "What does certifi depend on?", "certifi") == ("Dependencies", "")
+
+
 def test_a_question_asking_which_document_gets_the_sheet_s_name_line():
     # "Quelle application …" naming no document asks for the document itself:
     # the sheet keeps its name line, whatever field the rest of it points to.

@@ -3,9 +3,11 @@
 A small model handed a whole sheet copies a line the question did not ask
 for; handed the asked field's line, it copies that line (docs/quality.md). So
 before a sheet goes into a prompt, a classifier names the field the question
-asks about and the sheet keeps that field's lines only (none when it lacks the
-field: the only grounded answer is then the refusal). Its classes are the
-corpus's fields (inventory.Profile); it is trained on their labels and
+asks about and the sheet keeps that field's lines only. A sheet that lacks
+the field keeps a field the router cannot tell from it, or else the line
+that says one of the question's own words, or else nothing (the only
+grounded answer is then the refusal). Its classes are the corpus's fields
+(inventory.Profile); it is trained on their labels and
 question templates (the schema's where it knows the field, generic ones built
 from the label otherwise), character n-grams plus, where the schema names
 them, word vectors. The words that name the document (its names, or the
@@ -46,6 +48,9 @@ EVIDENCE_WORDS = 2
 # ... unless the router gives its field at least this probability
 # (measured on the dev halves: docs/decisions/0003-question-words.md).
 ROUTER_SURE = 0.4
+# Two fields whose probabilities lie this close are one to the router: where
+# the sheet lacks the first, the question asks for the second.
+ROUTER_TIE = 0.1
 # How many uncommon words of a document's description a question must say in
 # a row to be taken for naming the document by it.
 DESCRIBING_WORDS = 2
@@ -296,7 +301,12 @@ class FieldRouter:
         field = ranking[0][0]
         present = {info.name for info, _ in entries if info is not None}
         if field not in present:
-            field = next((f for f, _ in ranking[1:] if f in present and self._sibling(field, f)), field)
+            # A field the sheet lacks gives way to a sibling ("Author" for
+            # "Author-email"), or to a field the router cannot tell from it.
+            others = [(f, p) for f, p in ranking[1:] if f in present]
+            sibling = next((f for f, _ in others if self._sibling(field, f)), None)
+            tied = next((f for f, p in others if ranking[0][1] - p < ROUTER_TIE), None)
+            field = sibling or tied or field
         says_label = self.names_label(question, field)
         if not says_label and not self.asks_figures(question):
             # "Is X in production?" asks for the status, not for the date
@@ -312,6 +322,10 @@ class FieldRouter:
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
             detail = self._detail(entries, wanted, said, phrases) or self._closest(entries, question, names, ranking)
+        elif field not in present:
+            # "What does certifi provide?" routed to the dependencies it lacks:
+            # a line that says one of the question's own words ("providing") answers it.
+            detail = self._detail(entries, wanted, said, phrases, least=1)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
@@ -446,7 +460,7 @@ class FieldRouter:
 
     @staticmethod
     def _detail(
-        entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str], phrases: list[str]
+        entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str], phrases: list[str], least: int = EVIDENCE_WORDS
     ) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds
         the most (at least EVIDENCE_WORDS) of the question's own words
@@ -456,7 +470,7 @@ class FieldRouter:
         def evidence(text: str) -> int:
             return len(wanted & _stems(text))
 
-        best, best_count = None, EVIDENCE_WORDS - 1
+        best, best_count = None, least - 1
         for info, lines in entries:
             if info is None:
                 continue
@@ -464,7 +478,7 @@ class FieldRouter:
             for sentence in SENTENCE_END.split(value.strip()):
                 count, words = evidence(sentence), f" {normalise(sentence)} "
                 if any(f" {phrase} " in words for phrase in phrases):
-                    count = max(count, EVIDENCE_WORDS)
+                    count = max(count, least)
                 if count > best_count:
                     best, best_count = (info.name, label, sentence), count
         if best is None:
