@@ -41,6 +41,22 @@ def test_a_span_of_prose_may_start_after_a_word_the_question_says():
     assert "en 2022 faute de financement." not in span_texts([prose], UNKNOWN)  # no question, no such start
 
 
+def test_a_question_asking_for_figures_enters_prose_at_its_numbers_only():
+    """ "Combien de bâtiments … ?" of a description: the spans start at the
+    figure or the short words before it, not at the line; a value that is
+    no prose, or prose without a number, keeps its usual starts."""
+    prose = "Description: Inventaire des 1 450 bâtiments régionaux avec suivi de plus de 300 sites."
+    spans = span_texts([prose, "Contacts: Julie Martin", "Site web: https://x.fr"], UNKNOWN, "Combien de bâtiments ?", figures=True)
+    assert "des 1 450 bâtiments régionaux avec suivi de plus de 300 sites." in spans
+    assert "plus de 300 sites." in spans
+    assert not any(s.startswith(("Description", "Inventaire")) for s in spans)
+    assert "Julie Martin" in spans and "https://x.fr" in spans
+    assert "Inventaire sans chiffre des bâtiments régionaux et des sites." in span_texts(
+        ["Description: Inventaire sans chiffre des bâtiments régionaux et des sites."], UNKNOWN, "Combien ?", figures=True
+    )
+    assert prose.partition(": ")[2] in span_texts([prose], UNKNOWN, "Combien de bâtiments ?")  # not asked for figures
+
+
 def test_a_value_that_is_no_prose_ends_only_at_an_item_s_end(tiny_model_dir):
     """A contact line is copied whole, not cut after its first address; a
     list may stop after one of its items; prose anywhere."""
@@ -79,9 +95,9 @@ def test_grounding_reads_the_question_the_prompt_asks(tiny_model_dir, monkeypatc
     retriever.spelled = lambda question: question.replace("statu", "statut")
     seen = []
 
-    def recording(tokenizer, contexts, prompt_length, refusals, questions=None):
+    def recording(tokenizer, contexts, prompt_length, refusals, questions=None, figures=None):
         seen.extend(questions)
-        return real(tokenizer, contexts, prompt_length, refusals, questions)
+        return real(tokenizer, contexts, prompt_length, refusals, questions, figures)
 
     real = grounding.span_constraint
     monkeypatch.setattr(grounding, "span_constraint", recording)

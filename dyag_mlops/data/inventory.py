@@ -115,6 +115,11 @@ class Schema:
     def field_for_label(self, label: str) -> FieldSpec | None:
         return self._by_key.get(label_key(label))
 
+    def asks_figures(self, question: str) -> bool:
+        """Whether `question` asks for figures: says one of `figure_phrases`."""
+        said = f" {normalise(question)} "
+        return any(f" {phrase} " in said for phrase in self.figure_phrases)
+
 
 def load_schema(name_or_path: str) -> Schema:
     """A shipped schema (`fr`, `en`) or a user's JSON file of the same shape."""

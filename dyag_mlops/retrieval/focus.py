@@ -308,7 +308,7 @@ class FieldRouter:
             tied = next((f for f, p in others if ranking[0][1] - p < ROUTER_TIE), None)
             field = sibling or tied or field
         says_label = self.names_label(question, field)
-        if not says_label and not self.asks_figures(question):
+        if not says_label and not self.schema.asks_figures(question):
             # "Is X in production?" asks for the status, not for the date
             # the "Go-live" field's label would route it to.
             valued = self.value_said(question, entries, names)
@@ -333,7 +333,7 @@ class FieldRouter:
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
             detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
-        if self.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
+        if self.schema.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
             return kept[0], ""  # "How many downloads …?" is not answered by a web address
         return kept
 
@@ -386,12 +386,6 @@ class FieldRouter:
             if any(f" {key} " in said for key in keys):
                 found += [key for key in keys if f" {key} " not in said]
         return found
-
-    def asks_figures(self, question: str) -> bool:
-        """Whether the question asks for figures: says one of the schema's
-        `figure_phrases` ("how many", "since when")."""
-        said = f" {normalise(question)} "
-        return any(f" {phrase} " in said for phrase in self.schema.figure_phrases)
 
     def described_as(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str:
         """The words by which a question that does not say the document's

@@ -11,9 +11,12 @@ starts at the line or at its value (an answer is a field's value, and a
 small model free to start inside one dropped its first words), or, in a
 prose value, after a word the question says (the answer to a question on a
 detail follows the words it repeats); a span of another line starts at any
-of its words. It ends anywhere on its line, but a value that is no prose
-ends at an item's end only (a small model cut "Team X <x@y.fr> : <x@y.fr>"
-after its first address). A prefix tree (trie) of the token ids of every
+of its words. A question asking for figures ("How many …?") is answered
+from prose by a span that starts at a number, or at the short words just
+before it ("plus de 300 …"): a small model free to start at the line
+copied the whole sentence around the figure. A span ends anywhere on its
+line, but a value that is no prose ends at an item's end only (a small
+model cut "Team X <x@y.fr> : <x@y.fr>" after its first address). A prefix tree (trie) of the token ids of every
 such span constrains transformers' `prefix_allowed_tokens_fn` (sampling) or
 `decode_spans` (greedy: the tree's unbranched paths are checked several
 tokens per forward pass).
@@ -39,16 +42,17 @@ def _prose(value: str) -> bool:
     return len(value.split()) >= PROSE_WORDS and not value_kind([value])
 
 
-def context_spans(chunks: Sequence[str], question: str = "") -> list[str]:
+def context_spans(chunks: Sequence[str], question: str = "", figures: bool = False) -> list[str]:
     """The longest span from each allowed start of each context line (the
     line and its value for a field line, each word otherwise) to the line's
     end. In a prose value, a span may also start after a word (4+ letters)
     the question says: "Why was it abandoned?" of "…, abandoned in 2022 for
-    lack of funding"."""
-    return [text for text, _ in _spans(chunks, question)]
+    lack of funding". With `figures` (the question asks for figures), a
+    prose value that holds a number is entered at its numbers only."""
+    return [text for text, _ in _spans(chunks, question, figures)]
 
 
-def _spans(chunks: Sequence[str], question: str) -> list[tuple[str, bool]]:
+def _spans(chunks: Sequence[str], question: str, figures: bool = False) -> list[tuple[str, bool]]:
     """`context_spans`, each with whether it is a value that is no prose:
     such a span ends only at an item's end (ITEM_END)."""
     said = {w[:STEM] for w in normalise(question).split() if len(w) >= 4}
@@ -59,9 +63,13 @@ def _spans(chunks: Sequence[str], question: str) -> list[tuple[str, bool]]:
             field = FIELD_LINE.match(line)
             if field:
                 prose = _prose(field.group("value"))
+                words = list(WORD_START.finditer(line, field.start("value")))
+                numbers = [i for i, word in enumerate(words) if line[word.start()].isdigit()]
+                if figures and prose and numbers:
+                    spans += [(line[words[_figure_start(line, words, i)].start():], False) for i in numbers]
+                    continue
                 spans += [(line, not prose), (line[field.start("value"):], not prose)]
                 if said and prose:
-                    words = list(WORD_START.finditer(line, field.start("value")))
                     spans += [(line[after.start():], False) for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
             else:
                 spans += [(line[m.start():], False) for m in WORD_START.finditer(line)]
@@ -75,6 +83,17 @@ def _spans(chunks: Sequence[str], question: str) -> list[tuple[str, bool]]:
 ITEM_END = re.compile(r"(?=[,;]\s)")
 # A key of a node of a span trie: an answer may end there.
 END = -1
+# How many short words before a number a span of it may start with.
+FIGURE_LEAD = 2
+
+
+def _figure_start(line: str, words: list[re.Match], i: int) -> int:
+    """The word a span holding the number that word i begins starts at: it,
+    or up to FIGURE_LEAD words before it of at most 4 letters ("plus de")."""
+    start = i
+    while start > max(0, i - FIGURE_LEAD) and len(line[words[start - 1].start():].split(maxsplit=1)[0]) <= 4:
+        start -= 1
+    return start
 
 
 def _stem(line: str, word: re.Match) -> str:
@@ -83,28 +102,28 @@ def _stem(line: str, word: re.Match) -> str:
     return found[0][:STEM] if found else ""
 
 
-def span_texts(chunks: Sequence[str], refusal: str, question: str = "") -> list[str]:
+def span_texts(chunks: Sequence[str], refusal: str, question: str = "", figures: bool = False) -> list[str]:
     """Every allowed answer, longest form: the context's spans, plus the
     refusal (none for ""; always when the context has no span). An answer
     may stop at any token of one of these (of a value that is no prose, at
     an item's end only: `span_trie`)."""
-    return list(dict.fromkeys(text for text, _ in _answers(chunks, refusal, question)))
+    return list(dict.fromkeys(text for text, _ in _answers(chunks, refusal, question, figures)))
 
 
-def _answers(chunks: Sequence[str], refusal: str, question: str) -> list[tuple[str, bool]]:
+def _answers(chunks: Sequence[str], refusal: str, question: str, figures: bool = False) -> list[tuple[str, bool]]:
     """`_spans`, plus the refusal as `span_texts` offers it."""
-    spans = _spans(chunks, question)
+    spans = _spans(chunks, question, figures)
     if refusal or not spans:
         spans.append((refusal, False))
     return spans
 
 
-def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str = "") -> dict:
-    """Prefix tree of the token ids of `span_texts(chunks, refusal, question)`:
+def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str = "", figures: bool = False) -> dict:
+    """Prefix tree of the token ids of `span_texts(chunks, refusal, question, figures)`:
     {token: subtree}; a node where an answer may end holds END. A span of a
     value that is no prose may end where a token ends at one of its items'
     ends (a tokenizer without offsets: at any token, as any other span)."""
-    spans = list(dict.fromkeys(_answers(chunks, refusal, question)))
+    spans = list(dict.fromkeys(_answers(chunks, refusal, question, figures)))
     encoded = tokenizer([text for text, _ in spans], add_special_tokens=False, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
     offsets = encoded.get("offset_mapping") or [None] * len(spans)
     trie: dict = {}
@@ -149,13 +168,19 @@ class SpanConstraint:
 
 
 def span_constraint(
-    tokenizer: Any, contexts: list[list[str]], prompt_length: int, refusals: Sequence[str], questions: Sequence[str] | None = None
+    tokenizer: Any,
+    contexts: list[list[str]],
+    prompt_length: int,
+    refusals: Sequence[str],
+    questions: Sequence[str] | None = None,
+    figures: Sequence[bool] | None = None,
 ) -> SpanConstraint:
     """The constraint for a batch whose row i holds the chunks `contexts[i]`
-    in a prompt padded to `prompt_length` tokens, asks `questions[i]`, and
-    may refuse with `refusals[i]` ("": may not)."""
+    in a prompt padded to `prompt_length` tokens, asks `questions[i]` (for
+    figures where `figures[i]`), and may refuse with `refusals[i]` ("": may not)."""
     questions = questions or [""] * len(contexts)
-    tries = [span_trie(tokenizer, *row) for row in zip(contexts, refusals, questions)]
+    figures = figures or [False] * len(contexts)
+    tries = [span_trie(tokenizer, *row) for row in zip(contexts, refusals, questions, figures)]
     return SpanConstraint(tries, prompt_length, tokenizer.eos_token_id)
 
 

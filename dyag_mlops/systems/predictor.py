@@ -271,7 +271,9 @@ class Predictor:
                 contexts = [[h.content for h in hits[i]] for i in batch] if self.grounded else None
                 refusals = [self.refusal_for(hits[i]) for i in batch]
                 rows = [prompts[i] for i in batch]
-                texts, counts = self._generate(rows, contexts, refusals, one_line=True, questions=[asked[i] for i in batch])
+                questions_of_batch = [asked[i] for i in batch]
+                figures = [schema.asks_figures(q) for q in questions_of_batch]
+                texts, counts = self._generate(rows, contexts, refusals, one_line=True, questions=questions_of_batch, figures=figures)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -363,10 +365,11 @@ class Predictor:
         refusals: Sequence[str] | None = None,
         one_line: bool = False,
         questions: Sequence[str] | None = None,
+        figures: Sequence[bool] | None = None,
     ) -> tuple[list[str], list[int]]:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
-        (`refusals`, refusal_for); with `one_line`, each ends at its first
+        (`refusals`, refusal_for; `questions` and `figures`: grounding.span_constraint); with `one_line`, each ends at its first
         line break or once it loops (EndOfAnswer).
 
         Greedy grounded answers are decoded by grounding.decode_spans (several
@@ -385,7 +388,7 @@ class Predictor:
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
-            constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals, questions)
+            constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals, questions, figures)
         elif one_line:  # a span ends on its line already
             if self._line_breaks is None:
                 self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
@@ -462,7 +465,8 @@ class Predictor:
             contexts = [[h.content for h in hits[0]]]
             asked = bare_question(messages[0][-1]["content"], self.schema_for([question]))
             refusals = [self.refusal_for(hits[0])]
-            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [asked])
+            figures = [self.schema_for([question]).asks_figures(asked)]
+            kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [asked], figures)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
         yield from streamer
