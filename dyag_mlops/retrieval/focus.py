@@ -7,10 +7,10 @@ asks about and the sheet keeps that field's lines only. A sheet that lacks
 the field keeps a field the router cannot tell from it, or else the line
 that says one of the question's own words, or else nothing (the only
 grounded answer is then the refusal). Its classes are the corpus's fields
-(inventory.Profile); it is trained on their labels and
-question templates (the schema's where it knows the field, generic ones built
-from the label otherwise), character n-grams plus, where the schema names
-them, word vectors. The words that name the document (its names, or the
+(inventory.Profile); it is trained on their labels and question templates
+(the schema's where it knows the field, generic ones built from the label
+otherwise), character n-grams plus, where the schema names them, word
+vectors. The words that name the document (its names, or the
 opening of its description for a question that does not say them) are left
 out first: they are no cue to a field. A question on a detail of a long
 value may name no field: a sentence of the sheet that holds enough of the
@@ -457,7 +457,7 @@ class FieldRouter:
         entries: list[tuple[Any, list[str]]], wanted: set[str], said: set[str], phrases: list[str], least: int = EVIDENCE_WORDS
     ) -> tuple[str, str] | None:
         """(field, "Label : sentence") for the sentence of the sheet that holds
-        the most (at least EVIDENCE_WORDS) of the question's own words
+        the most (at least `least`) of the question's own words
         (`wanted`, from `evidence_words`), or one of its `phrases` as the
         question says it, cut to its `_clause`; None if none does."""
 

@@ -16,10 +16,10 @@ from prose by a span that starts at a number, or at the short words just
 before it ("plus de 300 …"): a small model free to start at the line
 copied the whole sentence around the figure. A span ends anywhere on its
 line, but a value that is no prose ends at an item's end only (a small
-model cut "Team X <x@y.fr> : <x@y.fr>" after its first address). A prefix tree (trie) of the token ids of every
-such span constrains transformers' `prefix_allowed_tokens_fn` (sampling) or
-`decode_spans` (greedy: the tree's unbranched paths are checked several
-tokens per forward pass).
+model cut "Team X <x@y.fr> : <x@y.fr>" after its first address). A prefix
+tree (trie) of the token ids of every such span constrains transformers'
+`prefix_allowed_tokens_fn` (sampling) or `decode_spans` (greedy: the
+tree's unbranched paths are checked several tokens per forward pass).
 """
 
 from __future__ import annotations
