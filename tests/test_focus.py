@@ -26,6 +26,16 @@ def router():
     return field_router(demo_profile(), FR)
 
 
+CORPORA = Path(__file__).resolve().parent.parent / "corpora"
+
+
+def router_and_sheets(corpus: Path) -> tuple[FieldRouter, dict[str, str]]:
+    """A corpus's router (the schema it is read with) and its sheets by title."""
+    docs = documents(load_corpus(corpus))
+    profile = build_profile(docs, "auto")
+    return FieldRouter(profile, cached_schema(profile.schema)), {d.title: render_sheet(d, profile.name_label) for d in docs}
+
+
 # Phrasings written for this test, none of them a template of the schema
 # (the router is trained on the templates, labels and shared values only).
 @pytest.mark.parametrize(
@@ -139,11 +149,8 @@ def test_a_run_of_the_question_s_words_that_a_value_holds_places_the_question():
     # dyag's layout: "projet" is a word of the fields' wording, "cheffe" the
     # only own word; the contact line holds "cheffe de projet" as the
     # question says it. The router alone leans to the status.
-    docs = documents(load_corpus(str(SAMPLES / "corpus.jsonl")))
-    profile = build_profile(docs, "auto")
-    doc = next(d for d in docs if d.title == "Marégraphe")
-    field, text = field_router(profile, cached_schema(profile.schema)).focus(
-        render_sheet(doc, profile.name_label), "Qui est la cheffe de projet de Marégraphe ?", doc.title)
+    r, sheets = router_and_sheets(SAMPLES / "corpus.jsonl")
+    field, text = r.focus(sheets["Marégraphe"], "Qui est la cheffe de projet de Marégraphe ?", "Marégraphe")
     assert field == "contacts" and "LEROUX Anne (Cheffe de projet)" in text
 
 
@@ -172,30 +179,20 @@ def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():
     # The router leans, unsure, to the summary; no word of the question is
     # on the sheet ("keeps ... going"); the Maintainer line is the closest in
     # meaning, and is kept.
-    from dyag_mlops.data.corpus import load_corpus
-
-    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "pydist" / "corpus_md"))
-    profile = build_profile(docs, "auto")
-    r = FieldRouter(profile, cached_schema(profile.schema))
-    sheet = render_sheet(next(d for d in docs if d.title == "python-dateutil"), profile.name_label)
-    others = [f.name for f in profile.corpus_fields if f.name != "Summary"]
+    r, sheets = router_and_sheets(CORPORA / "pydist" / "corpus_md")
+    sheet = sheets["python-dateutil"]
+    others = [f.name for f in r.profile.corpus_fields if f.name != "Summary"]
     r.ranked = lambda question, names: [("Summary", 0.3)] + [(f, 0.7 / len(others)) for f in others]
     assert r.focus(sheet, "Who keeps python-dateutil going nowadays?", "python-dateutil") == ("Maintainer", "Maintainer: Paul Ganssle")
     # A question whose words the sheet holds gets their line, as before.
     assert r.focus(sheet, "Which Python datetime extensions does python-dateutil offer?", "python-dateutil")[0] == "Summary"
 
 
-def pydist_router_and_sheets():
-    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "pydist" / "corpus_md"))
-    profile = build_profile(docs, "auto")
-    return FieldRouter(profile, cached_schema(profile.schema)), {d.title: render_sheet(d, profile.name_label) for d in docs}
-
-
 def test_a_field_the_sheet_lacks_gives_way_to_one_the_router_cannot_tell_from_it():
     # markupsafe has a Maintainer-email, no Author-email: a question the
     # router splits between the two asks for the one the sheet has; a
     # router clear about the missing field still gets nothing (the refusal).
-    r, sheets = pydist_router_and_sheets()
+    r, sheets = router_and_sheets(CORPORA / "pydist" / "corpus_md")
     question = "Who looks after markupsafe?"
     r.ranked = lambda q, names: [("Author-email", 0.48), ("Maintainer-email", 0.47), ("Summary", 0.05)]
     assert r.focus(sheets["MarkupSafe"], question, "markupsafe") == ("Maintainer-email", "Maintainer-email: Pallets <contact@palletsprojects.com>")
@@ -206,7 +203,7 @@ def test_a_field_the_sheet_lacks_gives_way_to_one_the_router_cannot_tell_from_it
 def test_a_field_the_sheet_lacks_gives_way_to_a_line_that_says_a_word_of_the_question():
     # certifi has no dependencies; "provide" is no field's wording, and its
     # Summary says "providing".
-    r, sheets = pydist_router_and_sheets()
+    r, sheets = router_and_sheets(CORPORA / "pydist" / "corpus_md")
     r.ranked = lambda q, names: [("Dependencies", 0.83), ("Summary", 0.12), ("License", 0.05)]
     kept = r.focus(sheets["certifi"], "What does certifi provide?", "certifi")
     assert kept == ("Summary", "Summary: Python package for providing Mozilla's CA Bundle.")
@@ -226,13 +223,9 @@ def test_a_question_asking_which_document_gets_the_sheet_s_name_line():
 
 
 def test_which_package_asks_for_the_name_in_english_with_the_corpus_s_name_label():
-    from dyag_mlops.data.corpus import load_corpus
-
-    docs = documents(load_corpus(Path(__file__).resolve().parent.parent / "corpora" / "debian" / "corpus.jsonl"))
-    profile = build_profile(docs, "auto")
-    r = FieldRouter(profile, cached_schema(profile.schema))
-    sheet = render_sheet(next(d for d in docs if d.title == "tmux"), profile.name_label)
-    assert profile.name_label == "Package"  # "package" is the schema's word too; the label is the corpus's
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    sheet = sheets["tmux"]
+    assert r.profile.name_label == "Package"  # "package" is the schema's word too; the label is the corpus's
     assert r.focus(sheet, "Which package multiplexes terminals?", "tmux") == ("Package", "Package: tmux")
     assert r.focus(sheet, "Which version of the tmux package is installed?", "tmux")[0] == "Version"
 
@@ -343,12 +336,7 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
 def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_with_who():
     # dyag's layout: "Qui gère …" leaves the router unsure, and the line
     # closest in meaning is of another field unless the "who" fields decide.
-    from dyag_mlops.data.corpus import load_corpus
-
-    docs = documents(load_corpus(SAMPLES / "corpus.jsonl"))
-    profile = build_profile(docs, "auto")
-    r = FieldRouter(profile, cached_schema(profile.schema))
-    sheets = {d.title: render_sheet(d, profile.name_label) for d in docs}
+    r, sheets = router_and_sheets(SAMPLES / "corpus.jsonl")
     assert r.focus(sheets["Terrabase"], "Qui gère Terrabase ?", "Terrabase")[0] == "contacts"
     assert r.focus(sheets["Marégraphe"], "Qui s'occupe de Marégraphe ?", "Marégraphe")[0] == "contacts"
 
@@ -356,13 +344,8 @@ def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_
 def test_a_label_the_corpus_lacks_finds_the_value_that_says_its_synonym():
     # The French schema's owner field is "MOA" or "Maîtrise d'ouvrage"; dyag's
     # layout has no such field, but its "Acteurs" value says the role.
-    from dyag_mlops.data.corpus import load_corpus
-
-    docs = documents(load_corpus(SAMPLES / "corpus.jsonl"))
-    profile = build_profile(docs, "auto")
-    r = FieldRouter(profile, cached_schema(profile.schema))
-    sheet = render_sheet(next(d for d in docs if d.title == "Marégraphe"), profile.name_label)
-    assert r.focus(sheet, "Qui est la MOA de Marégraphe ?", "Marégraphe") == ("Acteurs", "Acteurs: DGPR/SRNH (Maîtrise d'ouvrage)")
+    r, sheets = router_and_sheets(SAMPLES / "corpus.jsonl")
+    assert r.focus(sheets["Marégraphe"], "Qui est la MOA de Marégraphe ?", "Marégraphe") == ("Acteurs", "Acteurs: DGPR/SRNH (Maîtrise d'ouvrage)")
 
 
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):

@@ -369,8 +369,9 @@ class Predictor:
     ) -> tuple[list[str], list[int]]:
         """Answers to rendered prompts; with `contexts` (the chunks each
         prompt holds), each answer is a span of its own chunks or its refusal
-        (`refusals`, refusal_for; `questions` and `figures`: grounding.span_constraint); with `one_line`, each ends at its first
-        line break or once it loops (EndOfAnswer).
+        (`refusals`, refusal_for; `questions` and `figures`: as
+        grounding.span_constraint takes them); with `one_line`, each ends at
+        its first line break or once it loops (EndOfAnswer).
 
         Greedy grounded answers are decoded by grounding.decode_spans (several
         tokens checked per pass). Other generation runs in stages of
@@ -463,9 +464,10 @@ class Predictor:
             from dyag_mlops.systems.grounding import span_constraint
 
             contexts = [[h.content for h in hits[0]]]
-            asked = bare_question(messages[0][-1]["content"], self.schema_for([question]))
+            schema = self.schema_for([question])
+            asked = bare_question(messages[0][-1]["content"], schema)
             refusals = [self.refusal_for(hits[0])]
-            figures = [self.schema_for([question]).asks_figures(asked)]
+            figures = [schema.asks_figures(asked)]
             kwargs["prefix_allowed_tokens_fn"] = span_constraint(self.tokenizer, contexts, enc["input_ids"].shape[1], refusals, [asked], figures)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
         thread.start()
