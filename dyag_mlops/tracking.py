@@ -35,6 +35,8 @@ SYSTEM_METRIC_STAGES = ("finetune", "evaluate")
 # Seconds a tracking server has to answer its health check: a store that is
 # down is said at once, not after MLflow's minutes of retries.
 STORE_TIMEOUT = 5.0
+# Tries at logging a dataset input that a concurrent writer may be inserting too.
+LOG_INPUT_TRIES = 3
 
 
 def configure() -> str:
@@ -264,7 +266,17 @@ class Tracker(NullTracker):
             dataset = mlflow.data.from_pandas(
                 frame, source=str(path.resolve()), name=name or path.name, digest=digest or file_digest(path)
             )
-        mlflow.log_input(dataset, context=context)
+        for attempt in range(LOG_INPUT_TRIES):
+            try:
+                mlflow.log_input(dataset, context=context)
+                break
+            except mlflow.exceptions.MlflowException as exc:
+                # MLflow looks the dataset up, then inserts it: a second
+                # process logging the same dataset in between breaks the
+                # store's unique constraint. Logged again, it finds the
+                # other's dataset and links it to this run.
+                if "unique constraint" not in str(exc).lower() or attempt == LOG_INPUT_TRIES - 1:
+                    raise
         return dataset
 
     def log_pyfunc_model(

@@ -126,3 +126,30 @@ def test_a_store_dyag_creates_keeps_a_write_ahead_log_and_an_existing_one_its_mo
         assert mlflow.MlflowClient(f"sqlite:///{existing}").get_run(run_id).info.status == "FINISHED"
     finally:
         mlflow.set_tracking_uri(session_store)
+
+
+def test_a_dataset_another_writer_inserts_at_the_same_moment_is_linked_not_an_error(tmp_path, monkeypatch):
+    """Two stages logging one dataset at once: MLflow's lookup-then-insert
+    loses the race in one of them with a unique-constraint error."""
+    from mlflow.exceptions import MlflowException
+
+    from conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "train.jsonl", [{"question": "q", "answer": "a"}])
+    real = mlflow.log_input
+    raced = []
+
+    def racing(dataset, context=None, **kwargs):
+        if not raced:
+            raced.append(True)
+            with mlflow.start_run(nested=True):  # the other writer's run inserts it first
+                real(dataset, context=context)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(dataset, context=context, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with stage_run("generate_training", GenerateConfig()) as tracker:
+        tracker.log_dataset(data, context="train")
+        run_id = tracker.run_id
+    inputs = mlflow.get_run(run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["train.jsonl"] and raced
