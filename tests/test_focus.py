@@ -188,6 +188,19 @@ def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():
     assert r.focus(sheet, "Which Python datetime extensions does python-dateutil offer?", "python-dateutil")[0] == "Summary"
 
 
+def test_a_short_name_is_no_cue_to_the_closest_line():
+    # "vim" is on the Homepage line (www.vim.org): left in, it made that
+    # line the closest to any question naming vim. A short word of a longer
+    # name that is a function word ("des") stays in the question.
+    from dyag_mlops.retrieval.focus import _stems, _without_words
+
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    fields = [f.name for f in r.profile.corpus_fields]
+    r.ranked = lambda question, names: [(f, 1 / len(fields)) for f in fields]
+    assert r.focus(sheets["vim"], "What category is vim in?", "vim") == ("Section", "Section: editors")
+    assert _without_words("Le portail des salles, c'est quoi ?", _stems("Portail des salles"), frozenset({"des"})) == "Le  des , c'est quoi ?"
+
+
 def test_a_field_the_sheet_lacks_gives_way_to_one_the_router_cannot_tell_from_it():
     # markupsafe has a Maintainer-email, no Author-email: a question the
     # router splits between the two asks for the one the sheet has; a

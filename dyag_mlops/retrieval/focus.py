@@ -78,13 +78,15 @@ def _stems(text: str) -> set[str]:
     return {word[:STEM] for word in normalise(text).split()}
 
 
-def _without_words(text: str, stems: set[str]) -> str:
-    """`text` without its words of 4+ letters whose stem is in `stems`; a
-    hyphenated word goes whole when one of its parts does ("URBA-Net" leaves
-    no "-Net" behind to be taken for a web address)."""
+def _without_words(text: str, stems: set[str], kept: frozenset[str] = frozenset()) -> str:
+    """`text` without its words of 4+ letters whose stem is in `stems`, and
+    its shorter words (2+ letters) that are in `stems` whole ("jq", "vim"),
+    but those of `kept` (the schema's stop words: "des" of "Portail des
+    salles" is no name); a hyphenated word goes whole when one of its parts
+    does ("URBA-Net" leaves no "-Net" behind to be taken for a web address)."""
     def keep(match: re.Match) -> str:
         parts = normalise(match.group()).split()
-        return "" if any(len(w) >= 4 and w[:STEM] in stems for w in parts) else match.group()
+        return "" if any((len(w) >= 4 and w[:STEM] in stems) or (2 <= len(w) < 4 and w in stems and w not in kept) for w in parts) else match.group()
 
     return re.sub(r"\w+(?:-\w+)*", keep, text)
 
@@ -233,7 +235,7 @@ class FieldRouter:
         if self.only is not None:
             return [self.only] * len(questions)
         if names is not None:
-            questions = [_without_words(q, _stems(n)) for q, n in zip(questions, names)]
+            questions = [_without_words(q, _stems(n), self.schema.stop_words) for q, n in zip(questions, names)]
         return [str(f) for f in self.classifier.predict(list(questions))]
 
     def ranked(self, question: str, names: str) -> list[tuple[str, float]]:
@@ -242,7 +244,7 @@ class FieldRouter:
         the pipeline's rag and hybrid stages route the same questions."""
         if self.only is not None:
             return [(self.only, 1.0)]
-        routed = _without_words(question, _stems(names))
+        routed = _without_words(question, _stems(names), self.schema.stop_words)
         if routed not in self._ranked:
             if len(self._ranked) >= REMEMBERED_QUESTIONS:
                 self._ranked.clear()
@@ -441,7 +443,7 @@ class FieldRouter:
 
         def embedded(texts: list[str]) -> list[Any]:
             with single_thread():  # a few short texts: threads cost more than they give
-                return embed_remembered(self.embedding_model, [_without_words(t, stems) for t in texts])
+                return embed_remembered(self.embedding_model, [_without_words(t, stems, self.schema.stop_words) for t in texts])
 
         asked, *vectors = embedded([question] + [line for _, line in lines])
         (info, line), _ = max(zip(lines, vectors), key=lambda pair: float(pair[1] @ asked) + probability.get(pair[0][0].name, 0.0))
