@@ -311,6 +311,9 @@ def evaluate_command(system: str) -> Callable:
         click.echo(f"results: {result.output}")
         for name, value in result.metrics.items():
             click.echo(f"{name:>22}: {value:.4f}")
+        for key, values in result.breakdown.items():
+            shares = ", ".join(f"{value} {100 * v['correct']:.1f} % ({v['questions']})" for value, v in values.items())
+            click.echo(f"correct by {key}: {shares}")
 
     command.__doc__ = f"Evaluate the {system} system on EVAL_FILE (default: the bundled hand-written set)."
     return command

@@ -162,6 +162,29 @@ def test_a_failed_question_counts_as_wrong(tmp_path, tiny_model_dir, monkeypatch
     assert all(r["error"] for r in result.rows)
 
 
+def test_correct_is_broken_down_by_each_label_the_questions_carry(tmp_path, tiny_model_dir):
+    # dyag's own eval rows: `category`, `difficulty` and `app_id` at the top level.
+    rows = [
+        {"id": "q1", "question": "Quel est le statut de Marégraphe ?", "expected_answer": "En production", "category": "status", "difficulty": "easy", "app_id": 4107},
+        {"id": "q2", "question": "Quel est l'identifiant de Terrabase ?", "expected_answer": "5521", "category": "app_id", "difficulty": "easy", "app_id": "5521"},
+        {"question": "Qui finance Terrabase ?", "expected_answer": "Je ne sais pas", "category": "status", "metadata": {"kind": "unanswerable"}},
+    ]
+    eval_file = write_jsonl(tmp_path / "questions.jsonl", rows)
+    items = load_eval_set(eval_file)
+    assert [i.doc_id for i in items] == ["4107", "5521", None]
+    assert items[2].groups == (("category", "status"), ("kind", "unanswerable"))
+    config = EvaluateConfig(eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(tmp_path / "r.json"), max_new_tokens=4)
+    result = evaluate.run(config)
+    correct = [r["correct"] for r in result.rows]
+    assert result.breakdown["category"] == {
+        "app_id": {"questions": 1, "correct": correct[1]},
+        "status": {"questions": 2, "correct": (correct[0] + correct[2]) / 2},
+    }
+    assert result.breakdown["difficulty"] == {"easy": {"questions": 2, "correct": (correct[0] + correct[1]) / 2}}
+    assert set(result.breakdown) == {"category", "difficulty", "kind"}
+    assert json.loads((tmp_path / "r.json").read_text())["breakdown"] == result.breakdown
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(DyagError, match="no such directory"):
         evaluate.run(EvaluateConfig(system="finetuned", model=str(tmp_path / "nope"), output=str(tmp_path / "r.json")))

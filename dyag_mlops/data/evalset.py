@@ -19,12 +19,19 @@ def split_messages(messages: Sequence[dict]) -> tuple[str, str]:
     return question, answer
 
 
+# Labels of an eval row, at its top level or in its metadata, by which
+# `correct` is also reported: dyag's `category` and `difficulty`, this
+# project's `kind` and `field`.
+GROUP_KEYS = ("category", "difficulty", "kind", "field")
+
+
 @dataclass(frozen=True)
 class EvalItem:
     question: str
     expected: str
     doc_id: str | None
     lineno: int
+    groups: tuple[tuple[str, str], ...] = ()  # (GROUP_KEYS key, value) the row carries
 
 
 def demo_eval_path(half: str = "test") -> Path:
@@ -80,7 +87,12 @@ def load_eval_set(path: str | Path) -> list[EvalItem]:
             raise DyagError(f"{path}:{lineno}: no question (need messages with a user turn, or 'question'/'query')")
         if not isinstance(expected, str) or not expected.strip():
             raise DyagError(f"{path}:{lineno}: empty expected answer (need an assistant turn, or 'expected_answer'/'answer')")
-        items.append(EvalItem(question.strip(), expected.strip(), meta.get("doc_id"), lineno))
+        # dyag's eval files name the document as `app_id` at the top level.
+        doc_id = meta.get("doc_id", obj.get("doc_id", obj.get("app_id")))
+        groups = tuple(
+            (key, str(value).strip()) for key in GROUP_KEYS for value in [obj.get(key, meta.get(key))] if isinstance(value, (str, int)) and str(value).strip()
+        )
+        items.append(EvalItem(question.strip(), expected.strip(), None if doc_id is None else str(doc_id), lineno, groups))
     if not items:
         raise DyagError(f"{path}: no usable question in the eval file")
     return items

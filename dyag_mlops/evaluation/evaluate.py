@@ -204,6 +204,20 @@ def aggregate(rows: list[dict], wall_seconds: float) -> dict[str, float]:
     return metrics
 
 
+def breakdown(items: list[EvalItem], rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """`correct` per value of each label the eval rows carry (evalset.GROUP_KEYS):
+    {"category": {"status": {"questions": 5, "correct": 0.8}, ...}, ...}; {}
+    for an eval set without labels."""
+    tallies: dict[str, dict[str, list[float]]] = {}
+    for item, row in zip(items, rows):
+        for key, value in item.groups:
+            tallies.setdefault(key, {}).setdefault(value, []).append(row["correct"])
+    return {
+        key: {value: {"questions": len(scores), "correct": sum(scores) / len(scores)} for value, scores in sorted(values.items())}
+        for key, values in tallies.items()
+    }
+
+
 # ---------------------------------------------------------------- stage
 
 
@@ -213,6 +227,7 @@ class EvaluateResult:
     metrics: dict[str, float]
     rows: list[dict]
     model_uri: str | None
+    breakdown: dict[str, dict[str, dict[str, float]]]
 
 
 def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor: Any = None) -> EvaluateResult:
@@ -266,6 +281,9 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         "metrics": metrics,
         "results": rows,
     }
+    by_group = breakdown(items, rows)
+    if by_group:
+        results["breakdown"] = by_group
     atomic_write_json(output, results)
 
     tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model, "dyag.dtype": dtype})
@@ -291,8 +309,10 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         "eval_results.json",
     )
     tracker.log_evaluation(rows, QUESTION_VIEW_METRICS, model_uri, eval_dataset)
+    if by_group:
+        tracker.log_dict(by_group, "eval_breakdown.json")
     tracker.log_artifact(output, "results")
-    return EvaluateResult(str(output), metrics, rows, model_uri)
+    return EvaluateResult(str(output), metrics, rows, model_uri, by_group)
 
 
 def retrieval_scores(predictor: Any, items: list[EvalItem], answers: list[Any], top_k: int) -> dict[str, float]:
