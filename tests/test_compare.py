@@ -19,11 +19,12 @@ def experiment(monkeypatch):
     return name
 
 
-def fake_evaluate_run(tmp_path, system, correct, seconds=1.0, digest="d1", model_base=None):
-    """An evaluate run with known per-question scores."""
+def fake_evaluate_run(tmp_path, system, correct, seconds=1.0, digest="d1", model_base=None, labels=None):
+    """An evaluate run with known per-question scores (and labels)."""
     rows = [
         {"question": f"q{i}", "expected_answer": "a", "generated_answer": "a" if c else "b", "success": True,
-         **{m: float(c) for m in QUALITY_METRICS}, "time_seconds": seconds, "tokens": 3, "sources": [], "doc_id": None, "error": None}
+         **{m: float(c) for m in QUALITY_METRICS}, "time_seconds": seconds, "tokens": 3, "sources": [], "doc_id": None,
+         "labels": labels[i] if labels else {}, "error": None}
         for i, c in enumerate(correct)
     ]
     metrics = {m: sum(r[m] for r in rows) / len(rows) for m in QUALITY_METRICS}
@@ -57,6 +58,20 @@ def test_clear_winner_and_lower_is_better(tmp_path, experiment):
     assert plt.get_fignums() == []  # pyplot holds no figure of the chart afterwards
     assert "| correct |" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert any("rag" in r for r in report["recommendations"])
+
+
+def test_the_report_gives_each_system_s_correct_per_label(tmp_path, experiment):
+    labels = [{"category": "status"}] * 20 + [{"category": "contacts", "difficulty": "hard"}] * 10
+    fake_evaluate_run(tmp_path, "rag", [1] * 20 + [0] * 10, labels=labels)
+    fake_evaluate_run(tmp_path, "finetuned", [0] * 20 + [1] * 5 + [0] * 5, labels=labels)
+    report = compare.run(config(tmp_path, experiment))
+    assert report["breakdown"]["category"] == {
+        "contacts": {"questions": 10, "rag": 0.0, "finetuned": 0.5},
+        "status": {"questions": 20, "rag": 1.0, "finetuned": 0.0},
+    }
+    assert report["breakdown"]["difficulty"] == {"hard": {"questions": 10, "rag": 0.0, "finetuned": 0.5}}
+    markdown = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "## correct by category" in markdown and "| contacts | 10 | " in markdown
 
 
 def test_a_difference_that_is_not_significant_is_a_tie(tmp_path, experiment):

@@ -22,7 +22,7 @@ from typing import Any
 from dyag_mlops.config import CompareConfig
 from dyag_mlops.data.files import atomic_write_json, atomic_write_text
 from dyag_mlops.errors import DyagError
-from dyag_mlops.evaluation.evaluate import QUALITY_METRICS, is_correct
+from dyag_mlops.evaluation.evaluate import QUALITY_METRICS, breakdown, is_correct
 from dyag_mlops.tracking import NullTracker, configure
 
 # metric -> (higher is better, per-question column in the results rows or None)
@@ -235,6 +235,19 @@ def recommendations(results: list[SystemResult], per_metric: dict, winner: str, 
 # ---------------------------------------------------------------- reports
 
 
+def label_breakdown(results: list[SystemResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """`correct` of each system per value of each label its questions carry
+    (evaluate.breakdown, on the rescored rows): {"category": {"status":
+    {"questions": 5, "rag": 0.8, "hybrid": 1.0}}}; {} without labels."""
+    merged: dict[str, dict[str, dict[str, float]]] = {}
+    for result in results:
+        for key, values in breakdown(result.rows).items():
+            for value, tally in values.items():
+                cell = merged.setdefault(key, {}).setdefault(value, {"questions": tally["questions"]})
+                cell[result.system] = tally["correct"]
+    return merged
+
+
 def markdown_report(report: dict) -> str:
     systems = report["systems"]
     lines = [
@@ -251,6 +264,11 @@ def markdown_report(report: dict) -> str:
         ci = f"[{entry['ci'][0]:+.3f}, {entry['ci'][1]:+.3f}]" if "ci" in entry else ""
         diff = f"{entry.get('difference', 0):+.4g}" if "difference" in entry else ""
         lines.append(f"| {metric} | {entry['direction']} | " + " | ".join(cells) + f" | {entry['winner']} | {diff} | {ci} |")
+    for key, values in report.get("breakdown", {}).items():
+        lines += ["", f"## correct by {key}", "", f"| {key} | questions | " + " | ".join(systems) + " |", "|---|---|" + "---|" * len(systems)]
+        for value, cell in values.items():
+            shares = [f"{100 * cell[s]:.1f} %" if s in cell else "" for s in systems]
+            lines.append(f"| {value} | {cell['questions']:g} | " + " | ".join(shares) + " |")
     lines += ["", "## Recommendations", ""] + [f"- {r}" for r in report["recommendations"]]
     if report.get("registry"):
         reg = report["registry"]
@@ -478,6 +496,9 @@ def run(config: CompareConfig, tracker: NullTracker = NullTracker()) -> dict:
         "winner": winner,
         "recommendations": recommendations(results, per_metric, winner, config.primary_metric),
     }
+    by_label = label_breakdown(results)
+    if by_label:
+        report["breakdown"] = by_label
     winning = next(r for r in results if r.system == winner)
     if config.register and winning.model_uri:
         report["registry"] = register_winner(winning, config, config.primary_metric)

@@ -179,6 +179,7 @@ def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
                 "tokens": answer.tokens,
                 "sources": answer.sources,
                 "doc_id": item.doc_id,
+                "labels": dict(item.groups),
                 "error": answer.error,
                 "warning": answer.warning,
             }
@@ -204,13 +205,13 @@ def aggregate(rows: list[dict], wall_seconds: float) -> dict[str, float]:
     return metrics
 
 
-def breakdown(items: list[EvalItem], rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """`correct` per value of each label the eval rows carry (evalset.GROUP_KEYS):
-    {"category": {"status": {"questions": 5, "correct": 0.8}, ...}, ...}; {}
-    for an eval set without labels."""
+def breakdown(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """`correct` per value of each label the answered questions carry (their
+    `labels`, evalset.GROUP_KEYS): {"category": {"status": {"questions": 5,
+    "correct": 0.8}, ...}, ...}; {} for an eval set without labels."""
     tallies: dict[str, dict[str, list[float]]] = {}
-    for item, row in zip(items, rows):
-        for key, value in item.groups:
+    for row in rows:
+        for key, value in (row.get("labels") or {}).items():
             tallies.setdefault(key, {}).setdefault(value, []).append(row["correct"])
     return {
         key: {value: {"questions": len(scores), "correct": sum(scores) / len(scores)} for value, scores in sorted(values.items())}
@@ -281,7 +282,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         "metrics": metrics,
         "results": rows,
     }
-    by_group = breakdown(items, rows)
+    by_group = breakdown(rows)
     if by_group:
         results["breakdown"] = by_group
     atomic_write_json(output, results)
@@ -305,7 +306,7 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
     logged = {k: v for k, v in metrics.items() if k != "exact_match_rate"}
     tracker.log_metrics(logged, model_uri=model_uri, dataset=eval_dataset)
     tracker.log_table(
-        {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k not in ("error", "warning")},
+        {k: [r[k] if not isinstance(r[k], list) else ",".join(r[k]) for r in rows] for k in rows[0] if k not in ("error", "warning", "labels")},
         "eval_results.json",
     )
     tracker.log_evaluation(rows, QUESTION_VIEW_METRICS, model_uri, eval_dataset)
