@@ -172,7 +172,7 @@ def test_correct_is_broken_down_by_each_label_the_questions_carry(tmp_path, tiny
     eval_file = write_jsonl(tmp_path / "questions.jsonl", rows)
     items = load_eval_set(eval_file)
     assert [i.doc_id for i in items] == ["4107", "5521", None]
-    assert items[2].groups == (("category", "status"), ("kind", "unanswerable"))
+    assert items[2].labels == (("category", "status"), ("kind", "unanswerable"))
     config = EvaluateConfig(eval_file=str(eval_file), system="base", base_model=str(tiny_model_dir), output=str(tmp_path / "r.json"), max_new_tokens=4)
     result = evaluate.run(config)
     correct = [r["correct"] for r in result.rows]

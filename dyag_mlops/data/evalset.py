@@ -19,10 +19,10 @@ def split_messages(messages: Sequence[dict]) -> tuple[str, str]:
     return question, answer
 
 
-# Labels of an eval row, at its top level or in its metadata, by which
+# The labels of an eval row, at its top level or in its metadata, by which
 # `correct` is also reported: dyag's `category` and `difficulty`, this
 # project's `kind` and `field`.
-GROUP_KEYS = ("category", "difficulty", "kind", "field")
+LABEL_KEYS = ("category", "difficulty", "kind", "field")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class EvalItem:
     expected: str
     doc_id: str | None
     lineno: int
-    groups: tuple[tuple[str, str], ...] = ()  # (GROUP_KEYS key, value) the row carries
+    labels: tuple[tuple[str, str], ...] = ()  # (LABEL_KEYS key, value) of each label the row carries
 
 
 def demo_eval_path(half: str = "test") -> Path:
@@ -89,10 +89,13 @@ def load_eval_set(path: str | Path) -> list[EvalItem]:
             raise DyagError(f"{path}:{lineno}: empty expected answer (need an assistant turn, or 'expected_answer'/'answer')")
         # dyag's eval files name the document as `app_id` at the top level.
         doc_id = meta.get("doc_id", obj.get("doc_id", obj.get("app_id")))
-        groups = tuple(
-            (key, str(value).strip()) for key in GROUP_KEYS for value in [obj.get(key, meta.get(key))] if isinstance(value, (str, int)) and str(value).strip()
+        labels = tuple(
+            (key, str(value).strip())
+            for key in LABEL_KEYS
+            for value in [obj.get(key, meta.get(key))]
+            if isinstance(value, (str, int)) and str(value).strip()
         )
-        items.append(EvalItem(question.strip(), expected.strip(), None if doc_id is None else str(doc_id), lineno, groups))
+        items.append(EvalItem(question.strip(), expected.strip(), None if doc_id is None else str(doc_id), lineno, labels))
     if not items:
         raise DyagError(f"{path}: no usable question in the eval file")
     return items

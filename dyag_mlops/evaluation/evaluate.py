@@ -179,7 +179,7 @@ def score_answers(items: list[EvalItem], answers: list[Any]) -> list[dict]:
                 "tokens": answer.tokens,
                 "sources": answer.sources,
                 "doc_id": item.doc_id,
-                "labels": dict(item.groups),
+                "labels": dict(item.labels),
                 "error": answer.error,
                 "warning": answer.warning,
             }
@@ -207,7 +207,7 @@ def aggregate(rows: list[dict], wall_seconds: float) -> dict[str, float]:
 
 def breakdown(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """`correct` per value of each label the answered questions carry (their
-    `labels`, evalset.GROUP_KEYS): {"category": {"status": {"questions": 5,
+    `labels`, evalset.LABEL_KEYS): {"category": {"status": {"questions": 5,
     "correct": 0.8}, ...}, ...}; {} for an eval set without labels."""
     tallies: dict[str, dict[str, list[float]]] = {}
     for row in rows:
@@ -282,9 +282,9 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         "metrics": metrics,
         "results": rows,
     }
-    by_group = breakdown(rows)
-    if by_group:
-        results["breakdown"] = by_group
+    by_label = breakdown(rows)
+    if by_label:
+        results["breakdown"] = by_label
     atomic_write_json(output, results)
 
     tracker.set_tags({"dyag.system": config.system, "dyag.eval_digest": digest, "dyag.base_model": predictor.base_model, "dyag.dtype": dtype})
@@ -310,10 +310,10 @@ def run(config: EvaluateConfig, tracker: NullTracker = NullTracker(), predictor:
         "eval_results.json",
     )
     tracker.log_evaluation(rows, QUESTION_VIEW_METRICS, model_uri, eval_dataset)
-    if by_group:
-        tracker.log_dict(by_group, "eval_breakdown.json")
+    if by_label:
+        tracker.log_dict(by_label, "eval_breakdown.json")
     tracker.log_artifact(output, "results")
-    return EvaluateResult(str(output), metrics, rows, model_uri, by_group)
+    return EvaluateResult(str(output), metrics, rows, model_uri, by_label)
 
 
 def retrieval_scores(predictor: Any, items: list[EvalItem], answers: list[Any], top_k: int) -> dict[str, float]:
