@@ -319,7 +319,7 @@ def test_a_model_whose_settings_change_greedy_choices_is_left_to_generate(tiny_m
     predictor = Predictor("rag", model, tokenizer, max_new_tokens=8, schema="fr")
     prompt = render_prompt(tokenizer, build_messages("Question ?", [SHEET], schema=FR))
     enc = predictor._encode([prompt])
-    args = (model, enc["input_ids"], enc["attention_mask"], enc.get("past_key_values"), [{}], tokenizer.eos_token_id, 8)
+    args = (model, enc["input_ids"], enc["attention_mask"], enc.get("cache"), [{}], tokenizer.eos_token_id, 8)
     assert grounding.decode_spans(*args) is not None
     model.generation_config.repetition_penalty = 1.3
     assert grounding.decode_spans(*args) is None

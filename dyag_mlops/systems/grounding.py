@@ -221,8 +221,6 @@ def decode_spans(model: Any, ids: Any, mask: Any, cache: Any, tries: list[dict],
     None for a model whose head is not a plain linear layer on its decoder,
     or whose generation config sets one of CHOICE_SETTINGS (a repetition
     penalty, ...): generate applies those."""
-    import inspect
-
     import torch
 
     config = getattr(model, "generation_config", None)
@@ -235,9 +233,24 @@ def decode_spans(model: Any, ids: Any, mask: Any, cache: Any, tries: list[dict],
         return None
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return None
-    cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     with torch.inference_mode():
-        return _decode_spans(decoder, cache_name, head.weight, ids, mask, cache, tries, eos, budget)
+        return _decode_spans(decoder, cache_argument(decoder), head.weight, ids, mask, cache, tries, eos, budget)
+
+
+def cache_argument(model: Any) -> str:
+    """The name of a model's key/value cache argument: `cache` in recent
+    transformers 5 releases (which warn on the former name), `past_key_values`
+    before. A PEFT model is asked of its base model: it only passes it on."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a model's or generate's output holds, under either name."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
 
 
 def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: Any, cache: Any, tries: list[dict], eos: int, budget: int) -> list[list[int]]:
@@ -253,8 +266,7 @@ def _decode_spans(decoder: Any, cache_name: str, weight: Any, ids: Any, mask: An
     first = True  # this pass reads the prompts
     while True:
         result = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache})
-        cache = getattr(result, cache_name, None)
-        cache = result.past_key_values if cache is None else cache
+        cache = returned_cache(result)
         hidden = result.last_hidden_state
         going, kept = [], []
         for row, prompt in enumerate(live):

@@ -25,6 +25,7 @@ from dyag_mlops.config import DEFAULT_BASE_MODEL, SystemSpec
 from dyag_mlops.data.inventory import Schema, cached_schema, detect_schema
 from dyag_mlops.errors import DyagError
 from dyag_mlops.retrieval.focus import narrow_hits
+from dyag_mlops.systems.grounding import cache_argument, returned_cache
 from dyag_mlops.systems.prompts import bare_question, build_messages, render_prompt, strip_field_label, user_content
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
 
@@ -338,7 +339,7 @@ class Predictor:
         device = self.model.device
         enc: dict[str, Any] = {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
         if cache is not None:
-            enc["past_key_values"] = cache
+            enc["cache"] = cache
         return enc
 
     def _prefix_cache(self, shared: list[int], batch: int) -> Any:
@@ -353,7 +354,7 @@ class Predictor:
                 out = self.model(input_ids=torch.tensor([shared], device=self.model.device), use_cache=True)
             # One entry: the next batch with the same start (one more chunk of an
             # eval set, a served model's next request) reuses it.
-            self._prefix_caches = {key: out.past_key_values}
+            self._prefix_caches = {key: returned_cache(out)}
         cache = copy.deepcopy(self._prefix_caches[key])
         cache.batch_repeat_interleave(batch)
         return cache
@@ -399,7 +400,7 @@ class Predictor:
         new: list[list[int]] = [[] for _ in prompts]
         ended: list[int | None] = [None] * len(prompts)  # where EndOfAnswer ended a row
         live = list(range(len(prompts)))  # the prompt of each row still in the batch
-        ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc.get("past_key_values")
+        ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc.get("cache")
         if constraint is not None and not kwargs.get("do_sample") and budget > 0:
             from dyag_mlops.systems.grounding import decode_spans
 
@@ -410,7 +411,7 @@ class Predictor:
             stage = min(ANSWER_STAGE, budget)
             if constraint is not None:
                 kwargs["prefix_allowed_tokens_fn"] = constraint
-            cached = {"past_key_values": cache} if cache is not None else {}
+            cached = {cache_argument(self.model): cache} if cache is not None else {}
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=stage, return_dict_in_generate=True, **cached, **kwargs
@@ -430,7 +431,7 @@ class Predictor:
             # stage starts from the whole sequence and computes only that one.
             mask = torch.cat([mask, mask.new_ones(len(mask), tokens.shape[1])], dim=1)
             keep = torch.tensor(going, device=ids.device)
-            ids, mask, cache = out.sequences[keep], mask[keep], out.past_key_values
+            ids, mask, cache = out.sequences[keep], mask[keep], returned_cache(out)
             cache.batch_select_indices(keep)
             live = [live[row] for row in going]
             if constraint is not None:
