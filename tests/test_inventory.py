@@ -238,6 +238,9 @@ def test_value_kinds_come_from_most_values():
     assert shared_values(["optional", "required", "optional", "a sentence of more than three words", "required"]) == (
         "optional", "required",
     )
+    # the commonest few: a large corpus shares many versions, which are no category
+    versions = [f"1.{n}" for n in range(40) for _ in range(2)] + ["optional"] * 3
+    assert shared_values(versions) == ("optional", "1.0", "1.1", "1.2", "1.3")
 
 
 # ---------------------------------------------------------------- any language

@@ -40,7 +40,17 @@ def description(raw):
         text = out
     return text
 
-with open("corpus.jsonl", "w", encoding="utf-8") as f:
+# `--all`: every installed package, into corpus_large.jsonl (retrieval among
+# hundreds of documents); postgresql stays out, an eval question asks about
+# it as a package the corpus lacks.
+import sys
+OUTPUT = "corpus.jsonl"
+if "--all" in sys.argv[1:]:
+    listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\\n"], capture_output=True, text=True, check=True).stdout
+    PACKAGES = sorted(set(PACKAGES) | set(listed.split()) - {"postgresql"})
+    OUTPUT = "corpus_large.jsonl"
+
+with open(OUTPUT, "w", encoding="utf-8") as f:
     for pkg in PACKAGES:
         rec = parse(subprocess.run(["dpkg", "-s", pkg], capture_output=True, text=True, check=True).stdout)
         n = 0

@@ -237,12 +237,16 @@ def value_kind(values: Sequence[str]) -> str:
 
 # A shared value is short: a category, not a sentence two documents happen to repeat.
 SHARED_VALUE_WORDS = 3
+# A field's categories are a handful; in a large corpus the long tail of
+# values two documents happen to share (versions, authors, section names)
+# would outnumber the field's own questions in the router.
+SHARED_VALUES_KEPT = 5
 
 
 def shared_values(values: Sequence[str]) -> tuple[str, ...]:
-    """The short values found in two documents or more, most frequent first."""
+    """The SHARED_VALUES_KEPT short values found most often, in two documents or more."""
     counts = Counter(" ".join(v.split()) for v in values if len(v.split()) <= SHARED_VALUE_WORDS)
-    return tuple(v for v, n in counts.most_common() if n >= 2)
+    return tuple(v for v, n in counts.most_common() if n >= 2)[:SHARED_VALUES_KEPT]
 
 
 def _text_field(values: dict[str, list[str]], kinds: dict[str, str]) -> str:
