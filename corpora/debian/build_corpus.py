@@ -1,5 +1,5 @@
 """Build corpus.jsonl from installed Debian package records (dpkg -s), one field per chunk."""
-import json, re, subprocess
+import json, re, subprocess, sys
 
 PACKAGES = """coreutils grep sed tar gzip xz-utils zstd curl wget openssl openssh-client
 git bash perl python3 make gcc zlib1g libc6 tzdata ca-certificates procps findutils
@@ -43,7 +43,6 @@ def description(raw):
 # `--all`: every installed package, into corpus_large.jsonl (retrieval among
 # hundreds of documents); postgresql stays out, an eval question asks about
 # it as a package the corpus lacks.
-import sys
 OUTPUT = "corpus.jsonl"
 if "--all" in sys.argv[1:]:
     listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\\n"], capture_output=True, text=True, check=True).stdout
