@@ -304,6 +304,18 @@ def test_soup_options_are_checked():
         FinetuneConfig(soup=2, dora=True)
 
 
+def test_a_finished_process_leaves_its_process_group(tmp_path):
+    """A rank that exits with its gloo group alive can abort at exit; the
+    group is destroyed once the training succeeded."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    finetune.leave_process_group()
+    assert not dist.is_initialized()
+    finetune.leave_process_group()  # alone, or already left: nothing to do
+
+
 def test_release_memory_frees_a_model_only_a_reference_cycle_still_holds():
     """Between pipeline stages and soup members: a finished stage's model
     often sits in a reference cycle (a trainer and its callbacks) that only

@@ -303,11 +303,25 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     precision = resolve_precision(config.precision, device)
     out = prepare_output(config)
     try:
-        return _train(config, tracker, out, (train_path, train_examples, val_path, val_examples), device, precision)
+        result = _train(config, tracker, out, (train_path, train_examples, val_path, val_examples), device, precision)
     except BaseException:
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failure before the first checkpoint leaves nothing behind
         raise
+    leave_process_group()
+    return result
+
+
+def leave_process_group() -> None:
+    """End this process's part in a data-parallel training (`accelerate
+    launch`), once it succeeded: a process that exits with its gloo group
+    alive can abort in the group's threads (SIGABRT), and the launcher then
+    stops the other ranks. Not after a failure: the others may still wait
+    on a collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _train(config: FinetuneConfig, tracker: NullTracker, out: Path, datasets: tuple, device: str, precision: str) -> FinetuneResult:
