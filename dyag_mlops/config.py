@@ -200,7 +200,7 @@ class EvaluateConfig:
     # Decoding on CPU is bound by reading the weights once per step, whatever
     # the batch: larger batches answer more questions per weight read.
     batch_size: int = _f(16, "Questions generated together.")
-    max_new_tokens: int = _f(160, "Maximum tokens per answer (grounded answers stop at the end of their line).")
+    max_new_tokens: int = _f(160, "Maximum tokens per free answer; a grounded answer (rag, hybrid) is a span of one line and ends with it, however long.")
     temperature: float = _f(0.0, "0: greedy decoding (repeatable).")
     grounded: bool = _f(True, "rag, hybrid: each answer is a span of the retrieved chunks or the refusal (constrained decoding).")
     worked_example: bool = _f(True, "rag: a document of the corpus answered field by field comes before the question (the base model was never trained on this prompt).")

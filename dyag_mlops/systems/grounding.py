@@ -137,6 +137,16 @@ def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str
     return trie
 
 
+def longest_span(trie: dict) -> int:
+    """Tokens of the longest answer `trie` allows."""
+    longest, stack = 0, [(trie, 0)]
+    while stack:
+        node, depth = stack.pop()
+        longest = max(longest, depth)
+        stack += [(child, depth + 1) for token, child in node.items() if token != END]
+    return longest
+
+
 def _next(node: dict) -> list[int]:
     """The tokens that may follow `node`."""
     return [token for token in node if token != END]

@@ -386,11 +386,14 @@ class Predictor:
         budget = kwargs.pop("max_new_tokens")
         constraint = end_of_answer = None
         if contexts is not None:
-            from dyag_mlops.systems.grounding import span_constraint
+            from dyag_mlops.systems.grounding import longest_span, span_constraint
 
             if refusals is None:
                 refusals = [self.refusal_for([])] * len(contexts)
             constraint = span_constraint(self.tokenizer, contexts, prompt_length, refusals, questions, figures)
+            # A grounded answer ends with its span: cut at the budget, a long
+            # value (a description, several contacts) would be half an answer.
+            budget = max(budget, 1 + max(map(longest_span, constraint.tries)))
         elif one_line:  # a span ends on its line already
             if self._line_breaks is None:
                 self._line_breaks = line_breaks(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
