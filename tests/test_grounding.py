@@ -59,7 +59,8 @@ def test_a_question_asking_for_figures_enters_prose_at_its_numbers_only():
 
 def test_a_value_that_is_no_prose_ends_only_at_an_item_s_end(tiny_model_dir):
     """A contact line is copied whole, not cut after its first address; a
-    list may stop after one of its items; prose anywhere."""
+    list may stop after one of its items; prose copied from its start after
+    one of its sentences, and from a word the question says anywhere."""
     from transformers import AutoTokenizer
 
     from dyag_mlops.systems.grounding import END, span_trie
@@ -67,8 +68,9 @@ def test_a_value_that_is_no_prose_ends_only_at_an_item_s_end(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     contact = "Equipe SIRENA - DDT 35 <sirena@exemple.fr> : <sirena@exemple.fr>"
     listed = "GéoPlan, e-Subv"
-    prose = "SIRENA permet de réserver des salles et des véhicules de service."
-    trie = span_trie(tokenizer, [f"Contacts: {contact}\nApplications liées: {listed}\nDescription: {prose}"], "")
+    first = "SIRENA permet de réserver des salles et des véhicules de service."
+    prose = f"{first} Elle remplace les plannings papier des services."
+    trie = span_trie(tokenizer, [f"Contacts: {contact}\nApplications liées: {listed}\nDescription: {prose}"], "", "Que remplace SIRENA ?")
 
     def ends(value: str) -> list[str]:
         node, ids, found = trie, tokenizer(value, add_special_tokens=False)["input_ids"], []
@@ -80,7 +82,9 @@ def test_a_value_that_is_no_prose_ends_only_at_an_item_s_end(tiny_model_dir):
 
     assert ends(contact) == [contact]
     assert ends(listed) == ["GéoPlan", listed]
-    assert len(ends(prose)) == len(tokenizer(prose, add_special_tokens=False)["input_ids"])
+    assert ends(prose) == [first, prose]
+    detail = "les plannings papier des services."  # after "remplace", which the question says
+    assert len(ends(detail)) == len(tokenizer(detail, add_special_tokens=False)["input_ids"])
 
 
 def test_grounding_reads_the_question_the_prompt_asks(tiny_model_dir, monkeypatch):

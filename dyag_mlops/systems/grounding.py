@@ -16,7 +16,9 @@ from prose by a span that starts at a number, or at the short words just
 before it ("plus de 300 …"): a small model free to start at the line
 copied the whole sentence around the figure. A span ends anywhere on its
 line, but a value that is no prose ends at an item's end only (a small
-model cut "Team X <x@y.fr> : <x@y.fr>" after its first address). A prefix
+model cut "Team X <x@y.fr> : <x@y.fr>" after its first address), and prose
+copied from its start at a sentence's end (it stopped a long description
+after its first word, the document's name). A prefix
 tree (trie) of the token ids of every such span constrains transformers'
 `prefix_allowed_tokens_fn` (sampling) or `decode_spans` (greedy: the
 tree's unbranched paths are checked several tokens per forward pass).
@@ -52,9 +54,10 @@ def context_spans(chunks: Sequence[str], question: str = "", figures: bool = Fal
     return [text for text, _ in _spans(chunks, question, figures)]
 
 
-def _spans(chunks: Sequence[str], question: str, figures: bool = False) -> list[tuple[str, bool]]:
-    """`context_spans`, each with whether it is a value that is no prose:
-    such a span ends only at an item's end (ITEM_END)."""
+def _spans(chunks: Sequence[str], question: str, figures: bool = False) -> list[tuple[str, re.Pattern | None]]:
+    """`context_spans`, each with where it may end besides its line's end:
+    a value that is no prose at an item's end (ITEM_END), prose from its
+    start at a sentence's end (SENTENCE_STOP), any other span anywhere (None)."""
     said = {w[:STEM] for w in normalise(question).split() if len(w) >= 4}
     spans = []
     for chunk in chunks:
@@ -66,13 +69,14 @@ def _spans(chunks: Sequence[str], question: str, figures: bool = False) -> list[
                 words = list(WORD_START.finditer(line, field.start("value")))
                 numbers = [i for i, word in enumerate(words) if line[word.start()].isdigit()]
                 if figures and prose and numbers:
-                    spans += [(line[words[_figure_start(line, words, i)].start():], False) for i in numbers]
+                    spans += [(line[words[_figure_start(line, words, i)].start():], None) for i in numbers]
                     continue
-                spans += [(line, not prose), (line[field.start("value"):], not prose)]
+                stops = SENTENCE_STOP if prose else ITEM_END
+                spans += [(line, stops), (line[field.start("value"):], stops)]
                 if said and prose:
-                    spans += [(line[after.start():], False) for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
+                    spans += [(line[after.start():], None) for echo, after in zip(words, words[1:]) if _stem(line, echo) in said]
             else:
-                spans += [(line[m.start():], False) for m in WORD_START.finditer(line)]
+                spans += [(line[m.start():], None) for m in WORD_START.finditer(line)]
     return spans
 
 
@@ -81,6 +85,8 @@ def _spans(chunks: Sequence[str], question: str, figures: bool = False) -> list[
 # copied whole, not cut after its first address; "libc6, libssl3" may stop
 # at "libc6".
 ITEM_END = re.compile(r"(?=[,;]\s)")
+# Where prose copied from its start may end: after a sentence's last mark.
+SENTENCE_STOP = re.compile(r"(?<=[.!?])(?=\s)")
 # A key of a node of a span trie: an answer may end there.
 END = -1
 # How many short words before a number a span of it may start with.
@@ -105,30 +111,30 @@ def _stem(line: str, word: re.Match) -> str:
 def span_texts(chunks: Sequence[str], refusal: str, question: str = "", figures: bool = False) -> list[str]:
     """Every allowed answer, longest form: the context's spans, plus the
     refusal (none for ""; always when the context has no span). An answer
-    may stop at any token of one of these (of a value that is no prose, at
-    an item's end only: `span_trie`)."""
+    may stop at any token of one of these, or where `_spans` says (`span_trie`)."""
     return list(dict.fromkeys(text for text, _ in _answers(chunks, refusal, question, figures)))
 
 
-def _answers(chunks: Sequence[str], refusal: str, question: str, figures: bool = False) -> list[tuple[str, bool]]:
+def _answers(chunks: Sequence[str], refusal: str, question: str, figures: bool = False) -> list[tuple[str, re.Pattern | None]]:
     """`_spans`, plus the refusal as `span_texts` offers it."""
     spans = _spans(chunks, question, figures)
     if refusal or not spans:
-        spans.append((refusal, False))
+        spans.append((refusal, None))
     return spans
 
 
 def span_trie(tokenizer: Any, chunks: Sequence[str], refusal: str, question: str = "", figures: bool = False) -> dict:
     """Prefix tree of the token ids of `span_texts(chunks, refusal, question, figures)`:
-    {token: subtree}; a node where an answer may end holds END. A span of a
-    value that is no prose may end where a token ends at one of its items'
-    ends (a tokenizer without offsets: at any token, as any other span)."""
+    {token: subtree}; a node where an answer may end holds END. A span with
+    stops (`_spans`: a value that is no prose, prose from its start) may end
+    where a token ends at one of them or at its end (a tokenizer without
+    offsets: at any token, as any other span)."""
     spans = list(dict.fromkeys(_answers(chunks, refusal, question, figures)))
     encoded = tokenizer([text for text, _ in spans], add_special_tokens=False, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
     offsets = encoded.get("offset_mapping") or [None] * len(spans)
     trie: dict = {}
-    for (text, whole_items), ids, marks in zip(spans, encoded["input_ids"], offsets):
-        ends = {m.start() for m in ITEM_END.finditer(text)} | {len(text)} if whole_items and marks else None
+    for (text, stops), ids, marks in zip(spans, encoded["input_ids"], offsets):
+        ends = {m.start() for m in stops.finditer(text)} | {len(text)} if stops is not None and marks else None
         node = trie
         for i, token in enumerate(ids):
             node = node.setdefault(token, {})
