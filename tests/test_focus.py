@@ -273,6 +273,9 @@ def test_a_question_asking_how_many_keeps_no_line_without_a_figure():
     counted = SHEET.replace("Hébergement: Datacenter Nantes-Est", "Hébergement: 2 serveurs, Datacenter Nantes-Est")
     assert r.focus(counted, question, "ORBIS") == ("hosting", "Hébergement: 2 serveurs, Datacenter Nantes-Est")
     assert r.focus(SHEET, "Où est hébergé ORBIS ?", "ORBIS") == ("hosting", "Hébergement: Datacenter Nantes-Est")
+    # The digits of a web address (a list's versions, an e-mail) are no figure.
+    numbered = SHEET.replace("https://orbis.exemple.fr", "https://orbis2.exemple.fr/v3")
+    assert r.focus(numbered, "Combien de visites compte le site web d'ORBIS ?", "ORBIS") == ("website", "")
 
 
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():

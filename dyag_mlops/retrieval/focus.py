@@ -54,6 +54,9 @@ ROUTER_TIE = 0.1
 # How many uncommon words of a document's description a question must say in
 # a row to be taken for naming the document by it.
 DESCRIBING_WORDS = 2
+# Kinds of value whose digits are no figure a question asks for: the versions
+# of a list ("libc6 (>= 2.34)"), an address's, a code's.
+NO_FIGURE_KINDS = frozenset({"list", "url", "person", "identifier"})
 # A value is searched sentence by sentence, and a sentence clause by clause:
 # a sentence of a description may hold several facts ("... recense les 142
 # lycées publics de la Région et calcule les dotations ..."), and the answer
@@ -199,6 +202,7 @@ class FieldRouter:
         # The fields asked about with "who" (the contacts, the owner): where
         # the closest line to a question asking who lies.
         self.asked_who = {name for name, texts in texts_of.items() if _words(" ".join(texts)) & schema.who_words}
+        self.kinds = {info.name: info.kind for info in classes}
         # The corpus's prose (its description): where an unplaced question's detail lies.
         self.text_field = next((info.name for info in classes if info.kind == "text"), None)
         # What a question may say without asking for a detail: the fields' wording.
@@ -335,7 +339,9 @@ class FieldRouter:
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
             detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
-        if self.schema.asks_figures(question) and not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line)):
+        if self.schema.asks_figures(question) and (
+            self.kinds.get(kept[0]) in NO_FIGURE_KINDS or not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line))
+        ):
             return kept[0], ""  # "How many downloads …?" is not answered by a web address
         return kept
 
