@@ -21,8 +21,9 @@ for i, line in enumerate(open("corpus.jsonl", encoding="utf-8"), 1):
     if o["id"] != f"chunk_{pkg}_{len(chunks[pkg])}": problems.append(f"corpus {i}: bad chunk number")
     chunks[pkg].append(o["content"])
 
+HALVES = ("dev", "test", "fresh", "fresh2")
 by_kind, by_field, seen_q = Counter(), Counter(), set()
-for i, line in enumerate((l for h in ("dev", "test", "fresh", "fresh2") for l in open(f"eval_{h}.jsonl", encoding="utf-8")), 1):
+for i, line in enumerate((l for h in HALVES for l in open(f"eval_{h}.jsonl", encoding="utf-8")), 1):
     try:
         o = json.loads(line)
     except Exception as e:
@@ -52,5 +53,5 @@ print("corpus chunks:", sum(map(len, chunks.values())), "packages:", len(chunks)
 print("eval questions:", sum(by_kind.values()))
 print("by kind:", dict(by_kind))
 print("by field:", dict(by_field))
-print("packages not asked about:", sorted(set(chunks) - {json.loads(l)["metadata"]["doc_id"] for h in ("dev", "test", "fresh", "fresh2") for l in open(f"eval_{h}.jsonl")}))
+print("packages not asked about:", sorted(set(chunks) - {json.loads(l)["metadata"]["doc_id"] for h in HALVES for l in open(f"eval_{h}.jsonl")}))
 print("problems:", problems or "none")
