@@ -345,8 +345,8 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
     assert r.focus(sheet, "ORBIS est-elle en production ?", "ORBIS") == ("status", "Statut: En production")
     assert r.focus(sheet, "ORBIS, c'est en prod ou en dev ?", "ORBIS") == ("status", "Statut: En production")
     assert r.focus(sheet, "ORBIS est-elle nationale ?", "ORBIS")[0] == "scope"
-    assert r.focus(sheet, "Quand ORBIS a-t-elle été mise en production ?", "ORBIS")[0] == "Mise en production"
-    assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "Mise en production"
+    assert r.focus(sheet, "Quand ORBIS a-t-elle été mise en production ?", "ORBIS")[0] == "go_live"
+    assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "go_live"
 
 
 def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_with_who():

@@ -150,22 +150,24 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
     profile = build_profile(documents(load_corpus(SAMPLES / "corpus.jsonl")))
     by_name = {f.name: f for f in profile.fields}
     schema = cached_schema(profile.schema)
-    for label in ("Identifiant", "Données liées", "Acteurs", "Mise en production"):
+    for label in ("Identifiant", "Données liées", "Acteurs"):
         info = by_name[label]  # the corpus's label names the field
         assert info.labels == (label,) and info.templates == () and info.documents >= 1
         questions = field_questions(info, schema)
         assert questions and all("{doc}" in q for q in questions)
         assert len([q for q in questions if normalise(label) in normalise(q)]) >= len(schema.generic_templates)
     # a field the schema lacks is also asked about the way its values look
-    assert by_name["Mise en production"].kind == "date" and by_name["Identifiant"].kind == "identifier"
-    dates = [t for t in schema.kind_templates["date"] if "{label}" not in t]
-    assert dates and set(dates) <= set(field_questions(by_name["Mise en production"], schema))
+    assert by_name["Identifiant"].kind == "identifier"
+    identifiers = [t for t in schema.kind_templates["identifier"] if "{label}" not in t]
+    assert identifiers and set(identifiers) <= set(field_questions(by_name["Identifiant"], schema))
     # "Fichiers fonciers, Cadastre": a list, asked about as what the application relies on
     assert by_name["Données liées"].kind == "list"
     assert "De quoi dépend {doc} ?" in field_questions(by_name["Données liées"], schema)
     # labels the schema knows take its field's name, its wordings, and keep the corpus's spelling first
     assert by_name["status"].labels[0] == "Statut" and by_name["status"].templates and by_name["status"].documents == 2
     assert by_name["website"].labels[0] == "Sites web" and "Site web" not in by_name["website"].labels
+    # a synonym the schema lists meets its field: "Mise en production" is the go-live date
+    assert by_name["go_live"].labels[0] == "Mise en production" and by_name["go_live"].documents == 1
     # a field only the schema knows is kept, held by no document
     assert by_name["hosting"].documents == 0 and by_name["hosting"] not in profile.corpus_fields
 
