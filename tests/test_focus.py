@@ -278,6 +278,19 @@ def test_a_question_asking_how_many_keeps_no_line_without_a_figure():
     assert r.focus(numbered, "Combien de visites compte le site web d'ORBIS ?", "ORBIS") == ("website", "")
 
 
+def test_a_question_asking_when_keeps_no_line_without_a_date():
+    # A version or a size is no answer to "when": the context is empty and
+    # the grounded answer the refusal; a line that holds a date answers it.
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    assert r.focus(sheets["git"], "When was the current git package uploaded?", "git")[1] == ""
+    # "when" inside a question asking how many does not ask for a date.
+    sized = r.focus(sheets["wget"], "How many kilobytes does wget take up when installed?", "wget")
+    assert sized[1].startswith("Installed-Size: ")
+    dated = SHEET + "\nMise en service: 12/06/2018"
+    assert router().focus(dated, "ORBIS, c'est en service depuis quand ?", "ORBIS") == ("go_live", "Mise en service: 12/06/2018")
+    assert router().focus(dated.replace("12/06/2018", "v2"), "ORBIS, c'est en service depuis quand ?", "ORBIS")[1] == ""
+
+
 def test_a_paraphrase_whose_words_the_sheet_lacks_keeps_its_field():
     # People ask in words no sheet holds ("vieux", "bureaux"): the routed
     # field's line is kept, and the model decides from it.

@@ -83,9 +83,12 @@ class Schema:
     kind_templates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Common words of the language: how a corpus's language is recognised.
     stop_words: frozenset[str] = frozenset()
-    # Phrases that ask for what is written in figures, a quantity or a year
-    # ("how many", "since when"), normalised: no line without a digit answers them.
+    # Phrases that ask for what is written in figures, a quantity ("how
+    # many"), normalised: no line without a digit answers them.
     figure_phrases: tuple[str, ...] = ()
+    # Phrases that ask for a date ("when", "since when", "quelle année"),
+    # normalised: no line without a year or a date answers them.
+    date_phrases: tuple[str, ...] = ()
     # Words of a label that names a document's identifier ("id", "code"),
     # normalised: such a field of one-word values is asked for as a
     # reference ("What is the ID of {doc}?"), not as a quantity.
@@ -116,7 +119,21 @@ class Schema:
         return self._by_key.get(label_key(label))
 
     def asks_figures(self, question: str) -> bool:
-        """Whether `question` asks for figures: says one of `figure_phrases`."""
+        """Whether `question` asks for figures: a quantity or a date."""
+        return self._asks_quantity(question) or self.asks_date(question)
+
+    def asks_date(self, question: str) -> bool:
+        """Whether `question` asks for a date: says one of `date_phrases`,
+        and neither asks for a quantity nor asks who ("How many kilobytes
+        does X take when installed?", "Who do I call when X is down?")."""
+        said = f" {normalise(question)} "
+        return (
+            any(f" {phrase} " in said for phrase in self.date_phrases)
+            and not self._asks_quantity(question)
+            and not set(said.split()) & self.who_words
+        )
+
+    def _asks_quantity(self, question: str) -> bool:
         said = f" {normalise(question)} "
         return any(f" {phrase} " in said for phrase in self.figure_phrases)
 
@@ -172,6 +189,7 @@ def load_schema(name_or_path: str) -> Schema:
         kind_templates={kind: tuple(templates) for kind, templates in kinds.items()},
         stop_words=frozenset(normalise(" ".join(data.get("stop_words", ()))).split()),
         figure_phrases=tuple(normalise(phrase) for phrase in data.get("figure_phrases", ())),
+        date_phrases=tuple(normalise(phrase) for phrase in data.get("date_phrases", ())),
         identifier_words=frozenset(normalise(" ".join(data.get("identifier_words", ()))).split()),
         which_words=frozenset(normalise(" ".join(data.get("which_words", ()))).split()),
         document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),

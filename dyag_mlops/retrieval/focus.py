@@ -20,8 +20,9 @@ other labels as said: "MOA" finds "Maîtrise d'ouvrage"); failing that, the
 sheet's line closest to the question in meaning does (the description cut
 to its closest sentence); a sure router (or a question naming the field's
 label) keeps, of its field's long value, the sentence that holds them. A
-question asking for figures ("how many", "since when": the schema's
-`figure_phrases`) keeps nothing from a line without a digit. A question
+question asking for figures ("how many": the schema's `figure_phrases`)
+keeps nothing from a line without a digit, one asking for a date ("since
+when": `date_phrases`) nothing from a line without a year or a date. A question
 asking which document holds what it says ("Which package is the pager?",
 naming none) keeps the sheet's name line: the answer is the document's
 name. A yes-or-no question ("Is X in production?") asks for the field
@@ -57,6 +58,9 @@ DESCRIBING_WORDS = 2
 # Kinds of value whose digits are no figure a question asks for: the versions
 # of a list ("libc6 (>= 2.34)"), an address's, a code's.
 NO_FIGURE_KINDS = frozenset({"list", "url", "person", "identifier"})
+# What answers a question asking for a date: a year ("T2 2025", "1998") or a
+# written date ("17/01/2020", "2020-01-17"), not a version ("2.4.6") or a size.
+DATE_IN_TEXT = re.compile(r"\b(?:1[5-9]|20)\d\d\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b")
 # A value is searched sentence by sentence, and a sentence clause by clause:
 # a sentence of a description may hold several facts ("... recense les 142
 # lycées publics de la Région et calcule les dotations ..."), and the answer
@@ -339,10 +343,15 @@ class FieldRouter:
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
             detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
+        values = [_value(line) for line in kept[1].splitlines()]
         if self.schema.asks_figures(question) and (
-            self.kinds.get(kept[0]) in NO_FIGURE_KINDS or not any(c.isdigit() for line in kept[1].splitlines() for c in _value(line))
+            self.kinds.get(kept[0]) in NO_FIGURE_KINDS
+            or not any(c.isdigit() for value in values for c in value)
+            or (self.schema.asks_date(question) and not any(DATE_IN_TEXT.search(value) for value in values))
         ):
-            return kept[0], ""  # "How many downloads …?" is not answered by a web address
+            # "How many downloads …?" is not answered by a web address, nor
+            # "When was X released?" by a version number.
+            return kept[0], ""
         return kept
 
     def asks_for_document(self, question: str, entries: list[tuple[Any, list[str]]], title: str) -> bool:
