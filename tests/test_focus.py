@@ -282,9 +282,9 @@ def test_a_question_asking_when_keeps_no_line_without_a_date():
     # A version or a size is no answer to "when": the context is empty and
     # the grounded answer the refusal; a line that holds a date answers it.
     r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
-    assert r.focus(sheets["git"], "When was the current git package uploaded?", "git")[1] == ""
+    assert r.focus(sheets["curl"], "When did this curl release come out?", "curl")[1] == ""
     # "when" inside a question asking how many does not ask for a date.
-    sized = r.focus(sheets["wget"], "How many kilobytes does wget take up when installed?", "wget")
+    sized = r.focus(sheets["curl"], "How many kilobytes does curl need when it is installed?", "curl")
     assert sized[1].startswith("Installed-Size: ")
     dated = SHEET + "\nMise en service: 12/06/2018"
     assert router().focus(dated, "ORBIS, c'est en service depuis quand ?", "ORBIS") == ("go_live", "Mise en service: 12/06/2018")
