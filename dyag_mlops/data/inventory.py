@@ -120,22 +120,23 @@ class Schema:
 
     def asks_figures(self, question: str) -> bool:
         """Whether `question` asks for figures: a quantity or a date."""
-        return self._asks_quantity(question) or self.asks_date(question)
+        return _says(question, self.figure_phrases) or self.asks_date(question)
 
     def asks_date(self, question: str) -> bool:
         """Whether `question` asks for a date: says one of `date_phrases`,
         and neither asks for a quantity nor asks who ("How many kilobytes
         does X take when installed?", "Who do I call when X is down?")."""
-        said = f" {normalise(question)} "
         return (
-            any(f" {phrase} " in said for phrase in self.date_phrases)
-            and not self._asks_quantity(question)
-            and not set(said.split()) & self.who_words
+            _says(question, self.date_phrases)
+            and not _says(question, self.figure_phrases)
+            and not set(normalise(question).split()) & self.who_words
         )
 
-    def _asks_quantity(self, question: str) -> bool:
-        said = f" {normalise(question)} "
-        return any(f" {phrase} " in said for phrase in self.figure_phrases)
+
+def _says(question: str, phrases: Iterable[str]) -> bool:
+    """Whether `question` says one of `phrases` (normalised) as whole words."""
+    said = f" {normalise(question)} "
+    return any(f" {phrase} " in said for phrase in phrases)
 
 
 def load_schema(name_or_path: str) -> Schema:

@@ -25,8 +25,8 @@ keeps nothing from a line without a digit, one asking for a date ("since
 when": `date_phrases`) nothing from a line without a year or a date. A
 question asking which document holds what it says ("Which package is the
 pager?", naming none) keeps the sheet's name line: the answer is the
-document's name. A yes-or-no question ("Is X in production?") asks for the field
-whose short value it says.
+document's name. A yes-or-no question ("Is X in production?") asks for the
+field whose short value it says.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
