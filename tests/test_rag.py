@@ -161,6 +161,8 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
     with rag.Retriever(english_index) as retriever:
         assert retriever.unknown_names("Which release of zenquard is out?") == ["zenquard"]
         assert retriever.unknown_names("Which version does the tiling library have?") == []
+        # Ordinary English words the embedding model's tokenizer splits are no names.
+        assert retriever.unknown_names("Which homepage does the log rotator list?") == []
         assert retriever.retrieve(["Which release of zenquard is out?"], top_k=1) == [[]]
         # A word only one document holds speaks of it, whatever unknown name comes with it.
         assert retriever.catalogue.distinctive_words("Which release of zenquard is out?") == []

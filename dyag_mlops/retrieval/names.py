@@ -3,7 +3,8 @@ names it gives that the index lacks and whether it shares a word with a
 document (a question about something else gets no context), and its
 misspelt or abbreviated words written as the index writes them. Built from
 the index's chunks, the corpus profile's aliases and the language's words
-(the embedding model's vocabulary, the schema's word vectors)."""
+(the embedding model's vocabulary, the schema's word vectors, wordfreq's
+word list)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ ABBREVIATION_MIN_LENGTH = 3
 FORM_SUFFIX = 2
 # A word that at most this many documents hold speaks of them ("pyca").
 DISTINCTIVE_DOCS = 1
+# A word at least this frequent in the language is a word of it (wordfreq's
+# Zipf scale: 2.5 is once in about three million words; "installer" 2.9,
+# "tagline" 3.1, the misspelt "verison" 1.5).
+COMMON_ZIPF = 2.5
 
 
 def _subsequence(short: str, long: str) -> bool:
@@ -153,7 +158,12 @@ class Catalogue:
     def _is_common_word(self, word: str) -> bool:
         """A word of the language ("released" is English, not a misspelling of
         the corpus's "related") or of the index and its fields' wording; a
-        hyphenated word is common when each part is ("arch-specific")."""
+        hyphenated word is common when each part is ("arch-specific"). The
+        language's words: the embedding model's vocabulary, the schema's word
+        vectors and wordfreq's word list, which holds the words a 30,000-piece
+        tokenizer splits ("installer", "tagline")."""
+        from wordfreq import zipf_frequency
+
         vocab, lexemes = self._language_words
 
         def common(part: str) -> bool:
@@ -163,6 +173,7 @@ class Catalogue:
                 or lower in vocab
                 or normalise(lower) in vocab
                 or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
+                or zipf_frequency(lower, self.schema.language) >= COMMON_ZIPF
             )
 
         return all(common(p) for p in word.split("-") if p)
