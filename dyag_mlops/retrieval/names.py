@@ -35,6 +35,9 @@ DISTINCTIVE_DOCS = 1
 # Zipf scale: 2.5 is once in about three million words; "installer" 2.9,
 # "tagline" 3.1, the misspelt "verison" 1.5).
 COMMON_ZIPF = 2.5
+# Shorter words of the list are as often abbreviations ("ver", "lic", "desc"):
+# the list counts for words of this many letters or more.
+WORD_LIST_MIN_LENGTH = 5
 
 
 def _subsequence(short: str, long: str) -> bool:
@@ -173,7 +176,7 @@ class Catalogue:
                 or lower in vocab
                 or normalise(lower) in vocab
                 or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
-                or zipf_frequency(lower, self.schema.language) >= COMMON_ZIPF
+                or (len(lower) >= WORD_LIST_MIN_LENGTH and zipf_frequency(lower, self.schema.language) >= COMMON_ZIPF)
             )
 
         return all(common(p) for p in word.split("-") if p)
