@@ -170,6 +170,21 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
         assert [h.doc_id for h in hits[0]] == ["tessellate"]
 
 
+def test_a_language_without_a_word_list_reads_questions_as_before(english_index):
+    # A user's schema may name a language wordfreq has no list of: its
+    # tokenizer vocabulary alone then says which words are the language's.
+    from dataclasses import replace
+
+    from dyag_mlops.retrieval.names import Catalogue
+
+    with rag.Retriever(english_index) as retriever:
+        catalogue = retriever.catalogue
+        unlisted = Catalogue(catalogue.profile, replace(catalogue.schema, language="xx"), catalogue._vocab)
+        unlisted.add_chunk("logrota3", "logrota3", "Summary: Rotates the log files of a server")
+        assert unlisted.unknown_names("Which homepage does the log rotator list?") == ["rotator"]
+        assert unlisted.spelled("cipherkit ver?") == "cipherkit version?"
+
+
 def test_a_question_naming_nothing_and_sharing_no_word_with_the_closest_document_retrieves_nothing(english_index):
     # "nano" is an English word, not a name; no document holds it.
     with rag.Retriever(english_index) as retriever:

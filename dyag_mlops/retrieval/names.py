@@ -158,6 +158,18 @@ class Catalogue:
         lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
         return self._vocab, lexemes
 
+    @functools.cached_property
+    def _word_frequency(self) -> Any:
+        """wordfreq's Zipf frequency of a word in the schema's language, or
+        None for a language it holds no list of (a user's schema may name any)."""
+        from wordfreq import zipf_frequency
+
+        try:
+            zipf_frequency("a", self.schema.language)
+        except (LookupError, ValueError):
+            return None
+        return functools.partial(zipf_frequency, lang=self.schema.language)
+
     def _is_common_word(self, word: str) -> bool:
         """A word of the language ("released" is English, not a misspelling of
         the corpus's "related") or of the index and its fields' wording; a
@@ -165,9 +177,8 @@ class Catalogue:
         language's words: the embedding model's vocabulary, the schema's word
         vectors and wordfreq's word list, which holds the words a 30,000-piece
         tokenizer splits ("installer", "tagline")."""
-        from wordfreq import zipf_frequency
-
         vocab, lexemes = self._language_words
+        frequency = self._word_frequency
 
         def common(part: str) -> bool:
             lower = part.lower()
@@ -176,7 +187,7 @@ class Catalogue:
                 or lower in vocab
                 or normalise(lower) in vocab
                 or (lexemes is not None and lower in lexemes.strings and lexemes[lower].has_vector)
-                or (len(lower) >= WORD_LIST_MIN_LENGTH and zipf_frequency(lower, self.schema.language) >= COMMON_ZIPF)
+                or (frequency is not None and len(lower) >= WORD_LIST_MIN_LENGTH and frequency(lower) >= COMMON_ZIPF)
             )
 
         return all(common(p) for p in word.split("-") if p)
