@@ -152,23 +152,20 @@ class Catalogue:
         return by_letter
 
     @functools.cached_property
-    def _language_words(self) -> tuple[Any, Any]:
-        """The embedding model's tokenizer vocabulary and the schema's word
-        vectors (None without): the words of the language."""
-        lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
-        return self._vocab, lexemes
-
-    @functools.cached_property
-    def _word_frequency(self) -> Any:
-        """wordfreq's Zipf frequency of a word in the schema's language, or
-        None for a language it holds no list of (a user's schema may name any)."""
+    def _language_words(self) -> tuple[Any, Any, Any]:
+        """The words of the language: the embedding model's tokenizer
+        vocabulary, the schema's word vectors (None without) and wordfreq's
+        Zipf frequency in the schema's language (None for a language it
+        holds no list of: a user's schema may name any)."""
         from wordfreq import zipf_frequency
 
+        lexemes = load_vectors(self.schema.word_vectors).vocab if self.schema.word_vectors else None
         try:
             zipf_frequency("a", self.schema.language)
+            frequency = functools.partial(zipf_frequency, lang=self.schema.language)
         except (LookupError, ValueError):
-            return None
-        return functools.partial(zipf_frequency, lang=self.schema.language)
+            frequency = None
+        return self._vocab, lexemes, frequency
 
     def _is_common_word(self, word: str) -> bool:
         """A word of the language ("released" is English, not a misspelling of
@@ -177,8 +174,7 @@ class Catalogue:
         language's words: the embedding model's vocabulary, the schema's word
         vectors and wordfreq's word list, which holds the words a 30,000-piece
         tokenizer splits ("installer", "tagline")."""
-        vocab, lexemes = self._language_words
-        frequency = self._word_frequency
+        vocab, lexemes, frequency = self._language_words
 
         def common(part: str) -> bool:
             lower = part.lower()
