@@ -166,13 +166,27 @@ def test_a_question_naming_a_long_field_gets_its_sentence_that_holds_its_words()
 
 
 def test_a_question_the_router_cannot_place_gets_the_description_sentence_closest_in_meaning():
-    # No word of the question is on the sheet ("automobiles", not
+    # The question's word of its own is not on the sheet ("automobiles", not
     # "véhicules") and the router leans to another field; the description's
     # sentence is the sheet's line closest to the question in meaning.
     r = router()
-    question = "Les automobiles, ORBIS s'en occupe ?"
+    question = "Et les automobiles, pour ORBIS ?"
     assert r.ranked(question, "ORBIS")[0][0] != "description"
     assert r.focus(SHEET, question, "ORBIS") == ("description", "Description: Il sert aussi aux véhicules de service.")
+
+
+def test_a_question_placed_nowhere_whose_words_the_sheet_lacks_keeps_nothing(monkeypatch):
+    # Two words of its own, neither on the sheet, and a router that places
+    # it in no field: the record does not say, and the only answer left is
+    # the refusal. A router that leans to a field keeps the closest line.
+    r = router()
+    question = "Quelle mascotte a choisie l'équipe ORBIS ?"
+    assert r.ranked(question, "ORBIS")[0][1] < 0.3
+    field, kept = r.focus(SHEET, question, "ORBIS")
+    assert kept == ""
+    leaning = [(field, 0.35)] + [(f.name, 0.01) for f in r.profile.corpus_fields if f.name != field]
+    monkeypatch.setattr(r, "ranked", lambda q, names: leaning)  # the router is shared: undone after the test
+    assert r.focus(SHEET, question, "ORBIS")[1] != ""
 
 
 def test_a_question_the_router_cannot_place_keeps_the_line_closest_in_meaning():

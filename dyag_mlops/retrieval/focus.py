@@ -18,7 +18,9 @@ question's own words (or a run of its words as it says them) overrules an
 unsure router (a label of a schema field said by the question counts its
 other labels as said: "MOA" finds "Maîtrise d'ouvrage"); failing that, the
 sheet's line closest to the question in meaning does (the description cut
-to its closest sentence); a sure router (or a question naming the field's
+to its closest sentence), unless the router places it nowhere and the sheet
+holds none of its own words: then nothing does ("Which mascot does X
+have?" is no question about its record); a sure router (or a question naming the field's
 label) keeps, of its field's long value, the sentence that holds them. A
 question asking for figures ("how many": the schema's `figure_phrases`)
 keeps nothing from a line without a digit, one asking for a date ("since
@@ -49,6 +51,9 @@ EVIDENCE_WORDS = 2
 # ... unless the router gives its field at least this probability
 # (measured on the dev halves: docs/decisions/0003-question-words.md).
 ROUTER_SURE = 0.4
+# Below this probability the router places the question in no field; if the
+# sheet then holds none of its own words, nothing on the sheet answers it.
+ROUTER_UNPLACED = 0.3
 # Two fields whose probabilities lie this close are one to the router: where
 # the sheet lacks the first, the question asks for the second.
 ROUTER_TIE = 0.1
@@ -331,7 +336,13 @@ class FieldRouter:
         # it shares with a description: they name the document ("Who maintains
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
-            detail = self._detail(entries, wanted, said, phrases) or self._closest(entries, question, names, ranking)
+            detail = self._detail(entries, wanted, said, phrases)
+            if detail is None and ranking[0][1] < ROUTER_UNPLACED and len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
+                # No field, and the sheet says none of the question's own
+                # words ("Which mascot does X have?"): the closest line would
+                # answer a question the record does not.
+                return field, ""
+            detail = detail or self._closest(entries, question, names, ranking)
         elif field not in present:
             # "What does certifi provide?" routed to the dependencies it lacks:
             # a line that says one of the question's own words ("providing") answers it.
