@@ -6,7 +6,7 @@ import pytest
 from conftest import SAMPLES, FixedRetriever, demo_profile, demo_sheets, write_jsonl
 from dyag_mlops.data.corpus import load_corpus
 from dyag_mlops.data.inventory import build_profile, cached_schema, documents, render_sheet
-from dyag_mlops.retrieval.focus import FieldRouter, narrow_hits
+from dyag_mlops.retrieval.focus import ROUTER_SURE, ROUTER_UNPLACED, FieldRouter, narrow_hits
 from dyag_mlops.retrieval.rag import Retrieved, field_router
 from dyag_mlops.systems.prompts import build_messages, user_content
 
@@ -181,10 +181,10 @@ def test_a_question_placed_nowhere_whose_words_the_sheet_lacks_keeps_nothing(mon
     # the refusal. A router that leans to a field keeps the closest line.
     r = router()
     question = "Quelle mascotte a choisie l'équipe ORBIS ?"
-    assert r.ranked(question, "ORBIS")[0][1] < 0.3
+    assert r.ranked(question, "ORBIS")[0][1] < ROUTER_UNPLACED
     field, kept = r.focus(SHEET, question, "ORBIS")
     assert kept == ""
-    leaning = [(field, 0.35)] + [(f.name, 0.01) for f in r.profile.corpus_fields if f.name != field]
+    leaning = [(field, (ROUTER_UNPLACED + ROUTER_SURE) / 2)] + [(f.name, 0.01) for f in r.profile.corpus_fields if f.name != field]
     monkeypatch.setattr(r, "ranked", lambda q, names: leaning)  # the router is shared: undone after the test
     assert r.focus(SHEET, question, "ORBIS")[1] != ""
 

@@ -18,11 +18,12 @@ question's own words (or a run of its words as it says them) overrules an
 unsure router (a label of a schema field said by the question counts its
 other labels as said: "MOA" finds "Maîtrise d'ouvrage"); failing that, the
 sheet's line closest to the question in meaning does (the description cut
-to its closest sentence), unless the router places it nowhere and the sheet
-holds none of its own words: then nothing does ("Which mascot does X
-have?" is no question about its record); a sure router (or a question naming the field's
-label) keeps, of its field's long value, the sentence that holds them. A
-question asking for figures ("how many": the schema's `figure_phrases`)
+to its closest sentence), unless the router places it nowhere and the
+sheet holds none of its own words: then nothing does ("Which mascot does
+X have?" is no question about its record); a sure router (or a question
+naming the field's label) keeps, of its field's long value, the sentence
+that holds them.
+A question asking for figures ("how many": the schema's `figure_phrases`)
 keeps nothing from a line without a digit, one asking for a date ("since
 when": `date_phrases`) nothing from a line without a year or a date. A
 question asking which document holds what it says ("Which package is the
