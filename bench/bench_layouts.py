@@ -3,13 +3,17 @@
     HF_HUB_OFFLINE=1 python bench/bench_layouts.py [--corpus PATH] [--eval-file EVAL]
 
 The corpus (the demo by default) is written again, document by document, in
-dyag's two other layouts: one field per chunk (`Application: <name>` then
-`Label: value`, `metadata.id` naming the document) and one Markdown sheet per
-document (`# Name`, then `## Label` headings with the value below). Each
-layout is indexed with the default settings and answers the eval file (the
-demo's dev half by default) with rag, as the pipeline does, in one process:
-the model loads once. Prints each layout's `correct` and how many of its
-answers are those of the corpus as given.
+dyag's other layouts: one field per chunk (`Application: <name>` then
+`Label: value`, `metadata.id` naming the document), one Markdown sheet per
+document (`# Name`, then `## Label` headings with the value below), and
+sheets the way dyag's parkjson2md writes them (short values as
+`**Label:** value` lines under the title, lists as `- item` lines under their
+heading, the rest under `## Label`). Each layout is indexed with the default
+settings and answers the eval file (the demo's dev half by default) with rag,
+as the pipeline does, in one process: the model loads once. Prints each
+layout's `correct` and how many of its answers are those of the corpus as
+given, case and punctuation aside (a list read back from items is joined by
+"; ", not ", ").
 """
 
 from __future__ import annotations
@@ -44,7 +48,28 @@ def write_layouts(corpus: str, folder: Path) -> dict[str, str]:
     for doc in docs:
         body = "".join(f"## {label}\n\n{value}\n\n" for label, value in doc.fields)
         (sheets / f"{doc.doc_id}.md").write_text(f"# {doc.title}\n\n{body}", encoding="utf-8")
-    return {"as given": corpus, "one field per chunk": str(chunks), "markdown sheets": str(sheets)}
+    parkjson = folder / "parkjson2md"
+    parkjson.mkdir()
+    for doc in docs:
+        (parkjson / f"{doc.doc_id}.md").write_text(parkjson2md_sheet(doc.title, doc.fields), encoding="utf-8")
+    return {"as given": corpus, "one field per chunk": str(chunks), "markdown sheets": str(sheets),
+            "parkjson2md sheets": str(parkjson)}
+
+
+def parkjson2md_sheet(title: str, fields: tuple[tuple[str, str], ...]) -> str:
+    """A sheet as dyag's parkjson2md lays one out: values of four words or
+    fewer as bold label lines, comma-separated lists of short items as list
+    items under their heading, any other value under its heading."""
+    head, sections = [f"# {title}", ""], []
+    for label, value in fields:
+        items = value.split(", ")
+        if len(value.split()) <= 4 and len(items) == 1:
+            head.append(f"**{label}:** {value}")
+        elif len(items) > 1 and all(len(item.split()) <= 6 and ". " not in item for item in items):
+            sections += [f"## {label}", "", *(f"- {item}" for item in items), ""]
+        else:
+            sections += [f"## {label}", "", value, ""]
+    return "\n".join([*head, "", *sections])
 
 
 def main() -> None:
@@ -56,6 +81,7 @@ def main() -> None:
     import mlflow
 
     from dyag_mlops.config import EvaluateConfig, IndexConfig, PipelineConfig
+    from dyag_mlops.data.text import normalise
     from dyag_mlops.evaluation import evaluate
     from dyag_mlops.retrieval import rag
     from dyag_mlops.systems.predictor import load_predictor
@@ -73,7 +99,7 @@ def main() -> None:
             predictor = load_predictor(config.system_spec(), model_from=predictor)  # the model loads once
             rows = evaluate.run(config, predictor=predictor).rows
             answers[layout] = [r["generated_answer"] for r in rows]
-            same = sum(a == b for a, b in zip(answers[layout], next(iter(answers.values()))))
+            same = sum(normalise(a) == normalise(b) for a, b in zip(answers[layout], next(iter(answers.values()))))
             correct = sum(r["correct"] for r in rows) / len(rows)
             print(f"RESULT {layout:<20} correct {100 * correct:5.1f} %  same answers as given {same}/{len(rows)}", flush=True)
 

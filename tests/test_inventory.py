@@ -21,6 +21,7 @@ from dyag_mlops.data.inventory import (
     field_questions,
     load_schema,
     parse_fields,
+    plain_text,
     render_sheet,
     resolve_schema,
     shared_values,
@@ -86,7 +87,8 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     assert pairs == [
         ("Description", "ORBIS réserve des salles. Il sert aussi aux véhicules."),
         ("Historique", "Créé en 2016. Refondu en 2021."),
-        ("Statut", "En test"),  # a heading over "Label: value" lines only groups them
+        ("Détails", "Statut: En test; Version: 2"),  # a heading over "Label: value" lines holds them all,
+        ("Statut", "En test"),  # and each is a field of its own
         ("Version", "2"),
     ]
     # a sentence is no label: free text, as is an unlabelled line
@@ -103,8 +105,42 @@ def test_a_heading_over_one_plain_label_line_holds_it_as_its_text():
     # such lines, or one marked up, are fields the heading groups.
     text = "GNU C Library: Shared libraries used by nearly all programs."
     assert parse_fields(f"## Description\n\n{text}")[0] == [("Description", text)]
-    assert parse_fields("## Détails\n\n- **Statut**: En test")[0] == [("Statut", "En test")]
-    assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [("Statut", "En test"), ("Version", "2")]
+    assert parse_fields("## Détails\n\n- **Statut**: En test")[0] == [("Détails", "Statut: En test"), ("Statut", "En test")]
+    assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [
+        ("Détails", "Statut: En test; Version: 2"), ("Statut", "En test"), ("Version", "2")
+    ]
+
+
+def test_markdown_in_a_value_is_read_as_text_and_nothing_else_is():
+    assert plain_text("*(accès agents)*, **En production**") == "(accès agents), En production"
+    assert plain_text("[https://a.fr](https://a.fr/) [Doc](https://a.fr/doc)") == "https://a.fr/ Doc (https://a.fr/doc)"
+    for unchanged in (">=2.7, !=3.0.*, !=3.1.*", "2**8", "x * y * z", "__init__"):
+        assert plain_text(unchanged) == unchanged
+
+
+def test_dyag_parkjson2md_sheets_read_as_text():
+    # dyag's parkjson2md writes short fields as "**Label:** value" lines and
+    # lists as items under a heading, roles and dates in bold, addresses as links.
+    sheet = (
+        "# ORBIS\n\n**Nom complet:** Outil de réservation\n**Statut:** En production\n\n"
+        "## Domaines métier\n\n- Moyens généraux > Logistique\n- Immobilier\n\n"
+        "## Sites web\n\n- **Production** : [https://orbis.exemple.fr](https://orbis.exemple.fr/) : *(accès agents)*\n"
+        "- [Documentation](https://doc.exemple.fr/orbis)\n\n"
+        "## Événements\n\n- **02/09/2016** : Mise en production\n- **15/03/2020** : Refonte\n\n"
+        "## Contacts\n\n- **Chef de projet** : MARTIN Julie : <julie.martin@exemple.fr>\n"
+        "- **Développeur** : DURAND Paul : <paul.durand@exemple.fr>\n"
+    )
+    assert parse_fields(sheet) == ([
+        ("Nom complet", "Outil de réservation"),
+        ("Statut", "En production"),
+        ("Domaines métier", "Moyens généraux > Logistique; Immobilier"),
+        ("Sites web", "Production : https://orbis.exemple.fr/ : (accès agents); Documentation (https://doc.exemple.fr/orbis)"),
+        ("Production", "https://orbis.exemple.fr/ : (accès agents)"),  # the next item is no part of it
+        ("Événements", "02/09/2016 : Mise en production; 15/03/2020 : Refonte"),  # a date is no label
+        ("Contacts", "Chef de projet : MARTIN Julie : <julie.martin@exemple.fr>; Développeur : DURAND Paul : <paul.durand@exemple.fr>"),
+        ("Chef de projet", "MARTIN Julie : <julie.martin@exemple.fr>"),
+        ("Développeur", "DURAND Paul : <paul.durand@exemple.fr>"),
+    ], [])
 
 
 def test_a_value_equal_to_its_title_is_a_fact_unless_the_label_names_most_documents(tmp_path):

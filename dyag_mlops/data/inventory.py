@@ -39,6 +39,13 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 FIELD_LINE = re.compile(
     r"^\s*(?:[-*+]\s+)?(?:\*\*|__)?(?P<label>[^:\n*_#][^:\n*]{0,59}?)(?:\*\*|__)?\s*:(?:\*\*|__)?\s+(?P<value>\S.*?)\s*$"
 )
+# Markdown a value may be written in, read as its text (`plain_text`).
+LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,2}[.)])\s+")
+LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)\)")
+# Emphasis opens after a space or "(" and closes before one or a punctuation
+# mark: "!=3.0.*, !=3.1.*" and "2**8" are no emphasis.
+BOLD = re.compile(r"(?<![^\s(])\*\*(?=\S)(.+?)(?<=\S)\*\*(?![^\s).,;:!?])")
+ITALIC = re.compile(r"(?<![^\s(])\*(?=[^\s*])([^*]+?)(?<=\S)\*(?![^\s).,;:!?])")
 # Words are compared by their first letters ("saisies" meets "saisi",
 # "inventoriés" meets "inventaire"): here and in the field router (focus.py).
 STEM = 5
@@ -299,10 +306,36 @@ def label_key(label: str) -> tuple[str, ...]:
     return tuple(w[:-1] if len(w) > 3 and w[-1] in "sx" else w for w in normalise(label).split())
 
 
+def plain_text(text: str) -> str:
+    """A value's Markdown read as its text: bold and italic markers dropped,
+    a link as its address, after its text when that says something else
+    ("[Documentation](https://…)" → "Documentation (https://…)")."""
+
+    def link(match: re.Match) -> str:
+        said, address = match.group(1).strip(), match.group(2)
+        return address if normalise(said) in ("", normalise(address)) else f"{said} ({address})"
+
+    if "[" in text:
+        text = LINK.sub(link, text)
+    if "*" in text:
+        text = ITALIC.sub(r"\1", BOLD.sub(r"\1", text))
+    return text
+
+
+def _continued(value: str, line: str, item: bool = False) -> str:
+    """A value with one more line: a list item (or an `item` the caller
+    names) after "; ", its marker dropped; any other line after a space."""
+    marker = LIST_ITEM.match(line)
+    if marker:
+        line = line[marker.end():]
+    return f"{value}{'; ' if marker or item else ' '}{line}" if value else line
+
+
 def _is_label(label: str) -> bool:
     words = label.split()
     return (
         0 < len(words) <= MAX_LABEL_WORDS
+        and any(c.isalpha() for c in label)  # "02/09/2016 : Mise en production" is an event, not a field
         and not label.lower().startswith(("http", "www."))
         and not any(c in label for c in "<>@|=[]{}")  # an address or markup, not a name
     )
@@ -332,25 +365,28 @@ def _grouping_headings(lines: list[str]) -> set[int]:
 def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, value) pairs of a chunk, and its lines that belong to no field.
 
-    A `## Label` heading holds the text written below it, unless that text is
-    "Label: value" lines the heading groups (`_grouping_headings`); a
-    `Label: value` line holds its value, continued by unlabelled lines up to a
-    blank line. A top-level `# Title` heading names the document, not a field."""
+    A `## Label` heading holds the text written below it; when that text is
+    "Label: value" lines (`_grouping_headings`: "## Contacts" over
+    "- **Cheffe de projet** : …" items, "## Détails" over "Statut: …"), each
+    is also a field of its own. A `Label: value` line holds its value,
+    continued by unlabelled lines up to a blank line. List items are joined
+    by "; ", Markdown is read as text (`plain_text`). A top-level `# Title`
+    heading names the document, not a field."""
     pairs: list[list[str]] = []
     loose: list[str] = []
     current: list[str] | None = None  # the field that unlabelled lines continue
     under_heading = False  # current is a heading's field, still waiting for or collecting its text
-    grouping = False  # current's heading groups "Label: value" lines
+    group: list[str] | None = None  # the field of a heading over "Label: value" lines: all of them
     lines = [raw.strip() for raw in content.splitlines()]
     groups = _grouping_headings(lines)
     for number, line in enumerate(lines):
         heading = HEADING.match(line)
         if heading:
-            current, under_heading = None, False
+            current, under_heading, group = None, False, None
             if len(heading.group(1)) > 1:
                 current, under_heading = [heading.group(2).strip(" *_:"), ""], True
                 pairs.append(current)
-                grouping = number in groups
+                group = current if number in groups else None
             continue
         if not line:
             if not under_heading:
@@ -358,17 +394,21 @@ def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         match = FIELD_LINE.match(line)
         is_field = bool(match) and _is_label(match.group("label"))
-        if under_heading and current is not None and not current[1] and is_field and grouping:
-            pairs.remove(current)  # a heading over "Label: value" lines groups them
+        if group is not None and current is not group:
+            group[1] = _continued(group[1], line, item=is_field)
+        if under_heading and current is group is not None and not current[1] and is_field:
+            group[1] = _continued("", line)  # the first line the heading groups
             under_heading = False
         if is_field and not under_heading:
             current = [match.group("label").strip(), match.group("value").strip()]
             pairs.append(current)
+        elif group is not None and current is not group and LIST_ITEM.match(line):
+            current = None  # another item of the heading's list, in its text already
         elif current is not None:
-            current[1] = f"{current[1]} {line}" if current[1] else line
-        else:
+            current[1] = _continued(current[1], line)
+        elif group is None:
             loose.append(line)
-    return [(label, value) for label, value in pairs if value], loose
+    return [(label, plain_text(value)) for label, value in pairs if value], loose
 
 
 # ---------------------------------------------------------------- documents
