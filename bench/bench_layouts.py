@@ -12,8 +12,7 @@ heading, the rest under `## Label`). Each layout is indexed with the default
 settings and answers the eval file (the demo's dev half by default) with rag,
 as the pipeline does, in one process: the model loads once. Prints each
 layout's `correct` and how many of its answers are those of the corpus as
-given, case and punctuation aside (a list read back from items is joined by
-"; ", not ", ").
+given, case and punctuation aside.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     assert pairs == [
         ("Description", "ORBIS réserve des salles. Il sert aussi aux véhicules."),
         ("Historique", "Créé en 2016. Refondu en 2021."),
-        ("Détails", "Statut: En test; Version: 2"),  # a heading over "Label: value" lines holds them all,
+        ("Détails", "Statut: En test, Version: 2"),  # a heading over "Label: value" lines holds them all,
         ("Statut", "En test"),  # and each is a field of its own
         ("Version", "2"),
     ]
@@ -107,7 +107,7 @@ def test_a_heading_over_one_plain_label_line_holds_it_as_its_text():
     assert parse_fields(f"## Description\n\n{text}")[0] == [("Description", text)]
     assert parse_fields("## Détails\n\n- **Statut**: En test")[0] == [("Détails", "Statut: En test"), ("Statut", "En test")]
     assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [
-        ("Détails", "Statut: En test; Version: 2"), ("Statut", "En test"), ("Version", "2")
+        ("Détails", "Statut: En test, Version: 2"), ("Statut", "En test"), ("Version", "2")
     ]
 
 
@@ -133,11 +133,11 @@ def test_dyag_parkjson2md_sheets_read_as_text():
     assert parse_fields(sheet) == ([
         ("Nom complet", "Outil de réservation"),
         ("Statut", "En production"),
-        ("Domaines métier", "Moyens généraux > Logistique; Immobilier"),
-        ("Sites web", "Production : https://orbis.exemple.fr/ : (accès agents); Documentation (https://doc.exemple.fr/orbis)"),
+        ("Domaines métier", "Moyens généraux > Logistique, Immobilier"),
+        ("Sites web", "Production : https://orbis.exemple.fr/ : (accès agents), Documentation (https://doc.exemple.fr/orbis)"),
         ("Production", "https://orbis.exemple.fr/ : (accès agents)"),  # the next item is no part of it
-        ("Événements", "02/09/2016 : Mise en production; 15/03/2020 : Refonte"),  # a date is no label
-        ("Contacts", "Chef de projet : MARTIN Julie : <julie.martin@exemple.fr>; Développeur : DURAND Paul : <paul.durand@exemple.fr>"),
+        ("Événements", "02/09/2016 : Mise en production, 15/03/2020 : Refonte"),  # a date is no label
+        ("Contacts", "Chef de projet : MARTIN Julie : <julie.martin@exemple.fr>, Développeur : DURAND Paul : <paul.durand@exemple.fr>"),
         ("Chef de projet", "MARTIN Julie : <julie.martin@exemple.fr>"),
         ("Développeur", "DURAND Paul : <paul.durand@exemple.fr>"),
     ], [])

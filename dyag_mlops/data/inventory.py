@@ -324,11 +324,12 @@ def plain_text(text: str) -> str:
 
 def _continued(value: str, line: str, item: bool = False) -> str:
     """A value with one more line: a list item (or an `item` the caller
-    names) after "; ", its marker dropped; any other line after a space."""
+    names) after ", " (as lists are written on one line), its marker
+    dropped; any other line after a space."""
     marker = LIST_ITEM.match(line)
     if marker:
         line = line[marker.end():]
-    return f"{value}{'; ' if marker or item else ' '}{line}" if value else line
+    return f"{value}{', ' if marker or item else ' '}{line}" if value else line
 
 
 def _is_label(label: str) -> bool:
@@ -370,7 +371,7 @@ def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
     "- **Cheffe de projet** : …" items, "## Détails" over "Statut: …"), each
     is also a field of its own. A `Label: value` line holds its value,
     continued by unlabelled lines up to a blank line. List items are joined
-    by "; ", Markdown is read as text (`plain_text`). A top-level `# Title`
+    by ", ", Markdown is read as text (`plain_text`). A top-level `# Title`
     heading names the document, not a field."""
     pairs: list[list[str]] = []
     loose: list[str] = []
