@@ -87,8 +87,7 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     assert pairs == [
         ("Description", "ORBIS réserve des salles. Il sert aussi aux véhicules."),
         ("Historique", "Créé en 2016. Refondu en 2021."),
-        ("Détails", "Statut: En test, Version: 2"),  # a heading over "Label: value" lines holds them all,
-        ("Statut", "En test"),  # and each is a field of its own
+        ("Statut", "En test"),  # a heading over "Label: value" lines only groups them
         ("Version", "2"),
     ]
     # a sentence is no label: free text, as is an unlabelled line
@@ -102,13 +101,13 @@ def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
 def test_a_heading_over_one_plain_label_line_holds_it_as_its_text():
     # A Debian description starts "GNU C Library: Shared libraries ...": under
     # its heading it is the description, not a field "GNU C Library". Two
-    # such lines, or one marked up, are fields the heading groups.
+    # such lines, or one marked up, are fields the heading groups; list
+    # items are the heading's text.
     text = "GNU C Library: Shared libraries used by nearly all programs."
     assert parse_fields(f"## Description\n\n{text}")[0] == [("Description", text)]
-    assert parse_fields("## Détails\n\n- **Statut**: En test")[0] == [("Détails", "Statut: En test"), ("Statut", "En test")]
-    assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [
-        ("Détails", "Statut: En test, Version: 2"), ("Statut", "En test"), ("Version", "2")
-    ]
+    assert parse_fields("## Détails\n\n**Statut:** En test")[0] == [("Statut", "En test")]
+    assert parse_fields("## Détails\n\nStatut: En test\nVersion: 2")[0] == [("Statut", "En test"), ("Version", "2")]
+    assert parse_fields("## Détails\n\n- **Statut**: En test\n- Version: 2")[0] == [("Détails", "Statut: En test, Version: 2")]
 
 
 def test_markdown_in_a_value_is_read_as_text_and_nothing_else_is():
@@ -120,7 +119,8 @@ def test_markdown_in_a_value_is_read_as_text_and_nothing_else_is():
 
 def test_dyag_parkjson2md_sheets_read_as_text():
     # dyag's parkjson2md writes short fields as "**Label:** value" lines and
-    # lists as items under a heading, roles and dates in bold, addresses as links.
+    # lists as items under a heading, their kinds, roles and dates in bold,
+    # addresses as links.
     sheet = (
         "# ORBIS\n\n**Nom complet:** Outil de réservation\n**Statut:** En production\n\n"
         "## Domaines métier\n\n- Moyens généraux > Logistique\n- Immobilier\n\n"
@@ -134,12 +134,11 @@ def test_dyag_parkjson2md_sheets_read_as_text():
         ("Nom complet", "Outil de réservation"),
         ("Statut", "En production"),
         ("Domaines métier", "Moyens généraux > Logistique, Immobilier"),
+        # a site's kind, a role or a date starting an item is no label: "Production"
+        # would take the questions asking whether ORBIS is in production
         ("Sites web", "Production : https://orbis.exemple.fr/ : (accès agents), Documentation (https://doc.exemple.fr/orbis)"),
-        ("Production", "https://orbis.exemple.fr/ : (accès agents)"),  # the next item is no part of it
-        ("Événements", "02/09/2016 : Mise en production, 15/03/2020 : Refonte"),  # a date is no label
+        ("Événements", "02/09/2016 : Mise en production, 15/03/2020 : Refonte"),
         ("Contacts", "Chef de projet : MARTIN Julie : <julie.martin@exemple.fr>, Développeur : DURAND Paul : <paul.durand@exemple.fr>"),
-        ("Chef de projet", "MARTIN Julie : <julie.martin@exemple.fr>"),
-        ("Développeur", "DURAND Paul : <paul.durand@exemple.fr>"),
     ], [])
 
 

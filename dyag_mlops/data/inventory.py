@@ -322,14 +322,13 @@ def plain_text(text: str) -> str:
     return text
 
 
-def _continued(value: str, line: str, item: bool = False) -> str:
-    """A value with one more line: a list item (or an `item` the caller
-    names) after ", " (as lists are written on one line), its marker
-    dropped; any other line after a space."""
+def _continued(value: str, line: str) -> str:
+    """A value with one more line: a list item after ", " (as a list is
+    written on one line), its marker dropped; any other line after a space."""
     marker = LIST_ITEM.match(line)
     if marker:
         line = line[marker.end():]
-    return f"{value}{', ' if marker or item else ' '}{line}" if value else line
+    return f"{value}{', ' if marker else ' '}{line}" if value else line
 
 
 def _is_label(label: str) -> bool:
@@ -342,22 +341,24 @@ def _is_label(label: str) -> bool:
     )
 
 
-# A field line marked up as one: a list item or a bold label.
-MARKED_FIELD = re.compile(r"^(?:[-*+]\s|\*\*|__)")
+# A field line marked up as one: a bold label.
+MARKED_FIELD = re.compile(r"^(?:\*\*|__)")
 
 
 def _grouping_headings(lines: list[str]) -> set[int]:
     """Indexes of the headings that group "Label: value" lines: two or more
-    of them below, or one marked up ("- **Statut**: …"). Under any other
+    of them below, or one marked up ("**Statut:** …"). Under any other
     heading, a line that reads "GNU C Library: Shared libraries …" is the
-    heading's text, not a field of its own."""
+    heading's text, not a field of its own; so are list items, whatever they
+    look like: "- **Chef de projet** : MARTIN Julie" is one item of a list of
+    contacts, "- **Production** : https://…" one of a list of sites."""
     groups, heading, fields, marked = set(), None, 0, False
     for number, line in enumerate([*lines, "# end"]):
         if HEADING.match(line):
             if heading is not None and (fields >= 2 or marked):
                 groups.add(heading)
             heading, fields, marked = number, 0, False
-        elif (match := FIELD_LINE.match(line)) and _is_label(match.group("label")):
+        elif not LIST_ITEM.match(line) and (match := FIELD_LINE.match(line)) and _is_label(match.group("label")):
             fields += 1
             marked = marked or bool(MARKED_FIELD.match(line))
     return groups
@@ -366,28 +367,27 @@ def _grouping_headings(lines: list[str]) -> set[int]:
 def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, value) pairs of a chunk, and its lines that belong to no field.
 
-    A `## Label` heading holds the text written below it; when that text is
-    "Label: value" lines (`_grouping_headings`: "## Contacts" over
-    "- **Cheffe de projet** : …" items, "## Détails" over "Statut: …"), each
-    is also a field of its own. A `Label: value` line holds its value,
-    continued by unlabelled lines up to a blank line. List items are joined
-    by ", ", Markdown is read as text (`plain_text`). A top-level `# Title`
-    heading names the document, not a field."""
+    A `## Label` heading holds the text written below it, its list items
+    joined by ", ", unless that text is "Label: value" lines the heading
+    groups (`_grouping_headings`); a `Label: value` line holds its value,
+    continued by unlabelled lines up to a blank line. Markdown is read as
+    text (`plain_text`). A top-level `# Title` heading names the document,
+    not a field."""
     pairs: list[list[str]] = []
     loose: list[str] = []
     current: list[str] | None = None  # the field that unlabelled lines continue
     under_heading = False  # current is a heading's field, still waiting for or collecting its text
-    group: list[str] | None = None  # the field of a heading over "Label: value" lines: all of them
+    grouping = False  # current's heading groups "Label: value" lines
     lines = [raw.strip() for raw in content.splitlines()]
     groups = _grouping_headings(lines)
     for number, line in enumerate(lines):
         heading = HEADING.match(line)
         if heading:
-            current, under_heading, group = None, False, None
+            current, under_heading = None, False
             if len(heading.group(1)) > 1:
                 current, under_heading = [heading.group(2).strip(" *_:"), ""], True
                 pairs.append(current)
-                group = current if number in groups else None
+                grouping = number in groups
             continue
         if not line:
             if not under_heading:
@@ -395,19 +395,15 @@ def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         match = FIELD_LINE.match(line)
         is_field = bool(match) and _is_label(match.group("label"))
-        if group is not None and current is not group:
-            group[1] = _continued(group[1], line, item=is_field)
-        if under_heading and current is group is not None and not current[1] and is_field:
-            group[1] = _continued("", line)  # the first line the heading groups
+        if under_heading and current is not None and not current[1] and is_field and grouping:
+            pairs.remove(current)  # a heading over "Label: value" lines groups them
             under_heading = False
         if is_field and not under_heading:
             current = [match.group("label").strip(), match.group("value").strip()]
             pairs.append(current)
-        elif group is not None and current is not group and LIST_ITEM.match(line):
-            current = None  # another item of the heading's list, in its text already
         elif current is not None:
             current[1] = _continued(current[1], line)
-        elif group is None:
+        else:
             loose.append(line)
     return [(label, plain_text(value)) for label, value in pairs if value], loose
 
