@@ -77,6 +77,19 @@ def test_a_markdown_folder_and_a_jsonl_file_in_any_layout_give_the_same_document
     assert len(from_jsonl) == 1 and len(from_jsonl[0].chunk_ids) == 4  # four chunks, one document
 
 
+def test_one_markdown_file_holds_a_document_per_top_level_section(tmp_path):
+    # dyag's parkjson2md writes a whole inventory to one file: a preamble,
+    # then one "# Name" section per application.
+    sheets = sorted((SAMPLES / "corpus_md").glob("*.md"))
+    whole = tmp_path / "parc.md"
+    whole.write_text("# Applications\n\n*Document généré le 01/12/2026*\n\n---\n\n"
+                     + "\n---\n\n".join(md.read_text(encoding="utf-8") for md in sheets), encoding="utf-8")
+    from_file = documents(load_corpus(whole))
+    from_folder = documents(load_corpus(SAMPLES / "corpus_md"))
+    assert [d.title for d in from_file] == ["Applications", *(d.title for d in from_folder)]
+    assert facts_by_title(from_file[1:]) == facts_by_title(from_folder)
+
+
 def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     content = (
         "# ORBIS\n\nDescription: ORBIS réserve des salles.\nIl sert aussi aux véhicules.\n\n"
