@@ -46,6 +46,8 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "md_latin1").mkdir()
     (tmp / "md_latin1" / "a.md").write_bytes(b"# Caf\xe9\n\n## Status\n\nok\n")
     (tmp / "md_empty").mkdir()
+    (tmp / "parc.md").write_text("# tool1\n\n**Status:** active\n\n---\n\n# tool2\n\n**Status:** retired\n")
+    (tmp / "blank_md.md").write_text("\n\n")
     (tmp / "notindex").mkdir()
     (tmp / "notindex" / "precious.txt").write_text("mine")
     (tmp / "afile").write_text("mine")
@@ -90,6 +92,8 @@ CASES = [
     Case("corpus-huge-chunk", ["generate-training", "{huge}", "--output", "{tmp}/d"], 2, r"huge\.jsonl:1: a chunk of 150,021 characters"),
     Case("markdown-latin1", ["inspect-corpus", "{md_latin1}"], 2, r"a\.md:1: not UTF-8"),
     Case("markdown-empty-folder", ["inspect-corpus", "{md_empty}"], 2, r"md_empty: the corpus is empty"),
+    Case("markdown-file", ["inspect-corpus", "{parc}"], 0),
+    Case("markdown-file-blank", ["inspect-corpus", "{blank_md}"], 2, r"blank_md\.md: the corpus is empty"),
     Case("sample-one-field-per-chunk", ["inspect-corpus", str(SAMPLES / "corpus.jsonl")], 0),
     Case("sample-markdown", ["inspect-corpus", str(SAMPLES / "corpus_md")], 0),
     # -- generate-training
