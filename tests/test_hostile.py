@@ -48,6 +48,9 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "md_empty").mkdir()
     (tmp / "parc.md").write_text("# tool1\n\n**Status:** active\n\n---\n\n# tool2\n\n**Status:** retired\n")
     (tmp / "blank_md.md").write_text("\n\n")
+    (tmp / "records.json").write_text(json.dumps([{"name": "tool1", "status": "active"}, {"name": "tool2", "status": "retired"}]))
+    (tmp / "numbers.json").write_text("[1, 2]")
+    (tmp / "broken.json").write_text('{"applications": [\n  {"name": }\n]}')
     (tmp / "notindex").mkdir()
     (tmp / "notindex" / "precious.txt").write_text("mine")
     (tmp / "afile").write_text("mine")
@@ -93,6 +96,9 @@ CASES = [
     Case("markdown-latin1", ["inspect-corpus", "{md_latin1}"], 2, r"a\.md:1: not UTF-8"),
     Case("markdown-empty-folder", ["inspect-corpus", "{md_empty}"], 2, r"md_empty: the corpus is empty"),
     Case("markdown-file", ["inspect-corpus", "{parc}"], 0),
+    Case("json-records", ["inspect-corpus", "{records}"], 0),
+    Case("json-not-objects", ["inspect-corpus", "{numbers}"], 2, r"numbers\.json \(item 1\): expected a JSON object, got int"),
+    Case("json-invalid", ["inspect-corpus", "{broken}"], 2, r"broken\.json:2: invalid JSON"),
     Case("markdown-file-blank", ["inspect-corpus", "{blank_md}"], 2, r"blank_md\.md: the corpus is empty"),
     Case("sample-one-field-per-chunk", ["inspect-corpus", str(SAMPLES / "corpus.jsonl")], 0),
     Case("sample-markdown", ["inspect-corpus", str(SAMPLES / "corpus_md")], 0),

@@ -90,6 +90,29 @@ def test_one_markdown_file_holds_a_document_per_top_level_section(tmp_path):
     assert facts_by_title(from_file[1:]) == facts_by_title(from_folder)
 
 
+def test_a_json_inventory_gives_a_document_per_record(tmp_path):
+    records = {"applications": [
+        {"id": 4107, "nom": "Marégraphe", "statut_si": "En production", "descriptif": "Collecte.\n\nPublie.",
+         "contacts": [{"role": "Cheffe de projet", "contact": "LEROUX Anne", "courriel": "a@x.fr"}, {"contact": "MARTIN Paul"}],
+         "données liées": ["Fichiers fonciers", "Cadastre"], "https": True, "utilisateurs": None},
+        {"id": "5521", "nom": "Terrabase", "statut_si": "En développement"},
+    ]}
+    path = tmp_path / "parc.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    docs = documents(load_corpus(path))
+    assert [(d.doc_id, d.name_label) for d in docs] == [("4107", "nom"), ("5521", "nom")]
+    assert facts_by_title(docs) == {
+        "Marégraphe": [("id", "4107"), ("statut si", "En production"), ("descriptif", "Collecte. Publie."),
+                       ("contacts", "Cheffe de projet : LEROUX Anne : a@x.fr, MARTIN Paul"),
+                       ("données liées", "Fichiers fonciers, Cadastre"), ("https", "true")],
+        "Terrabase": [("id", "5521"), ("statut si", "En développement")],
+    }
+    # chunk objects in a JSON list are read as the JSONL file's lines
+    chunks = [json.loads(line) for line in (SAMPLES / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    path.write_text(json.dumps(chunks, ensure_ascii=False), encoding="utf-8")
+    assert documents(load_corpus(path)) == documents(load_corpus(SAMPLES / "corpus.jsonl"))
+
+
 def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     content = (
         "# ORBIS\n\nDescription: ORBIS réserve des salles.\nIl sert aussi aux véhicules.\n\n"

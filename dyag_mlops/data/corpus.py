@@ -6,20 +6,28 @@ Markdown: every `.md` file below the folder, split on headings; the document
 is the file, its title the first heading (or the file name). A single
 Markdown file given as the corpus holds one document per top-level `# Title`
 section (dyag's parkjson2md writes a whole inventory so).
+JSON: a list of such chunk objects, or of records (an inventory exported as
+JSON: one object per document, a key per field, lists and objects as
+values), or an object holding that list ("applications": […]).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from dyag_mlops.data.files import read_jsonl, read_text
+from dyag_mlops.data.text import normalise
 from dyag_mlops.errors import DyagError
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 MARKDOWN_SUFFIXES = (".md", ".markdown")
+# The keys that name a JSON record and that identify it, in order of preference.
+NAME_KEYS = ("nom", "name", "title", "titre", "label", "libelle")
+ID_KEYS = ("id", "doc id", "identifiant", "identifier")
 # A chunk is a passage of a document, not the document: longer than this, it
 # would be copied whole into every dataset and prompt that cites it.
 MAX_CHUNK_CHARS = 100_000
@@ -50,10 +58,12 @@ def load_corpus(path: str | Path = "") -> list[Chunk]:
         chunks = _load_markdown(path)
     elif path.is_file() and path.suffix.lower() in MARKDOWN_SUFFIXES:
         chunks = _load_markdown_file(path)
+    elif path.is_file() and path.suffix.lower() == ".json":
+        chunks = _load_json(path)
     elif path.is_file():
         chunks = _load_jsonl(path)
     else:
-        raise DyagError(f"{path}: corpus not found (give a JSONL file, a Markdown file or a folder of Markdown files)")
+        raise DyagError(f"{path}: corpus not found (give a JSONL or JSON file, a Markdown file or a folder of Markdown files)")
     if not chunks:
         raise DyagError(f"{path}: the corpus is empty (no chunk with content)")
     seen: set[str] = set()
@@ -65,22 +75,80 @@ def load_corpus(path: str | Path = "") -> list[Chunk]:
 
 
 def _load_jsonl(path: Path) -> list[Chunk]:
+    return [chunk for lineno, obj in read_jsonl(path) if (chunk := _chunk(obj, f"{path}:{lineno}", f"{path.stem}-{lineno}"))]
+
+
+def _chunk(obj: dict, where: str, fallback_id: str) -> Chunk | None:
+    """A chunk object ({"id", "content", "metadata"}); None when it is blank."""
+    content = obj.get("content", obj.get("text"))
+    if not isinstance(content, str):
+        raise DyagError(f"{where}: a chunk needs a string 'content'")
+    if not content.strip():
+        return None
+    _check_length(content, where)
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise DyagError(f"{where}: 'metadata' must be an object")
+    chunk_id = str(obj.get("id") or meta.get("chunk_id") or fallback_id)
+    doc_id = str(meta.get("id") or meta.get("doc_id") or chunk_id)
+    title = str(meta.get("nom") or meta.get("title") or meta.get("name") or doc_id)
+    return Chunk(chunk_id, content, doc_id, title, meta)
+
+
+def _load_json(path: Path) -> list[Chunk]:
+    """A JSON file: chunk objects, or records written as Markdown sheets
+    (`# name`, then `## key` over each value) so that they are read as any
+    sheet is. A file of one object per line is JSONL under another name."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            return _load_jsonl(path)
+        raise DyagError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict)), [data])
+    if not isinstance(data, list):
+        raise DyagError(f"{path}: expected a list of objects, or an object holding one")
     chunks = []
-    for lineno, obj in read_jsonl(path):
-        content = obj.get("content", obj.get("text"))
-        if not isinstance(content, str):
-            raise DyagError(f"{path}:{lineno}: a chunk needs a string 'content'")
-        if not content.strip():
-            continue
-        _check_length(content, f"{path}:{lineno}")
-        meta = obj.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise DyagError(f"{path}:{lineno}: 'metadata' must be an object")
-        chunk_id = str(obj.get("id") or meta.get("chunk_id") or f"{path.stem}-{lineno}")
-        doc_id = str(meta.get("id") or meta.get("doc_id") or chunk_id)
-        title = str(meta.get("nom") or meta.get("title") or meta.get("name") or doc_id)
-        chunks.append(Chunk(chunk_id, content, doc_id, title, meta))
+    for n, record in enumerate(data, start=1):
+        where = f"{path} (item {n})"
+        if not isinstance(record, dict):
+            raise DyagError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if isinstance(record.get("content", record.get("text")), str):
+            chunk = _chunk(record, where, f"{path.stem}-{n}")
+        else:
+            chunk = _record_chunk(record, where, f"{path.stem}/{n}")
+        if chunk:
+            chunks.append(chunk)
     return chunks
+
+
+def _record_chunk(record: dict, where: str, fallback_id: str) -> Chunk | None:
+    """A record as one Markdown sheet: `# name`, then `## key` over each value."""
+    keys = {normalise(key): key for key in record}
+    name = next((flat(record[keys[k]]) for k in NAME_KEYS if k in keys and flat(record[keys[k]])), "")
+    doc_id = next((flat(record[keys[k]]) for k in ID_KEYS if k in keys and flat(record[keys[k]])), "") or fallback_id
+    sections = [f"## {' '.join(key.replace('_', ' ').split())}\n\n{value}" for key, raw in record.items() if (value := flat(raw))]
+    if not sections:
+        return None
+    content = f"# {name or doc_id}\n\n" + "\n\n".join(sections)
+    _check_length(content, where)
+    return Chunk(doc_id, content, doc_id, name or doc_id, {"id": doc_id, "title": name or doc_id})
+
+
+def flat(value: object) -> str:
+    """A JSON value as one line of text: a list's items joined by ", ", an
+    object's values by " : " (a contact {"role", "name", "mail"} reads
+    "role : name : mail"), true/false and numbers as JSON writes them."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if isinstance(value, list):
+        return ", ".join(text for text in map(flat, value) if text)
+    if isinstance(value, dict):
+        return " : ".join(text for text in map(flat, value.values()) if text)
+    return json.dumps(value)
 
 
 def _load_markdown(folder: Path) -> list[Chunk]:
