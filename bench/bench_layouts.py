@@ -8,7 +8,8 @@ dyag's other layouts: one field per chunk (`Application: <name>` then
 document (`# Name`, then `## Label` headings with the value below), and
 sheets the way dyag's parkjson2md writes them (short values as
 `**Label:** value` lines under the title, lists as `- item` lines under their
-heading, the rest under `## Label`). Each layout is indexed with the default
+heading, the rest under `## Label`), and a JSON file of records (one object
+per document, `"Label": value`, lists as JSON lists). Each layout is indexed with the default
 settings and answers the eval file (the demo's dev half by default) with rag,
 as the pipeline does, in one process: the model loads once. Prints each
 layout's `correct` and how many of its answers are those of the corpus as
@@ -51,8 +52,20 @@ def write_layouts(corpus: str, folder: Path) -> dict[str, str]:
     parkjson.mkdir()
     for doc in docs:
         (parkjson / f"{doc.doc_id}.md").write_text(parkjson2md_sheet(doc.title, doc.fields), encoding="utf-8")
+    records = folder / "records.json"
+    records.write_text(json.dumps([json_record(doc.name_label or "name", doc.title, doc.fields) for doc in docs], ensure_ascii=False), encoding="utf-8")
     return {"as given": corpus, "one field per chunk": str(chunks), "markdown sheets": str(sheets),
-            "parkjson2md sheets": str(parkjson)}
+            "parkjson2md sheets": str(parkjson), "JSON records": str(records)}
+
+
+def json_record(name_label: str, title: str, fields: tuple[tuple[str, str], ...]) -> dict:
+    """A sheet as a JSON record: its name, then a key per field, comma-separated
+    lists of short items as JSON lists."""
+    record: dict = {name_label: title}
+    for label, value in fields:
+        items = value.split(", ")
+        record[label] = items if len(items) > 1 and all(len(i.split()) <= 6 and ". " not in i for i in items) else value
+    return record
 
 
 def parkjson2md_sheet(title: str, fields: tuple[tuple[str, str], ...]) -> str:
