@@ -109,31 +109,38 @@ def _load_json(path: Path) -> list[Chunk]:
         data = next((v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict)), [data])
     if not isinstance(data, list):
         raise DyagError(f"{path}: expected a list of objects, or an object holding one")
+    for n, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise DyagError(f"{path} (item {n}): expected a JSON object, got {type(record).__name__}")
+    if all(isinstance(r.get("content", r.get("text")), str) for r in data):
+        found = [_chunk(r, f"{path} (item {n})", f"{path.stem}-{n}") for n, r in enumerate(data, start=1)]
+        return [chunk for chunk in found if chunk]
+    name_key, id_key = _key_of(data, NAME_KEYS, name=True), _key_of(data, ID_KEYS)
     chunks = []
     for n, record in enumerate(data, start=1):
-        where = f"{path} (item {n})"
-        if not isinstance(record, dict):
-            raise DyagError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        if isinstance(record.get("content", record.get("text")), str):
-            chunk = _chunk(record, where, f"{path.stem}-{n}")
-        else:
-            chunk = _record_chunk(record, where, f"{path.stem}/{n}")
-        if chunk:
-            chunks.append(chunk)
+        name, doc_id = flat(record.get(name_key)), flat(record.get(id_key)) or f"{path.stem}/{n}"
+        sections = [f"## {' '.join(key.replace('_', ' ').split())}\n\n{value}" for key, raw in record.items() if (value := flat(raw))]
+        if sections:
+            content = f"# {name or doc_id}\n\n" + "\n\n".join(sections)
+            _check_length(content, f"{path} (item {n})")
+            chunks.append(Chunk(doc_id, content, doc_id, name or doc_id, {"id": doc_id, "title": name or doc_id}))
     return chunks
 
 
-def _record_chunk(record: dict, where: str, fallback_id: str) -> Chunk | None:
-    """A record as one Markdown sheet: `# name`, then `## key` over each value."""
-    keys = {normalise(key): key for key in record}
-    name = next((flat(record[keys[k]]) for k in NAME_KEYS if k in keys and flat(record[keys[k]])), "")
-    doc_id = next((flat(record[keys[k]]) for k in ID_KEYS if k in keys and flat(record[keys[k]])), "") or fallback_id
-    sections = [f"## {' '.join(key.replace('_', ' ').split())}\n\n{value}" for key, raw in record.items() if (value := flat(raw))]
-    if not sections:
-        return None
-    content = f"# {name or doc_id}\n\n" + "\n\n".join(sections)
-    _check_length(content, where)
-    return Chunk(doc_id, content, doc_id, name or doc_id, {"id": doc_id, "title": name or doc_id})
+def _key_of(records: list[dict], known: tuple[str, ...], name: bool = False) -> str:
+    """The key that names (or identifies) the records: the first of `known`
+    they use; for a name, failing that, the first key whose values are short
+    texts, no two alike ("Application", "Package")."""
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    by_word = {normalise(key): key for key in keys}
+    found = next((by_word[k] for k in known if k in by_word), "")
+    if found or not name:
+        return found
+    for key in keys:
+        values = [record.get(key) for record in records]
+        if all(isinstance(v, str) and 0 < len(v.split()) <= 8 and not v.strip().isdigit() for v in values) and len(set(values)) == len(values):
+            return key
+    return ""
 
 
 def flat(value: object) -> str:
