@@ -115,11 +115,16 @@ def _load_json(path: Path) -> list[Chunk]:
     if all(isinstance(r.get("content", r.get("text")), str) for r in data):
         found = [_chunk(r, f"{path} (item {n})", f"{path.stem}-{n}") for n, r in enumerate(data, start=1)]
         return [chunk for chunk in found if chunk]
+    return _record_chunks(data, path)
+
+
+def _record_chunks(data: list[dict], path: Path) -> list[Chunk]:
+    """Each record as one Markdown sheet: `# name`, then `## key` over each value."""
     name_key, id_key = _key_of(data, NAME_KEYS, name=True), _key_of(data, ID_KEYS)
     chunks = []
     for n, record in enumerate(data, start=1):
-        name, doc_id = flat(record.get(name_key)), flat(record.get(id_key)) or f"{path.stem}/{n}"
-        sections = [f"## {' '.join(key.replace('_', ' ').split())}\n\n{value}" for key, raw in record.items() if (value := flat(raw))]
+        name, doc_id = _flat(record.get(name_key)), _flat(record.get(id_key)) or f"{path.stem}/{n}"
+        sections = [f"## {' '.join(key.replace('_', ' ').split())}\n\n{value}" for key, raw in record.items() if (value := _flat(raw))]
         if sections:
             content = f"# {name or doc_id}\n\n" + "\n\n".join(sections)
             _check_length(content, f"{path} (item {n})")
@@ -143,7 +148,7 @@ def _key_of(records: list[dict], known: tuple[str, ...], name: bool = False) -> 
     return ""
 
 
-def flat(value: object) -> str:
+def _flat(value: object) -> str:
     """A JSON value as one line of text: a list's items joined by ", ", an
     object's values by " : " (a contact {"role", "name", "mail"} reads
     "role : name : mail"), true/false and numbers as JSON writes them."""
@@ -152,9 +157,9 @@ def flat(value: object) -> str:
     if isinstance(value, str):
         return " ".join(value.split())
     if isinstance(value, list):
-        return ", ".join(text for text in map(flat, value) if text)
+        return ", ".join(text for text in map(_flat, value) if text)
     if isinstance(value, dict):
-        return " : ".join(text for text in map(flat, value.values()) if text)
+        return " : ".join(text for text in map(_flat, value.values()) if text)
     return json.dumps(value)
 
 
