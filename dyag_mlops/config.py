@@ -38,7 +38,7 @@ def _f(default: Any, help: str) -> Any:
 class GenerateConfig:
     """generate-training: corpus -> train/val/test chat datasets."""
 
-    corpus: str = _f("", "Corpus: JSONL chunks, a JSON file of records or chunks, a Markdown file (one document per # Title) or a folder of Markdown files (empty: bundled demo corpus).")
+    corpus: str = _f("", "Corpus: JSONL chunks, a JSON file of records or chunks, a CSV export (a row per document), a Markdown file (one document per # Title) or a folder of Markdown files (empty: bundled demo corpus).")
     method: str = _f("rule-based", "rule-based, augmented or llm-based.")
     count: int = _f(0, "Number of examples to produce, spread over the facts (0: every example the method can make).")
     seed: int = _f(42, "Random seed for sampling and splitting.")
@@ -134,7 +134,7 @@ class FinetuneConfig:
 class IndexConfig:
     """index-rag: corpus -> persistent ChromaDB collection."""
 
-    corpus: str = _f("", "Corpus: JSONL chunks, a JSON file of records or chunks, a Markdown file (one document per # Title) or a folder of Markdown files (empty: bundled demo corpus).")
+    corpus: str = _f("", "Corpus: JSONL chunks, a JSON file of records or chunks, a CSV export (a row per document), a Markdown file (one document per # Title) or a folder of Markdown files (empty: bundled demo corpus).")
     index: str = _f("outputs/rag_index", "Index directory (ChromaDB persistent store + manifest).")
     # On a shared server a fixed name would let two corpora overwrite each
     # other's vectors; a name from the corpus digest cannot.

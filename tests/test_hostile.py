@@ -51,6 +51,9 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "records.json").write_text(json.dumps([{"name": "tool1", "status": "active"}, {"name": "tool2", "status": "retired"}]))
     (tmp / "numbers.json").write_text("[1, 2]")
     (tmp / "broken.json").write_text('{"applications": [\n  {"name": }\n]}')
+    (tmp / "sheet.csv").write_text("name;status\ntool1;active\ntool2;retired\n")
+    (tmp / "twin_columns.csv").write_text("name,name\ntool1,x\n")
+    (tmp / "long_row.csv").write_text("name,status\ntool1,active,extra\n")
     (tmp / "notindex").mkdir()
     (tmp / "notindex" / "precious.txt").write_text("mine")
     (tmp / "afile").write_text("mine")
@@ -99,6 +102,9 @@ CASES = [
     Case("json-records", ["inspect-corpus", "{records}"], 0),
     Case("json-not-objects", ["inspect-corpus", "{numbers}"], 2, r"numbers\.json \(item 1\): expected a JSON object, got int"),
     Case("json-invalid", ["inspect-corpus", "{broken}"], 2, r"broken\.json:2: invalid JSON"),
+    Case("csv", ["inspect-corpus", "{sheet}"], 0),
+    Case("csv-twin-columns", ["inspect-corpus", "{twin_columns}"], 2, r"twin_columns\.csv:1: the header needs a distinct"),
+    Case("csv-long-row", ["inspect-corpus", "{long_row}"], 2, r"long_row\.csv: row 2 has 3 cells, the header 2"),
     Case("markdown-file-blank", ["inspect-corpus", "{blank_md}"], 2, r"blank_md\.md: the corpus is empty"),
     Case("sample-one-field-per-chunk", ["inspect-corpus", str(SAMPLES / "corpus.jsonl")], 0),
     Case("sample-markdown", ["inspect-corpus", str(SAMPLES / "corpus_md")], 0),

@@ -113,6 +113,24 @@ def test_a_json_inventory_gives_a_document_per_record(tmp_path):
     assert documents(load_corpus(path)) == documents(load_corpus(SAMPLES / "corpus.jsonl"))
 
 
+def test_a_spreadsheet_export_gives_a_document_per_row(tmp_path):
+    import csv
+
+    from_jsonl = documents(load_corpus(SAMPLES / "corpus.jsonl"))
+    labels = list(dict.fromkeys(label for doc in from_jsonl for label, _ in doc.fields))
+    path = tmp_path / "parc.csv"
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, delimiter=";")  # a French spreadsheet's export
+        writer.writerow(["Application", *labels])
+        for doc in from_jsonl:
+            values = dict(doc.fields)
+            writer.writerow([doc.title, *(values.get(label, "") for label in labels)])
+    from_csv = documents(load_corpus(path))
+    assert facts_by_title(from_csv) == facts_by_title(from_jsonl)
+    assert [d.doc_id for d in from_csv] == ["4107", "5521"]  # the "Identifiant" column
+    assert {d.name_label for d in from_csv} == {"Application"}
+
+
 def test_a_value_on_several_lines_free_text_and_sentences_with_a_colon():
     content = (
         "# ORBIS\n\nDescription: ORBIS réserve des salles.\nIl sert aussi aux véhicules.\n\n"

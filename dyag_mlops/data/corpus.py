@@ -9,10 +9,13 @@ section (dyag's parkjson2md writes a whole inventory so).
 JSON: a list of such chunk objects, or of records (an inventory exported as
 JSON: one object per document, a key per field, lists and objects as
 values), or an object holding that list ("applications": […]).
+CSV: a spreadsheet export, one record per row, its header naming the fields.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -60,10 +63,12 @@ def load_corpus(path: str | Path = "") -> list[Chunk]:
         chunks = _load_markdown_file(path)
     elif path.is_file() and path.suffix.lower() == ".json":
         chunks = _load_json(path)
+    elif path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        chunks = _load_csv(path)
     elif path.is_file():
         chunks = _load_jsonl(path)
     else:
-        raise DyagError(f"{path}: corpus not found (give a JSONL or JSON file, a Markdown file or a folder of Markdown files)")
+        raise DyagError(f"{path}: corpus not found (give a JSONL, JSON or CSV file, a Markdown file or a folder of Markdown files)")
     if not chunks:
         raise DyagError(f"{path}: the corpus is empty (no chunk with content)")
     seen: set[str] = set()
@@ -116,6 +121,25 @@ def _load_json(path: Path) -> list[Chunk]:
         found = [_chunk(r, f"{path} (item {n})", f"{path.stem}-{n}") for n, r in enumerate(data, start=1)]
         return [chunk for chunk in found if chunk]
     return _record_chunks(data, path)
+
+
+def _load_csv(path: Path) -> list[Chunk]:
+    """A spreadsheet export: the header names the fields, each row is a record.
+    The delimiter is the one the header uses most (",", ";" or a tab)."""
+    text = read_text(path)
+    header = text.lstrip().split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=header.count)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))  # a quoted cell may hold line breaks
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if not rows:
+        return []
+    labels = [label.strip() for label in rows[0]]
+    if len(set(labels)) < len(labels) or not all(labels):
+        raise DyagError(f"{path}:1: the header needs a distinct, non-empty name per column")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) > len(labels):
+            raise DyagError(f"{path}: row {number} has {len(row)} cells, the header {len(labels)}")
+    return _record_chunks([dict(zip(labels, row)) for row in rows[1:]], path)
 
 
 def _record_chunks(data: list[dict], path: Path) -> list[Chunk]:
