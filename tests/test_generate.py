@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from conftest import demo_profile, demo_sheets, write_jsonl
 from dyag_mlops.cli import main
 from dyag_mlops.config import GenerateConfig
+from dyag_mlops.data.corpus import corpus_digest, load_corpus
 from dyag_mlops.data.inventory import cached_schema, field_questions
 from dyag_mlops.data.text import normalise
 from dyag_mlops.errors import DyagError
@@ -143,12 +144,16 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
 
 
 def test_generate_run_logs_datasets_to_mlflow(tmp_path):
-    config = GenerateConfig(output=str(tmp_path / "qa.jsonl"))
+    # the corpus input is its chunks as read, whatever the file: here a spreadsheet export
+    sheet = tmp_path / "tools.csv"
+    sheet.write_text("name;status;owner\n" + "".join(f"tool{i};{s};team {i}\n" for i, s in enumerate(["active", "retired", "planned"])))
+    config = GenerateConfig(corpus=str(sheet), output=str(tmp_path / "qa.jsonl"))
     with stage_run("generate_training", config) as tracker:
         generate.run(config, tracker)
     run = mlflow.get_run(tracker.run_id)
-    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
-    assert {"train", "val", "test", "corpus"} <= contexts
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {"train", "val", "test", "corpus"} <= set(inputs)
+    assert inputs["corpus"].digest == corpus_digest(load_corpus(sheet)) and inputs["corpus"].name == "tools.csv"
     assert run.data.metrics["examples_train"] > 0
 
 

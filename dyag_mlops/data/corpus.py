@@ -15,6 +15,7 @@ CSV: a spreadsheet export, one record per row, its header naming the fields.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -48,6 +49,19 @@ class Chunk:
     doc_id: str
     title: str
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def corpus_digest(chunks: list[Chunk]) -> str:
+    """Short sha256 of the chunk ids and contents: the identity of the corpus."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.id.encode("utf-8") + b"\0" + chunk.content.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def corpus_rows(chunks: list[Chunk]) -> list[dict]:
+    """The chunks as read, whatever their files' layout: a run's corpus input."""
+    return [{"id": c.id, "content": c.content, "metadata": {"doc_id": c.doc_id, "title": c.title}} for c in chunks]
 
 
 def demo_corpus_path() -> Path:

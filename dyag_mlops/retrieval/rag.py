@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dyag_mlops.config import RANKINGS, IndexConfig
-from dyag_mlops.data.corpus import Chunk, demo_corpus_path, load_corpus
+from dyag_mlops.data.corpus import Chunk, corpus_digest, corpus_rows, demo_corpus_path, load_corpus
 from dyag_mlops.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EMBED_BATCH,
@@ -133,14 +133,6 @@ def index_chunks(chunks: list[Chunk], chunk_size: int) -> list[IndexedChunk]:
             text = piece if n == 0 else f"{chunk.title}\n{piece}"
             out.append(IndexedChunk(f"{chunk.id}#p{n}", piece, chunk.doc_id, chunk.title, text))
     return out
-
-
-def corpus_digest(chunks: list[Chunk]) -> str:
-    """Short sha256 of the chunk ids and contents: the identity of the corpus."""
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk.id.encode("utf-8") + b"\0" + chunk.content.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- chroma
@@ -413,10 +405,8 @@ def _index(
     )
     tracker.set_tags({"dyag.embedding_model": config.embedding_model, "dyag.corpus_digest": digest, "dyag.schema": profile.schema})
     # The corpus as this run's input: its chunks, as read, whatever their files' layout.
-    tracker.log_dataset(
-        config.corpus or demo_corpus_path(), "corpus", name=Path(config.corpus or demo_corpus_path()).name,
-        rows=[{"id": c.id, "content": c.content, "metadata": {"doc_id": c.doc_id, "title": c.title}} for c in corpus], digest=digest,
-    )
+    corpus_path = Path(config.corpus or demo_corpus_path())
+    tracker.log_dataset(corpus_path, "corpus", name=corpus_path.name, rows=corpus_rows(corpus), digest=digest)
     tracker.log_artifact(index_dir / MANIFEST)
     tracker.log_artifact(index_dir / PROFILE)
     tracker.log_artifacts(index_dir, "index")

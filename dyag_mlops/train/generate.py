@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dyag_mlops.config import GenerateConfig
-from dyag_mlops.data.corpus import Chunk, demo_corpus_path, load_corpus
+from dyag_mlops.data.corpus import Chunk, corpus_digest, corpus_rows, demo_corpus_path, load_corpus
 from dyag_mlops.data.evalset import split_messages
 from dyag_mlops.data.files import atomic_write_chunks, atomic_write_json, jsonl_lines, read_jsonl, refuse_overwrite
 from dyag_mlops.data.inventory import Schema, build_profile, cached_schema, documents
@@ -465,8 +465,7 @@ def _run(config: GenerateConfig, tracker: NullTracker) -> GenerateResult:
             atomic_write_chunks(paths[name], examples.jsonl([kept[p] for p in positions]))
     atomic_write_json(paths["manifest"], manifest)
 
-    if corpus_file.is_file():
-        tracker.log_dataset(corpus_file, context="corpus")
+    tracker.log_dataset(corpus_file, "corpus", name=corpus_file.name, rows=corpus_rows(chunks), digest=corpus_digest(chunks))
     for name in splits:
         tracker.log_dataset(paths[name], context=name)
         tracker.log_artifact(paths[name], "datasets")
