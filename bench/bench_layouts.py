@@ -9,11 +9,11 @@ document (`# Name`, then `## Label` headings with the value below), and
 sheets the way dyag's parkjson2md writes them (short values as
 `**Label:** value` lines under the title, lists as `- item` lines under their
 heading, the rest under `## Label`), and a JSON file of records (one object
-per document, `"Label": value`, lists as JSON lists). Each layout is indexed with the default
-settings and answers the eval file (the demo's dev half by default) with rag,
-as the pipeline does, in one process: the model loads once. Prints each
-layout's `correct` and how many of its answers are those of the corpus as
-given, case and punctuation aside.
+per document, `"Label": value`, lists as JSON lists). Each layout is indexed
+with the default settings and answers the eval file (the demo's dev half by
+default) with rag, as the pipeline does, in one process: the model loads
+once. Prints each layout's `correct` and how many of its answers are those
+of the corpus as given, case and punctuation aside.
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ def write_layouts(corpus: str, folder: Path) -> dict[str, str]:
             "parkjson2md sheets": str(parkjson), "JSON records": str(records)}
 
 
+def list_items(value: str) -> list[str]:
+    """A value's items when it is a comma-separated list of short ones, else []."""
+    items = value.split(", ")
+    return items if len(items) > 1 and all(len(item.split()) <= 6 and ". " not in item for item in items) else []
+
+
 def json_record(name_label: str, title: str, fields: tuple[tuple[str, str], ...]) -> dict:
-    """A sheet as a JSON record: its name, then a key per field, comma-separated
-    lists of short items as JSON lists."""
-    record: dict = {name_label: title}
-    for label, value in fields:
-        items = value.split(", ")
-        record[label] = items if len(items) > 1 and all(len(i.split()) <= 6 and ". " not in i for i in items) else value
-    return record
+    """A sheet as a JSON record: its name, then a key per field, lists as JSON lists."""
+    return {name_label: title, **{label: list_items(value) or value for label, value in fields}}
 
 
 def parkjson2md_sheet(title: str, fields: tuple[tuple[str, str], ...]) -> str:
@@ -74,10 +75,10 @@ def parkjson2md_sheet(title: str, fields: tuple[tuple[str, str], ...]) -> str:
     items under their heading, any other value under its heading."""
     head, sections = [f"# {title}", ""], []
     for label, value in fields:
-        items = value.split(", ")
-        if len(value.split()) <= 4 and len(items) == 1:
+        items = list_items(value)
+        if len(value.split()) <= 4 and ", " not in value:
             head.append(f"**{label}:** {value}")
-        elif len(items) > 1 and all(len(item.split()) <= 6 and ". " not in item for item in items):
+        elif items:
             sections += [f"## {label}", "", *(f"- {item}" for item in items), ""]
         else:
             sections += [f"## {label}", "", value, ""]
