@@ -41,7 +41,7 @@ FIELD_LINE = re.compile(
 )
 # Markdown a value may be written in, read as its text (`plain_text`).
 LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,2}[.)])\s+")
-THEMATIC_BREAK = re.compile(r"^(?:(?:-\s*){3,}|(?:\*\s*){3,}|(?:_\s*){3,})$")  # "---": ends any text
+THEMATIC_BREAK = re.compile(r"^(?:(?:-\s*){3,}|(?:\*\s*){3,}|(?:_\s*){3,})$")
 LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)\)")
 # Emphasis opens after a space or "(" and closes before one or a punctuation
 # mark: "!=3.0.*, !=3.1.*" and "2**8" are no emphasis.
@@ -390,9 +390,12 @@ def parse_fields(content: str) -> tuple[list[tuple[str, str]], list[str]]:
                 pairs.append(current)
                 grouping = number in groups
             continue
-        if not line or THEMATIC_BREAK.match(line):
-            if not under_heading or line:
-                current, under_heading = None, False
+        if THEMATIC_BREAK.match(line):
+            current, under_heading = None, False  # "---" ends any field's text, a heading's too
+            continue
+        if not line:
+            if not under_heading:
+                current = None
             continue
         match = FIELD_LINE.match(line)
         is_field = bool(match) and _is_label(match.group("label"))
