@@ -376,6 +376,37 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
     assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "go_live"
 
 
+def test_small_words_and_document_nouns_say_no_value():
+    """ "moi" of "Décris-moi" is no opening of a linked application's name,
+    "le projet X" no status "En projet": the description is asked for."""
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Application: ORBIS\nStatut: En projet\nDescription: ORBIS recense les ouvrages d'art.\nApplications liées: Moisson", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nStatut: En production\nApplications liées: Moisson", "b", "HYDRA"),
+    ]
+    profile = build_profile(documents(chunks), "auto")
+    r = FieldRouter(profile, FR)
+    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    assert r.focus(sheet, "Décris-moi l'application ORBIS.", "ORBIS")[0] == "description"
+    assert r.focus(sheet, "Peux-tu me décrire le projet ORBIS ?", "ORBIS")[0] == "description"
+    assert r.focus(sheet, "ORBIS est-elle encore en projet ?", "ORBIS") == ("status", "Statut: En projet")
+
+
+def test_a_question_asking_when_routed_to_an_undated_field_gets_the_date_field():
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Application: ORBIS\nSites web: https://orbis.exemple.fr/\nMise en production: 27/06/2019", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nSites web: https://hydra.exemple.fr/\nMise en production: 01/03/2024", "b", "HYDRA"),
+    ]
+    profile = build_profile(documents(chunks), "auto")
+    r = FieldRouter(profile, FR)
+    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    assert r.focus(sheet, "Depuis quand ORBIS est-il en ligne ?", "ORBIS") == ("go_live", "Mise en production: 27/06/2019")
+    assert r.focus(sheet, "Quelle est l'adresse web d'ORBIS ?", "ORBIS")[0] == "website"
+
+
 def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_with_who():
     # dyag's layout: "Qui gère …" leaves the router unsure, and the line
     # closest in meaning is of another field unless the "who" fields decide.

@@ -37,6 +37,7 @@ Training (RAFT contexts), query and evaluation all narrow through
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Sequence
 
@@ -328,7 +329,8 @@ class FieldRouter:
             # "Is X in production?" asks for the status, not for the date
             # the "Go-live" field's label would route it to.
             valued = self.value_said(question, entries, names)
-            if valued is not None and valued != field:
+            if valued is not None:
+                # A value said is as good as its label ("X est toujours en prod ?").
                 field, says_label = valued, True
         said = self.question_words(question, names)
         wanted = said - self.field_stems
@@ -356,6 +358,13 @@ class FieldRouter:
             detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
         values = [_value(line) for line in kept[1].splitlines()]
+        if self.schema.asks_date(question) and not any(DATE_IN_TEXT.search(value) for value in values):
+            # "Depuis quand X est-il en ligne ?" routed to the website: the
+            # sheet's date field the router ranks next answers it.
+            dated = next((f for f, _ in ranking if f in present and self.kinds.get(f) == "date"), None)
+            if dated is not None:
+                kept = dated, _lines_of(entries, dated)
+                values = [_value(line) for line in kept[1].splitlines()]
         if self.schema.asks_figures(question) and (
             self.kinds.get(kept[0]) in NO_FIGURE_KINDS
             or not any(c.isdigit() for value in values for c in value)
@@ -391,7 +400,11 @@ class FieldRouter:
         if _words(question) & self.schema.question_words:
             return None
         name_stems = _stems(names)
-        asked = [w for w in normalise(question).split() if len(w) >= 3 and w not in self.schema.stop_words and w[:STEM] not in name_stems]
+        # "moi" of "Décris-moi" is no opening of "Moisson", nor "projet" of
+        # "le projet X" a status "En projet": the language's own small words
+        # and the words that name a document say no value.
+        ignored = self.schema.stop_words | self.schema.document_words | language_stop_words(self.schema.language)
+        asked = [w for w in normalise(question).split() if len(w) >= 3 and w not in ignored and w[:STEM] not in name_stems]
         best, best_count = None, 0
         for info, lines in entries:
             if info is None or info.alias or info.name == self.text_field:
@@ -518,6 +531,19 @@ LINKING_WORDS = frozenset("est sont is are".split())
 def _names(entries: list[tuple[Any, list[str]]], title: str) -> list[str]:
     """A sheet's title and the values of its alias fields, one by one."""
     return [title, *(_value(line) for info, lines in entries if info is not None and info.alias for line in lines)]
+
+
+@functools.lru_cache(maxsize=None)
+def language_stop_words(language: str) -> frozenset[str]:
+    """spaCy's stop words of `language` ("moi", "pas", "still"), normalised;
+    none for a language spaCy does not know."""
+    import spacy
+
+    try:
+        words = spacy.util.get_lang_class(language).Defaults.stop_words
+    except (ImportError, KeyError):
+        return frozenset()
+    return frozenset(normalise(" ".join(words)).split())
 
 
 def _first_long_word(words: list[str]) -> str:
