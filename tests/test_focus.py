@@ -29,9 +29,10 @@ def router():
 CORPORA = Path(__file__).resolve().parent.parent / "corpora"
 
 
-def router_and_sheets(corpus: Path) -> tuple[FieldRouter, dict[str, str]]:
-    """A corpus's router (the schema it is read with) and its sheets by title."""
-    docs = documents(load_corpus(corpus))
+def router_and_sheets(corpus: Path | list) -> tuple[FieldRouter, dict[str, str]]:
+    """A corpus's router (the schema it is read with) and its sheets by
+    title; the corpus a file or its chunks."""
+    docs = documents(load_corpus(corpus) if isinstance(corpus, Path) else corpus)
     profile = build_profile(docs, "auto")
     return FieldRouter(profile, cached_schema(profile.schema)), {d.title: render_sheet(d, profile.name_label) for d in docs}
 
@@ -345,10 +346,9 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
         Chunk("a", "Application: ORBIS\nIdentifiant: 4107\nStatut: En production\nDonnées liées: Cadastre", "a", "ORBIS"),
         Chunk("b", "Application: HYDRA\nIdentifiant: 5521\nStatut: En test", "b", "HYDRA"),
     ]
-    profile = build_profile(documents(chunks), "auto")
-    assert profile.schema == "fr"
-    r = FieldRouter(profile, FR)
-    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    r, sheets = router_and_sheets(chunks)
+    assert r.profile.schema == "fr"
+    sheet = sheets["ORBIS"]
     assert r.fields(["Quel est l'identifiant de ORBIS ?"], ["ORBIS"]) == ["Identifiant"]
     assert r.focus(sheet, "Quel est l'identifiant de ORBIS ?", "ORBIS") == ("Identifiant", "Identifiant: 4107")
     assert r.focus(sheet, "Quelles sont les données liées de ORBIS ?", "ORBIS") == ("Données liées", "Données liées: Cadastre")
@@ -366,9 +366,8 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
         Chunk("a", "Application: ORBIS\nStatut: En production\nMise en production: 02/09/2016\nPortée géographique: Nationale", "a", "ORBIS"),
         Chunk("b", "Application: HYDRA\nStatut: En développement\nMise en production: 01/03/2024", "b", "HYDRA"),
     ]
-    profile = build_profile(documents(chunks), "auto")
-    r = FieldRouter(profile, FR)
-    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    r, sheets = router_and_sheets(chunks)
+    sheet = sheets["ORBIS"]
     assert r.focus(sheet, "ORBIS est-elle en production ?", "ORBIS") == ("status", "Statut: En production")
     assert r.focus(sheet, "ORBIS, c'est en prod ou en dev ?", "ORBIS") == ("status", "Statut: En production")
     assert r.focus(sheet, "ORBIS est-elle nationale ?", "ORBIS")[0] == "scope"
@@ -385,9 +384,8 @@ def test_small_words_and_document_nouns_say_no_value():
         Chunk("a", "Application: ORBIS\nStatut: En projet\nDescription: ORBIS recense les ouvrages d'art.\nApplications liées: Moisson", "a", "ORBIS"),
         Chunk("b", "Application: HYDRA\nStatut: En production\nApplications liées: Moisson", "b", "HYDRA"),
     ]
-    profile = build_profile(documents(chunks), "auto")
-    r = FieldRouter(profile, FR)
-    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    r, sheets = router_and_sheets(chunks)
+    sheet = sheets["ORBIS"]
     assert r.focus(sheet, "Décris-moi l'application ORBIS.", "ORBIS")[0] == "description"
     assert r.focus(sheet, "Peux-tu me décrire le projet ORBIS ?", "ORBIS")[0] == "description"
     assert r.focus(sheet, "ORBIS est-elle encore en projet ?", "ORBIS") == ("status", "Statut: En projet")
@@ -400,9 +398,8 @@ def test_a_question_asking_when_routed_to_an_undated_field_gets_the_date_field()
         Chunk("a", "Application: ORBIS\nSites web: https://orbis.exemple.fr/\nMise en production: 27/06/2019", "a", "ORBIS"),
         Chunk("b", "Application: HYDRA\nSites web: https://hydra.exemple.fr/\nMise en production: 01/03/2024", "b", "HYDRA"),
     ]
-    profile = build_profile(documents(chunks), "auto")
-    r = FieldRouter(profile, FR)
-    sheet = render_sheet(documents(chunks)[0], profile.name_label)
+    r, sheets = router_and_sheets(chunks)
+    sheet = sheets["ORBIS"]
     assert r.focus(sheet, "Depuis quand ORBIS est-il en ligne ?", "ORBIS") == ("go_live", "Mise en production: 27/06/2019")
     assert r.focus(sheet, "Quelle est l'adresse web d'ORBIS ?", "ORBIS")[0] == "website"
 
