@@ -25,11 +25,13 @@ naming the field's label) keeps, of its field's long value, the sentence
 that holds them.
 A question asking for figures ("how many": the schema's `figure_phrases`)
 keeps nothing from a line without a digit, one asking for a date ("since
-when": `date_phrases`) nothing from a line without a year or a date. A
+when": `date_phrases`) nothing from a line without a year or a date (routed
+to an undated field, it takes the sheet's date field, if any). A
 question asking which document holds what it says ("Which package is the
 pager?", naming none) keeps the sheet's name line: the answer is the
 document's name. A yes-or-no question ("Is X in production?") asks for the
-field whose short value it says.
+field whose short value it says (the language's small words and the nouns
+naming a document say none).
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
