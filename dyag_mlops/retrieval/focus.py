@@ -543,7 +543,7 @@ def language_stop_words(language: str) -> frozenset[str]:
 
     try:
         words = spacy.util.get_lang_class(language).Defaults.stop_words
-    except (ImportError, KeyError):
+    except ImportError:
         return frozenset()
     return frozenset(normalise(" ".join(words)).split())
 
