@@ -355,6 +355,33 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
     assert r.focus(sheet, "Quel est le statut de ORBIS ?", "ORBIS") == ("status", "Statut: En production")
 
 
+def test_the_schema_s_words_for_an_identifier_name_the_identifier_field():
+    """ "ID" is no label of "Identifiant", and the router, unsure, would take
+    the status; a sheet without an identifier keeps the router's field."""
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Application: ORBIS\nIdentifiant: 4107\nStatut: En production\nSites web: https://orbis.exemple.fr/", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nIdentifiant: 5521\nStatut: En test", "b", "HYDRA"),
+        Chunk("c", "Application: VELO\nStatut: En test", "c", "VELO"),
+    ]
+    r, sheets = router_and_sheets(chunks)
+    assert r.focus(sheets["ORBIS"], "id de l'application orbis ?", "ORBIS") == ("Identifiant", "Identifiant: 4107")
+    assert r.focus(sheets["ORBIS"], "Donne-moi l'ID de l'appli ORBIS.", "ORBIS") == ("Identifiant", "Identifiant: 4107")
+    assert r.focus(sheets["VELO"], "id de l'application velo ?", "VELO")[0] != "Identifiant"
+
+
+def test_the_roles_a_list_qualifies_its_items_with_route_to_it():
+    """ "Qui assure la maîtrise d'œuvre de X ?" asks for the actors, whose
+    items the corpus qualifies with that role in brackets, not for the
+    contacts that "qui" would otherwise take."""
+    r, _ = router_and_sheets(CORPORA / "dyag-invented" / "corpus.jsonl")
+    actors = next(f for f in r.profile.fields if f.name == "Acteurs")
+    assert {"Maîtrise d'ouvrage", "Maîtrise d'œuvre", "Exploitant"} <= set(actors.shared_values)
+    names = "Alizé"
+    assert r.ranked("Qui porte la maîtrise d'ouvrage d'Alizé ?", names)[0][0] == "Acteurs"
+
+
 def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
     """ "Est-elle en production ?" asks for the status, though its words
     point the router to a "Mise en production" date (no status value is

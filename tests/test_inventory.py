@@ -329,6 +329,9 @@ def test_value_kinds_come_from_most_values():
     assert shared_values(["optional", "required", "optional", "a sentence of more than three words", "required"]) == (
         "optional", "required",
     )
+    # the roles in brackets that qualify a list's items recur where whole values do not; a version is no role
+    actors = ["DGPR (Maîtrise d'ouvrage)", "SNUM (Maîtrise d'œuvre), DDT (Maîtrise d'ouvrage)", "libc6 (>= 2.34)", "zlib1g (>= 2.34)"]
+    assert shared_values(actors) == ("Maîtrise d'ouvrage",)
     # the commonest few: a large corpus shares many versions, which are no category
     versions = [f"1.{n}" for n in range(40) for _ in range(2)] + ["optional"] * 3
     assert shared_values(versions) == ("optional", "1.0", "1.1", "1.2", "1.3")

@@ -270,9 +270,21 @@ SHARED_VALUE_WORDS = 3
 SHARED_VALUES_KEPT = 5
 
 
+# Where whole values differ, the words in brackets that qualify their items
+# may recur ("DGPR (Maîtrise d'ouvrage), SCHAPI (Maîtrise d'œuvre)"): a
+# field's own vocabulary, which questions use ("Qui assure la maîtrise
+# d'ouvrage de X ?"). Only words: a version in brackets ("(>= 2.34)") is none.
+QUALIFIER = re.compile(r"\((?P<words>[^\W\d_][^()]*)\)")
+
+
 def shared_values(values: Sequence[str]) -> tuple[str, ...]:
-    """The SHARED_VALUES_KEPT short values found most often, in two documents or more."""
-    counts = Counter(" ".join(v.split()) for v in values if len(v.split()) <= SHARED_VALUE_WORDS)
+    """The SHARED_VALUES_KEPT short values, or qualifiers of their items
+    (QUALIFIER), found most often, in two values or more."""
+    counts: Counter = Counter()
+    for value in values:
+        value = " ".join(value.split())
+        parts = {value} | {m.group("words").strip() for m in QUALIFIER.finditer(value)}
+        counts.update(p for p in parts if len(p.split()) <= SHARED_VALUE_WORDS)
     return tuple(v for v, n in counts.most_common() if n >= 2)[:SHARED_VALUES_KEPT]
 
 
