@@ -31,7 +31,8 @@ question asking which document holds what it says ("Which package is the
 pager?", naming none) keeps the sheet's name line: the answer is the
 document's name. A yes-or-no question ("Is X in production?") asks for the
 field whose short value it says (the language's small words and the nouns
-naming a document say none).
+naming a document say none); a question saying one of the schema's
+`identifier_words` ("id de X ?") asks for the sheet's identifier field.
 Training (RAFT contexts), query and evaluation all narrow through
 `narrow_hits`, so an adapter sees the prompt it will be asked with.
 """
@@ -191,7 +192,8 @@ class FieldRouter:
         # "Homepage", and answer them with a refusal.
         classes = profile.corpus_fields or list(profile.fields)
         # Each field's own words: its templates without the document, its
-        # labels, and the short values its documents share ("optional").
+        # labels, and the short values its documents share ("optional") or
+        # the roles in brackets their items share ("Maîtrise d'ouvrage").
         texts_of = {
             info.name: [t.replace(DOC_PLACEHOLDER, "") for t in field_questions(info, schema)]
             + list(info.labels)
