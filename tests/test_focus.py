@@ -356,8 +356,8 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
 
 
 def test_the_schema_s_words_for_an_identifier_name_the_identifier_field():
-    """ "ID" is no label of "Identifiant", and the router, unsure, would take
-    the status; a sheet without an identifier keeps the router's field."""
+    """ "ID" is no label of "Identifiant": the router alone takes the status
+    or the website; a sheet without an identifier keeps the router's field."""
     from dyag_mlops.data.corpus import Chunk
 
     chunks = [
@@ -378,8 +378,7 @@ def test_the_roles_a_list_qualifies_its_items_with_route_to_it():
     r, _ = router_and_sheets(CORPORA / "dyag-invented" / "corpus.jsonl")
     actors = next(f for f in r.profile.fields if f.name == "Acteurs")
     assert {"Maîtrise d'ouvrage", "Maîtrise d'œuvre", "Exploitant"} <= set(actors.shared_values)
-    names = "Alizé"
-    assert r.ranked("Qui porte la maîtrise d'ouvrage d'Alizé ?", names)[0][0] == "Acteurs"
+    assert r.ranked("Qui porte la maîtrise d'ouvrage d'Alizé ?", "Alizé")[0][0] == "Acteurs"
 
 
 def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
