@@ -46,10 +46,25 @@ def configure() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     check_store(uri)
     mlflow.set_tracking_uri(uri)
+    _skip_absent_spark()
     if _sqlite_path(uri) is not None:
         _sync_at_checkpoints()
     create_local_store(uri)
     return uri
+
+
+def _skip_absent_spark() -> None:
+    """Mark an absent `pyspark` as absent in `sys.modules`, so importing it
+    fails at once. The system-metrics thread builds an MlflowClient each
+    sample, which imports pyspark to look for a Spark session; on Python
+    3.11 that import runs MLflow's import hook under the global import lock,
+    while `mlflow.genai.evaluate` holds the hook's lock and imports: the two
+    threads wait on each other and the evaluate stage never ends."""
+    import importlib.util
+    import sys
+
+    if "pyspark" not in sys.modules and importlib.util.find_spec("pyspark") is None:
+        sys.modules["pyspark"] = None  # type: ignore[assignment]  # Python's "known absent" marker
 
 
 @functools.lru_cache(maxsize=None)

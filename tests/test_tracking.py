@@ -153,3 +153,31 @@ def test_a_dataset_another_writer_inserts_at_the_same_moment_is_linked_not_an_er
         run_id = tracker.run_id
     inputs = mlflow.get_run(run_id).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["train.jsonl"] and raced
+
+
+def test_clients_built_after_configure_import_nothing(monkeypatch):
+    """Every MlflowClient looks for a Spark session. Where pyspark is absent,
+    that lookup must not reach the import machinery: on the system-metrics
+    thread it deadlocks with `mlflow.genai.evaluate`'s import hooks."""
+    import importlib.util
+    import sys
+
+    import pytest
+
+    from dyag_mlops.tracking import configure
+
+    monkeypatch.delitem(sys.modules, "pyspark", raising=False)
+    if importlib.util.find_spec("pyspark") is not None:
+        pytest.skip("pyspark is installed: its import is cached after the first")
+    asked = []
+
+    class Recorder:
+        def find_spec(self, name, path=None, target=None):
+            asked.append(name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Recorder(), *sys.meta_path])
+    configure()
+    asked.clear()
+    mlflow.MlflowClient()
+    assert not [name for name in asked if name.startswith("pyspark")]

@@ -329,7 +329,7 @@ class FieldRouter:
             tied = next((f for f, p in others if ranking[0][1] - p < ROUTER_TIE), None)
             field = sibling or tied or field
         says_label = self.names_label(question, field)
-        identifier = next((f for f in present if self.kinds.get(f) == "identifier"), None)
+        identifier = next((info.name for info, _ in entries if info is not None and self.kinds.get(info.name) == "identifier"), None)
         if not says_label and identifier is not None and set(normalise(question).split()) & self.schema.identifier_words:
             # "id de l'application X ?": the schema's words for an identifier
             # name the sheet's identifier field as its label would.
