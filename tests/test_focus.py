@@ -171,7 +171,7 @@ def test_a_question_the_router_cannot_place_gets_the_description_sentence_closes
     # "véhicules") and the router leans to another field; the description's
     # sentence is the sheet's line closest to the question in meaning.
     r = router()
-    question = "Les automobiles aussi, dans ORBIS ?"
+    question = "Et les automobiles, pour ORBIS ?"
     assert r.ranked(question, "ORBIS")[0][0] != "description"
     assert r.focus(SHEET, question, "ORBIS") == ("description", "Description: Il sert aussi aux véhicules de service.")
 
