@@ -155,7 +155,7 @@ def test_a_dataset_another_writer_inserts_at_the_same_moment_is_linked_not_an_er
     assert [i.dataset.name for i in inputs] == ["train.jsonl"] and raced
 
 
-def test_clients_built_after_configure_import_nothing(monkeypatch):
+def test_clients_built_after_configure_do_not_look_for_an_absent_pyspark(monkeypatch):
     """Every MlflowClient looks for a Spark session. Where pyspark is absent,
     that lookup must not reach the import machinery: on the system-metrics
     thread it deadlocks with `mlflow.genai.evaluate`'s import hooks."""
