@@ -56,7 +56,7 @@ def configure() -> str:
 def _skip_absent_spark() -> None:
     """Mark an absent `pyspark` as absent in `sys.modules`, so importing it
     fails at once. The system-metrics thread builds an MlflowClient each
-    sample, which imports pyspark to look for a Spark session; on Python
+    sample, which imports pyspark to look for a running Spark; on Python
     3.11 that import runs MLflow's import hook under the global import lock,
     while `mlflow.genai.evaluate` holds the hook's lock and imports: the two
     threads wait on each other and the evaluate stage never ends."""

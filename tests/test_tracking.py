@@ -156,7 +156,7 @@ def test_a_dataset_another_writer_inserts_at_the_same_moment_is_linked_not_an_er
 
 
 def test_clients_built_after_configure_do_not_look_for_an_absent_pyspark(monkeypatch):
-    """Every MlflowClient looks for a Spark session. Where pyspark is absent,
+    """Every MlflowClient looks for a running Spark. Where pyspark is absent,
     that lookup must not reach the import machinery: on the system-metrics
     thread it deadlocks with `mlflow.genai.evaluate`'s import hooks."""
     import importlib.util
