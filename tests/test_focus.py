@@ -6,7 +6,7 @@ import pytest
 from conftest import SAMPLES, FixedRetriever, demo_profile, demo_sheets, write_jsonl
 from dyag_mlops.data.corpus import load_corpus
 from dyag_mlops.data.inventory import build_profile, cached_schema, documents, render_sheet
-from dyag_mlops.retrieval.focus import ROUTER_SURE, ROUTER_UNPLACED, FieldRouter, narrow_hits
+from dyag_mlops.retrieval.focus import ROUTER_SURE, ROUTER_UNPLACED, FieldRouter, asks_who, narrow_hits
 from dyag_mlops.retrieval.rag import Retrieved, field_router
 from dyag_mlops.systems.prompts import build_messages, user_content
 
@@ -291,6 +291,46 @@ def test_a_question_asking_how_many_keeps_no_line_without_a_figure():
     # The digits of a web address (a list's versions, an e-mail) are no figure.
     numbered = SHEET.replace("https://orbis.exemple.fr", "https://orbis2.exemple.fr/v3")
     assert r.focus(numbered, "Combien de visites compte le site web d'ORBIS ?", "ORBIS") == ("website", "")
+
+
+def test_a_question_asking_how_many_that_the_router_cannot_place_needs_one_word_of_its_own_on_the_sheet(monkeypatch):
+    # "tickets" is the one word of its own and no line says it: no
+    # line holds the count. A count the sheet does name keeps its sentence.
+    r = router()
+    fields = [f.name for f in r.profile.corpus_fields]
+    unsure = [("description", ROUTER_UNPLACED - 0.05)] + [(f, 0.01) for f in fields if f != "description"]
+    monkeypatch.setattr(r, "ranked", lambda q, names: unsure)
+    description = "Description: ORBIS réserve 40 salles et 12 véhicules de service."
+    counted = SHEET.replace("Description: ORBIS permet de réserver des salles.\nIl sert aussi aux véhicules de service.", description)
+    assert r.focus(counted, "Combien de tickets a ORBIS ?", "ORBIS")[1] == ""
+    assert r.focus(counted, "Combien de véhicules pour ORBIS ?", "ORBIS") == ("description", description)
+
+
+def test_a_question_asking_who_keeps_no_line_without_a_letter():
+    # A version, a size or a date names nobody: the context is empty and
+    # the grounded answer the refusal; a maintainer's line answers who.
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    assert r.focus(sheets["grep"], "Who wrote the first version of grep?", "grep")[1] == ""
+    assert r.focus(sheets["grep"], "Which version of grep is installed?", "grep")[1].startswith("Version: ")
+    assert r.focus(sheets["grep"], "Who maintains grep?", "grep")[1].startswith("Maintainer: ")
+    # A "who" after a noun is a relative pronoun: the question asks for the version.
+    assert r.focus(sheets["grep"], "What is the version of the grep who runs here?", "grep")[1].startswith("Version: ")
+    assert asks_who("Le catalogue, c'est qui le contact ?", FR.who_words)
+    assert not asks_who("Quelle est la version qui tourne en production ?", FR.who_words)
+
+
+def test_a_question_saying_nothing_but_the_document_keeps_the_router_s_field(monkeypatch):
+    # "What is strace?": without its name, no word is left to find the line
+    # closest in meaning; the router's field, unsure as it is, answers it.
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    fields = [f.name for f in r.profile.corpus_fields]
+    text = r.text_field
+    unsure = [(text, ROUTER_SURE - 0.1)] + [(f, 0.02) for f in fields if f != text]
+    monkeypatch.setattr(r, "ranked", lambda q, names: unsure)
+    field, kept = r.focus(sheets["strace"], "What is strace?", "strace")
+    assert field == text and kept.startswith("Description: System call tracer")
+    # A question with a word of its own still gets the line closest to it.
+    assert r.focus(sheets["strace"], "Which tool does strace use to trace?", "strace")[0] is not None
 
 
 def test_a_question_asking_when_keeps_no_line_without_a_date():

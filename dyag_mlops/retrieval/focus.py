@@ -24,9 +24,13 @@ X have?" is no question about its record); a sure router (or a question
 naming the field's label) keeps, of its field's long value, the sentence
 that holds them.
 A question asking for figures ("how many": the schema's `figure_phrases`)
-keeps nothing from a line without a digit, one asking for a date ("since
+keeps nothing from a line without a digit, nor, placed nowhere, from a
+sheet that lacks the thing it counts; one asking for a date ("since
 when": `date_phrases`) nothing from a line without a year or a date (routed
-to an undated field, it takes the sheet's date field, if any). A
+to an undated field, it takes the sheet's date field, if any); one asking
+who (`who_words`) nothing from a line without a letter (a version, a size).
+A question that says nothing but the document's name ("What is X?") keeps
+the router's field, however unsure: no line is closer to it than another. A
 question asking which document holds what it says ("Which package is the
 pager?", naming none) keeps the sheet's name line: the answer is the
 document's name. A yes-or-no question ("Is X in production?") asks for the
@@ -349,11 +353,18 @@ class FieldRouter:
         # the tool that rotates log files?"), not the answer.
         if not says_label and ranking[0][1] < ROUTER_SURE:
             detail = self._detail(entries, wanted, said, phrases)
-            if detail is None and ranking[0][1] < ROUTER_UNPLACED and len(wanted) >= EVIDENCE_WORDS and not wanted & _stems(content):
+            # A question asking for figures names what it counts: one own
+            # word is evidence enough ("How many users does X have?").
+            least = 1 if self.schema.asks_figures(question) else EVIDENCE_WORDS
+            if detail is None and ranking[0][1] < ROUTER_UNPLACED and len(wanted) >= least and not wanted & _stems(content):
                 # No field, and the sheet says none of the question's own
                 # words ("Which mascot does X have?"): the closest line would
                 # answer a question the record does not.
                 return field, ""
+            if detail is None and not said and field in present:
+                # "What is X?" says nothing but the document: no line is closer
+                # to it in meaning than another, and the router's field answers it.
+                detail = field, _lines_of(entries, field)
             detail = detail or self._closest(entries, question, names, ranking)
         elif field not in present:
             # "What does certifi provide?" routed to the dependencies it lacks:
@@ -381,6 +392,10 @@ class FieldRouter:
         ):
             # "How many downloads …?" is not answered by a web address, nor
             # "When was X released?" by a version number.
+            return kept[0], ""
+        if asks_who(question, self.schema.who_words) and not any(c.isalpha() for value in values for c in value):
+            # "Who wrote the first version of X?" is not answered by a version
+            # number, a size or a date: a person or a body has a name.
             return kept[0], ""
         return kept
 
@@ -553,6 +568,18 @@ def language_stop_words(language: str) -> frozenset[str]:
     except ImportError:
         return frozenset()
     return frozenset(normalise(" ".join(words)).split())
+
+
+def asks_who(question: str, who_words: frozenset[str]) -> bool:
+    """Whether `question` asks who: one of `who_words` opens one of its
+    clauses, after short words only ("Who wrote …", "À qui …", "X, c'est
+    qui ?"); after a longer word it is a relative pronoun ("la version qui
+    tourne …", "the tool who …")."""
+    for clause in re.split(r"[,;:?!()«»\"–—]|\s-\s", question.lower()):
+        words = re.findall(r"\w+", clause)
+        if any(word in who_words and all(len(w) <= 3 for w in words[:i]) for i, word in enumerate(words)):
+            return True
+    return False
 
 
 def _first_long_word(words: list[str]) -> str:
