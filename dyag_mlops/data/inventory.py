@@ -137,19 +137,8 @@ class Schema:
         return (
             _says(question, self.date_phrases)
             and not _says(question, self.figure_phrases)
-            and not self.asks_who(question)
+            and not set(normalise(question).split()) & self.who_words
         )
-
-    def asks_who(self, question: str) -> bool:
-        """Whether `question` asks who: one of `who_words` opens one of its
-        clauses, after short words only ("Who wrote …", "À qui …", "X, c'est
-        qui ?"); after a longer word it is a relative pronoun ("la version qui
-        tourne …", "the tool who …")."""
-        for clause in re.split(r"[,;:?!()«»\"–—]|\s-\s", question.lower()):
-            words = re.findall(r"\w+", clause)
-            if any(word in self.who_words and all(len(w) <= 3 for w in words[:i]) for i, word in enumerate(words)):
-                return True
-        return False
 
 
 def _says(question: str, phrases: Iterable[str]) -> bool:

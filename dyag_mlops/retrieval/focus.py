@@ -393,7 +393,7 @@ class FieldRouter:
             # "How many downloads …?" is not answered by a web address, nor
             # "When was X released?" by a version number.
             return kept[0], ""
-        if self.schema.asks_who(question) and not any(c.isalpha() for value in values for c in value):
+        if asks_who(question, self.schema.who_words) and not any(c.isalpha() for value in values for c in value):
             # "Who wrote the first version of X?" is not answered by a version
             # number, a size or a date: a person or a body has a name.
             return kept[0], ""
@@ -498,7 +498,7 @@ class FieldRouter:
         from dyag_mlops.retrieval.embeddings import embed_remembered, single_thread
 
         lines = [(info, " ".join(lines)) for info, lines in entries if info is not None and not info.alias]
-        if self.schema.asks_who(question):
+        if _words(question) & self.schema.who_words:
             # "Qui gère X ?" is answered by a field asked about with "qui", where the sheet has one.
             lines = [(info, line) for info, line in lines if info.name in self.asked_who] or lines
         if not lines:
@@ -568,6 +568,18 @@ def language_stop_words(language: str) -> frozenset[str]:
     except ImportError:
         return frozenset()
     return frozenset(normalise(" ".join(words)).split())
+
+
+def asks_who(question: str, who_words: frozenset[str]) -> bool:
+    """Whether `question` asks who: one of `who_words` opens one of its
+    clauses, after short words only ("Who wrote …", "À qui …", "X, c'est
+    qui ?"); after a longer word it is a relative pronoun ("la version qui
+    tourne …", "the tool who …")."""
+    for clause in re.split(r"[,;:?!()«»\"–—]|\s-\s", question.lower()):
+        words = re.findall(r"\w+", clause)
+        if any(word in who_words and all(len(w) <= 3 for w in words[:i]) for i, word in enumerate(words)):
+            return True
+    return False
 
 
 def _first_long_word(words: list[str]) -> str:
