@@ -319,6 +319,15 @@ def test_a_question_asking_who_keeps_no_line_without_a_letter():
     assert not asks_who("Quelle est la version qui tourne en production ?", FR.who_words)
 
 
+def test_a_question_asking_for_a_number_keeps_no_line_without_a_digit():
+    # A phone number is written in digits: a maintainer's name and e-mail
+    # address do not give it, and the grounded answer is the refusal.
+    r, sheets = router_and_sheets(CORPORA / "debian" / "corpus.jsonl")
+    assert r.focus(sheets["grep"], "What is the maintainer's phone number for grep?", "grep")[1] == ""
+    assert r.focus(sheets["grep"], "Who is the maintainer of grep?", "grep")[1].startswith("Maintainer: ")
+    assert r.focus(sheets["grep"], "What version number does grep carry?", "grep")[1].startswith("Version: ")
+
+
 def test_a_question_saying_nothing_but_the_document_keeps_the_router_s_field(monkeypatch):
     # "What is strace?": without its name, no word is left to find the line
     # closest in meaning; the router's field, unsure as it is, answers it.

@@ -101,6 +101,10 @@ class Schema:
     # normalised: such a field of one-word values is asked for as a
     # reference ("What is the ID of {doc}?"), not as a quantity.
     identifier_words: frozenset[str] = frozenset()
+    # Words that ask for a number that is no quantity ("phone number",
+    # "numéro"), normalised: like a figure, it is written in digits, so no
+    # line without a digit answers them.
+    number_words: frozenset[str] = frozenset()
     # A question asking which document holds what it says ("Quelle
     # application est en développement ?"): one of `which_words`, then, past
     # short words only, one of `document_words` or the corpus's name label.
@@ -129,6 +133,11 @@ class Schema:
     def asks_figures(self, question: str) -> bool:
         """Whether `question` asks for figures: a quantity or a date."""
         return _says(question, self.figure_phrases) or self.asks_date(question)
+
+    def asks_digits(self, question: str) -> bool:
+        """Whether the answer to `question` is written in digits: it asks
+        for figures or says one of `number_words`."""
+        return self.asks_figures(question) or bool(set(normalise(question).split()) & self.number_words)
 
     def asks_date(self, question: str) -> bool:
         """Whether `question` asks for a date: says one of `date_phrases`,
@@ -200,6 +209,7 @@ def load_schema(name_or_path: str) -> Schema:
         figure_phrases=tuple(normalise(phrase) for phrase in data.get("figure_phrases", ())),
         date_phrases=tuple(normalise(phrase) for phrase in data.get("date_phrases", ())),
         identifier_words=frozenset(normalise(" ".join(data.get("identifier_words", ()))).split()),
+        number_words=frozenset(normalise(" ".join(data.get("number_words", ()))).split()),
         which_words=frozenset(normalise(" ".join(data.get("which_words", ()))).split()),
         document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),
         question_words=frozenset(" ".join(data.get("question_words", ())).lower().split()),

@@ -28,7 +28,9 @@ keeps nothing from a line without a digit, nor, placed nowhere, from a
 sheet that lacks the thing it counts; one asking for a date ("since
 when": `date_phrases`) nothing from a line without a year or a date (routed
 to an undated field, it takes the sheet's date field, if any); one asking
-who (`who_words`) nothing from a line without a letter (a version, a size).
+for a number (`number_words`: "phone number") nothing from a line without a
+digit either; one asking who (`who_words`) nothing from a line without a
+letter (a version, a size).
 A question that says nothing but the document's name ("What is X?") keeps
 the router's field, however unsure: no line is closer to it than another. A
 question asking which document holds what it says ("Which package is the
@@ -392,6 +394,10 @@ class FieldRouter:
         ):
             # "How many downloads …?" is not answered by a web address, nor
             # "When was X released?" by a version number.
+            return kept[0], ""
+        if self.schema.asks_digits(question) and not any(c.isdigit() for value in values for c in value):
+            # "What is the maintainer's phone number?" is not answered by a
+            # name and an e-mail address: a number is written in digits.
             return kept[0], ""
         if asks_who(question, self.schema.who_words) and not any(c.isalpha() for value in values for c in value):
             # "Who wrote the first version of X?" is not answered by a version
