@@ -134,10 +134,9 @@ class Schema:
         """Whether `question` asks for figures: a quantity or a date."""
         return _says(question, self.figure_phrases) or self.asks_date(question)
 
-    def asks_digits(self, question: str) -> bool:
-        """Whether the answer to `question` is written in digits: it asks
-        for figures or says one of `number_words`."""
-        return self.asks_figures(question) or bool(set(normalise(question).split()) & self.number_words)
+    def asks_number(self, question: str) -> bool:
+        """Whether `question` says one of `number_words` ("phone number")."""
+        return bool(set(normalise(question).split()) & self.number_words)
 
     def asks_date(self, question: str) -> bool:
         """Whether `question` asks for a date: says one of `date_phrases`,

@@ -395,7 +395,7 @@ class FieldRouter:
             # "How many downloads …?" is not answered by a web address, nor
             # "When was X released?" by a version number.
             return kept[0], ""
-        if self.schema.asks_digits(question) and not any(c.isdigit() for value in values for c in value):
+        if self.schema.asks_number(question) and not any(c.isdigit() for value in values for c in value):
             # "What is the maintainer's phone number?" is not answered by a
             # name and an e-mail address: a number is written in digits.
             return kept[0], ""
