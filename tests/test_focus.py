@@ -448,6 +448,25 @@ def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
     assert r.focus(sheet, "Depuis quand ORBIS est-elle en production ?", "ORBIS")[0] == "go_live"
 
 
+def test_a_yes_or_no_question_that_says_no_date_is_not_answered_by_one():
+    """ "ORBIS, c'est en service ou pas ?" says no status value; its words
+    point the router to the "Mise en service" date, but a yes-or-no question
+    asks for a state: the router's next field answers it. Said with a date,
+    or as the label, the question keeps the date."""
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Application: ORBIS\nStatut: En production\nMise en service: 02/09/2016\nPortée géographique: Nationale", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nStatut: En développement\nMise en service: 01/03/2024", "b", "HYDRA"),
+    ]
+    r, sheets = router_and_sheets(chunks)
+    sheet = sheets["ORBIS"]
+    assert r.ranked("ORBIS, c'est en service ou pas ?", "ORBIS")[0][0] == "go_live"
+    assert r.focus(sheet, "ORBIS, c'est en service ou pas ?", "ORBIS") == ("status", "Statut: En production")
+    assert r.focus(sheet, "ORBIS est-elle en service depuis 2016 ?", "ORBIS")[0] == "go_live"
+    assert r.focus(sheet, "Mise en service d'ORBIS ?", "ORBIS")[0] == "go_live"
+
+
 def test_small_words_and_document_nouns_say_no_value():
     """ "moi" of "Décris-moi" is no opening of a linked application's name,
     "le projet X" no status "En projet": the description is asked for."""

@@ -387,6 +387,13 @@ class FieldRouter:
             if dated is not None:
                 kept = dated, _lines_of(entries, dated)
                 values = [_value(line) for line in kept[1].splitlines()]
+        if self.kinds.get(kept[0]) == "date" and not says_label and self.closed(question):
+            # "X, c'est en service ou pas ?" asks for a state, not since when:
+            # a yes-or-no question that says no date is not answered by one.
+            other = next((f for f, _ in ranking if f in present and self.kinds.get(f) != "date"), None)
+            if other is not None:
+                kept = other, _lines_of(entries, other)
+                values = [_value(line) for line in kept[1].splitlines()]
         if self.schema.asks_figures(question) and (
             self.kinds.get(kept[0]) in NO_FIGURE_KINDS
             or not any(c.isdigit() for value in values for c in value)
@@ -404,6 +411,12 @@ class FieldRouter:
             # number, a size or a date: a person or a body has a name.
             return kept[0], ""
         return kept
+
+    def closed(self, question: str) -> bool:
+        """Whether a question asks yes or no of something other than a date:
+        it says none of the schema's `question_words`, no date phrase and no
+        digit ("Escale est-elle en service ?")."""
+        return not (_words(question) & self.schema.question_words or self.schema.asks_date(question) or any(c.isdigit() for c in question))
 
     def asks_for_document(self, question: str, entries: list[tuple[Any, list[str]]], title: str) -> bool:
         """Whether the question asks which document holds what it says,
