@@ -170,6 +170,20 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
         assert [h.doc_id for h in hits[0]] == ["tessellate"]
 
 
+def test_a_frequent_word_one_document_holds_does_not_name_it(tmp_path):
+    # "latest" is in one summary, but says nothing of that package: a
+    # question naming an unknown package with it gets no context. A rarer
+    # word ("tiling") still names its document.
+    rows = [{"id": n, "content": f"Name: {n}\n{b}", "metadata": {"id": n, "title": n}} for n, b in PACKAGES]
+    rows[0]["content"] += "\nDescription: Keeps the latest logs"
+    config = IndexConfig(corpus=write_corpus(tmp_path / "packages.jsonl", rows), index=str(tmp_path / "index"))
+    rag.run(config)
+    with rag.Retriever(config.index) as retriever:
+        assert retriever.catalogue.distinctive_words("What is the latest version of zenquard?") == []
+        assert retriever.retrieve(["What is the latest version of zenquard?"], top_k=1) == [[]]
+        assert retriever.catalogue.distinctive_words("What is the latest tiling zenquard?") == ["tiling"]
+
+
 def test_a_language_without_a_word_list_reads_questions_as_before(english_index):
     # A user's schema may name a language wordfreq has no list of: its
     # tokenizer vocabulary alone then says which words are the language's.

@@ -35,6 +35,9 @@ DISTINCTIVE_DOCS = 1
 # Zipf scale: 2.5 is once in about three million words; "installer" 2.9,
 # "tagline" 3.1, the misspelt "verison" 1.5).
 COMMON_ZIPF = 2.5
+# A word at least this frequent (about once in 30,000 words: "latest",
+# "dernière"; "graph" 4.1, "tiling" 2.9) describes no one document.
+FREQUENT_ZIPF = 4.5
 # Shorter words of the list are as often abbreviations ("ver", "lic", "desc"):
 # the list counts for words of this many letters or more.
 WORD_LIST_MIN_LENGTH = 5
@@ -116,13 +119,19 @@ class Catalogue:
         return set(self.vocabulary) | self._field_wording
 
     def distinctive_words(self, question: str) -> list[str]:
-        """Words of the question (4+ letters, not the fields' wording) that at
-        most DISTINCTIVE_DOCS documents hold: the question speaks of those
-        documents, whatever other name it gives: "the pyca crypto package"
-        is the one document holding "pyca", not the unknown "crypto"."""
+        """Words of the question (4+ letters, not the fields' wording, not
+        among the language's most frequent) that at most DISTINCTIVE_DOCS
+        documents hold: the question speaks of those documents, whatever
+        other name it gives: "the pyca crypto package" is the one document
+        holding "pyca", not the unknown "crypto". "latest" of "the latest
+        version of tqdm" says nothing of the one document that holds it."""
+        _, _, frequency = self._language_words
         return [
             w for w in normalise(question).split()
-            if len(w) >= 4 and w not in self._field_wording and 0 < len(self._docs_of_word.get(w, ())) <= DISTINCTIVE_DOCS
+            if len(w) >= 4
+            and w not in self._field_wording
+            and 0 < len(self._docs_of_word.get(w, ())) <= DISTINCTIVE_DOCS
+            and not (frequency is not None and frequency(w) >= FREQUENT_ZIPF)
         ]
 
     def shares_a_word(self, question: str, text: str) -> bool:
