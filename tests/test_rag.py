@@ -171,7 +171,7 @@ def test_a_lowercase_name_neither_the_corpus_nor_the_language_holds_is_unknown(e
 
 
 def test_a_frequent_word_one_document_holds_does_not_name_it(tmp_path):
-    # "latest" is in one summary, but says nothing of that package: a
+    # "latest" is on one sheet, but says nothing of that package: a
     # question naming an unknown package with it gets no context. A rarer
     # word ("tiling") still names its document.
     rows = [{"id": n, "content": f"Name: {n}\n{b}", "metadata": {"id": n, "title": n}} for n, b in PACKAGES]
