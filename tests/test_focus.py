@@ -274,6 +274,17 @@ def test_a_question_naming_the_document_by_its_description_routes_on_its_other_w
     assert r.focus(VELIA, question, "VELIA") == ("hosting", "Hébergement: Datacenter Lyon")
     # Said with its name, the document needs no other naming words.
     assert r.described_as("VELIA, la plateforme de suivi des vélos, est hébergée où ?", entries, "VELIA") == ""
+    # A name said whole needs none either, however short ("vim", "jq").
+    vel = VELIA.replace("Nom: VELIA", "Nom: VEL")
+    assert r.described_as("VEL, la plateforme de suivi des vélos, est hébergée où ?", r.entries(vel), "VEL") == ""
+    # A field's label the description also says asks for that field; it names no document.
+    sites = (
+        "Nom: CERTA\nStatut: En production\nHébergement: Datacenter Lyon\n"
+        "Description: Statut des sites web des lycées de la région et de leurs certificats."
+    )
+    question = "Quel est le statut des sites web des lycées de la région ?"
+    assert r.described_as(question, r.entries(sites), "CERTA") == "des sites web des lycees de la region"
+    assert r.focus(sites, question, "CERTA") == ("status", "Statut: En production")
     # Words of the description's later sentences are the detail asked, not a name.
     detail = "La plateforme de suivi des vélos compte quoi par station ?"
     assert r.focus(VELIA, detail, "VELIA") == ("description", "Description: Elle compte les locations par station.")

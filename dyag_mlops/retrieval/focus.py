@@ -228,6 +228,9 @@ class FieldRouter:
         self.text_field = next((info.name for info in classes if info.kind == "text"), None)
         # What a question may say without asking for a detail: the fields' wording.
         self.label_stems = {info.name: [_stems(label) for label in info.labels] for info in classes}
+        # A word that is a field's whole label ("version") asks for that field
+        # wherever a description holds it too ("GNU version of the tar archiving utility").
+        self.label_words = {stem for stems_of in self.label_stems.values() for stems in stems_of if len(stems) == 1 for stem in stems}
         # ... and the corpus's common words: neither points to a detail of one sheet.
         self.field_stems = set().union(*(_stems(q) for q in questions)) | set(profile.common_words)
 
@@ -323,7 +326,7 @@ class FieldRouter:
             name_line = next((lines for info, lines in entries if info is None and _value(lines[0]) == title), entries[0][1])
             return self.profile.name_label, name_line[0]
         names = self.sheet_names(entries, title)
-        names = f"{names} {self.described_as(question, entries, names)}"
+        names = f"{names} {self.described_as(question, entries, title)}"
         ranking = self.ranked(question, names)
         field = ranking[0][0]
         present = {info.name for info, _ in entries if info is not None}
@@ -472,16 +475,23 @@ class FieldRouter:
                 found += [key for key in keys if f" {key} " not in said]
         return found
 
-    def described_as(self, question: str, entries: list[tuple[Any, list[str]]], names: str) -> str:
+    def described_as(self, question: str, entries: list[tuple[Any, list[str]]], title: str) -> str:
         """The words by which a question that does not say the document's
         name names it by its description ("" if none): the run of its words
         that the opening of the sheet's prose holds, DESCRIBING_WORDS or more
         of them uncommon in the corpus. "What's the version of the Python
         computer algebra system?" of "Computer algebra system (CAS) in
-        Python": like a name, they are no cue to a field."""
+        Python": like a name, they are no cue to a field. A name said whole
+        counts however short ("vim"), a word of a longer one from 4 letters."""
         words = normalise(question).split()
-        name_stems = _stems(names)
-        if self.text_field is None or any(len(w) >= 4 and w[:STEM] in name_stems for w in words):
+        names = _names(entries, title)
+        name_stems = _stems(" ".join(names))
+        said = f" {' '.join(words)} "
+        if (
+            self.text_field is None
+            or any(len(w) >= 4 and w[:STEM] in name_stems for w in words)
+            or any(f" {name} " in said for name in map(normalise, names) if name)
+        ):
             return ""
         prose = _lines_of(entries, self.text_field).splitlines()
         # The opening (first line, first sentence) is what a document is
@@ -495,7 +505,7 @@ class FieldRouter:
         best: list[str] = []
         run: list[str] = []
         for word in [*words, ""]:  # "" closes the last run; short words may lie within one
-            if word and (word[:STEM] in held or len(word) <= 3):
+            if word and (word[:STEM] in held and word[:STEM] not in self.label_words or len(word) <= 3):
                 run.append(word)
                 continue
             if uncommon(run) >= max(DESCRIBING_WORDS, uncommon(best) + 1):
