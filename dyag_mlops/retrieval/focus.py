@@ -114,6 +114,11 @@ def _without_words(text: str, stems: set[str], kept: frozenset[str] = frozenset(
     return re.sub(r"\w+(?:-\w+)*", keep, text)
 
 
+def without_names(text: str, names: str, kept: frozenset[str] = frozenset()) -> str:
+    """`text` without the words of `names` (`_without_words`)."""
+    return _without_words(text, _stems(names), kept)
+
+
 def _lines_of(entries: list[tuple[Any, list[str]]], field: str) -> str:
     """The lines of a sheet's entries labelled with `field` ("" if none)."""
     return "\n".join(line for spec, lines in entries if spec is not None and spec.name == field for line in lines)

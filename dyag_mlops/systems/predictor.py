@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 from dyag_mlops.config import DEFAULT_BASE_MODEL, SystemSpec
 from dyag_mlops.data.inventory import Schema, cached_schema, detect_schema
 from dyag_mlops.errors import DyagError
-from dyag_mlops.retrieval.focus import narrow_hits
+from dyag_mlops.retrieval.focus import narrow_hits, without_names
 from dyag_mlops.systems.grounding import cache_argument, returned_cache
 from dyag_mlops.systems.prompts import bare_question, build_messages, render_prompt, strip_field_label, user_content
 from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, download_mlflow_uri
@@ -274,7 +274,8 @@ class Predictor:
                 rows = [prompts[i] for i in batch]
                 questions_of_batch = [asked[i] for i in batch]
                 figures = [schema.asks_figures(q) for q in questions_of_batch]
-                texts, counts = self._generate(rows, contexts, refusals, one_line=True, questions=questions_of_batch, figures=figures)
+                unnamed = [self._without_names(asked[i], hits[i]) for i in batch]
+                texts, counts = self._generate(rows, contexts, refusals, one_line=True, questions=unnamed, figures=figures)
             except Exception as exc:  # one failing batch must not lose the others
                 texts, counts = [""] * len(batch), [0] * len(batch)
                 error = f"{type(exc).__name__}: {exc}"
@@ -304,6 +305,17 @@ class Predictor:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
+
+    def _without_names(self, question: str, hits: Sequence[Any]) -> str:
+        """The question without the words that name the documents of its
+        context (titles and alias values): a grounded answer may start after a
+        word the question says, and a word of "Plateforme pour l'urbanisme
+        mutualisé" names the document, not a place in its description."""
+        if self.retriever is None or not hits:
+            return question
+        aliases = self.retriever.profile.aliases
+        names = " ".join(f"{h.title} {' '.join(aliases.get(h.doc_id, []))}" for h in hits)
+        return without_names(question, names, self._schema.stop_words if self._schema else frozenset())
 
     def refusal_for(self, hits: Sequence[Any]) -> str:
         """The refusal a grounded answer may give: none when a sheet narrowed
