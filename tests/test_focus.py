@@ -272,6 +272,8 @@ def test_a_question_naming_the_document_by_its_description_routes_on_its_other_w
     question = "La plateforme de suivi des vélos, elle est hébergée où ?"
     assert r.described_as(question, entries, "VELIA") == "la plateforme de suivi des velos"
     assert r.focus(VELIA, question, "VELIA") == ("hosting", "Hébergement: Datacenter Lyon")
+    # A word said in the singular names it as its plural does ("vélo" of "vélos").
+    assert r.described_as("La plateforme du vélo, elle est hébergée où ?", entries, "VELIA") == "la plateforme du velo"
     # Said with its name, the document needs no other naming words.
     assert r.described_as("VELIA, la plateforme de suivi des vélos, est hébergée où ?", entries, "VELIA") == ""
     # A name said whole needs none either, however short ("vim", "jq").

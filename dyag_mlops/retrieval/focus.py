@@ -101,6 +101,12 @@ def _stems(text: str) -> set[str]:
     return {word[:STEM] for word in normalise(text).split()}
 
 
+def _singular(word: str) -> str:
+    """`word` without a plural's final s ("hints" -> "hint", not "class"):
+    a stem of STEM letters keeps it on a word of four ("hint" is not "hints")."""
+    return word[:-1] if len(word) > 4 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def _without_words(text: str, stems: set[str], kept: frozenset[str] = frozenset()) -> str:
     """`text` without its words of 4+ letters whose stem is in `stems`, and
     its shorter words (2+ letters) that are in `stems` whole ("jq", "vim"),
@@ -487,7 +493,8 @@ class FieldRouter:
         of them uncommon in the corpus. "What's the version of the Python
         computer algebra system?" of "Computer algebra system (CAS) in
         Python": like a name, they are no cue to a field. A name said whole
-        counts however short ("vim"), a word of a longer one from 4 letters."""
+        counts however short ("vim"), a word of a longer one from 4 letters.
+        A word matches in the singular or the plural ("type hint" of "type hints")."""
         words = normalise(question).split()
         names = _names(entries, title)
         name_stems = _stems(" ".join(names))
@@ -501,16 +508,16 @@ class FieldRouter:
         prose = _lines_of(entries, self.text_field).splitlines()
         # The opening (first line, first sentence) is what a document is
         # known by; the rest holds the details questions ask about.
-        held = _stems(SENTENCE_END.split(_value(prose[0]))[0]) if prose else set()
+        held = {_singular(w)[:STEM] for w in normalise(SENTENCE_END.split(_value(prose[0]))[0]).split()} if prose else set()
         common = set(self.profile.common_words)
 
         def uncommon(run: list[str]) -> int:
-            return sum(w[:STEM] in held and w[:STEM] not in common for w in run)
+            return sum(_singular(w)[:STEM] in held and w[:STEM] not in common for w in run)
 
         best: list[str] = []
         run: list[str] = []
         for word in [*words, ""]:  # "" closes the last run; short words may lie within one
-            if word and (word[:STEM] in held and word[:STEM] not in self.label_words or len(word) <= 3):
+            if word and (_singular(word)[:STEM] in held and word[:STEM] not in self.label_words or len(word) <= 3):
                 run.append(word)
                 continue
             if uncommon(run) >= max(DESCRIBING_WORDS, uncommon(best) + 1):
