@@ -116,6 +116,13 @@ def test_split_eval_set_is_stratified_by_kind_and_deterministic(tmp_path):
         got = [json.loads(line) for line in read_lines(again[half])]
         assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, halves[half]))
         assert got == [r for r in shuffled if r in got]
+    # dyag's eval files carry their kind as a top-level `category`
+    categories = ("status", "contacts", "websites", "description")
+    dyag_rows = [{"question": f"Q {c} {n} ?", "expected_answer": "R", "category": c} for c in categories for n in range(6)]
+    (tmp_path / "c").mkdir()
+    dyag_halves = evalset.split_eval_set(write_jsonl(tmp_path / "c" / "eval.jsonl", dyag_rows), tmp_path / "c")
+    for path in dyag_halves.values():
+        assert Counter(json.loads(line)["category"] for line in read_lines(path)) == dict.fromkeys(categories, 3)
     # the command line: existing halves are kept unless --overwrite
     runner = CliRunner()
     refused = runner.invoke(main, ["split-eval", str(tmp_path / "a" / "eval.jsonl")])

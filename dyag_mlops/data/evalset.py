@@ -44,9 +44,9 @@ def demo_eval_path(half: str = "test") -> Path:
 
 def split_eval_set(path: str | Path, output_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """An eval set cut into a dev half and a test half, stratified by kind
-    (`metadata.kind`): within each kind, questions in a fixed pseudo-random
-    order (a hash of the question) alternate between the halves. Writes
-    STEM_dev.jsonl and STEM_test.jsonl."""
+    (`metadata.kind`, or dyag's top-level `category`): within each kind,
+    questions in a fixed pseudo-random order (a hash of the question)
+    alternate between the halves. Writes STEM_dev.jsonl and STEM_test.jsonl."""
     import hashlib
     import json
 
@@ -55,7 +55,8 @@ def split_eval_set(path: str | Path, output_dir: str | Path, overwrite: bool = F
     load_eval_set(path)  # the same checks as evaluation
     by_kind: dict[str, list[dict]] = {}
     for row in rows:
-        by_kind.setdefault(str((row.get("metadata") or {}).get("kind", "")), []).append(row)
+        kind = (row.get("metadata") or {}).get("kind", row.get("kind", row.get("category", "")))
+        by_kind.setdefault(str(kind), []).append(row)
     halves: dict[str, list[dict]] = {"dev": [], "test": []}
     for kind in sorted(by_kind):
         ordered = sorted(by_kind[kind], key=lambda r: hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest())
