@@ -257,6 +257,10 @@ VALUE_KINDS = {
     "identifier": None,
 }
 KIND_SHARE = 0.6
+# Items each qualified by words in brackets, however long: "Observatoire
+# régional de la santé (Utilisateur), ARS/DSI (Maîtrise d'œuvre)". A list
+# to copy whole or by items, though its items are too long for the "list" kind.
+QUALIFIED_ITEMS = re.compile(r"^[^,()]+\([^\W\d_][^()]*\)(?:,\s*[^,()]+\([^\W\d_][^()]*\))+$")
 # The wordiest field is a description when its values average this many words.
 TEXT_WORDS = 4
 

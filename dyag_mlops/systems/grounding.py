@@ -29,19 +29,20 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from dyag_mlops.data.inventory import FIELD_LINE, STEM, value_kind
+from dyag_mlops.data.inventory import FIELD_LINE, QUALIFIED_ITEMS, STEM, value_kind
 from dyag_mlops.data.text import normalise
 
 # A word starts at the start of a line or after a space or an opening
 # punctuation mark.
 WORD_START = re.compile(r"(?:^|(?<=[\s(:,;«\"'/]))\S")
 CHUNK_NUMBER = re.compile(r"^\[\d+\]\s*")
-# A value of no kind (inventory.VALUE_KINDS) and at least this many words is prose.
+# A value of no kind (inventory.VALUE_KINDS), no list of qualified items
+# and at least this many words is prose.
 PROSE_WORDS = 8
 
 
 def _prose(value: str) -> bool:
-    return len(value.split()) >= PROSE_WORDS and not value_kind([value])
+    return len(value.split()) >= PROSE_WORDS and not value_kind([value]) and not QUALIFIED_ITEMS.match(value.strip())
 
 
 def context_spans(chunks: Sequence[str], question: str = "", figures: bool = False) -> list[str]:
