@@ -380,6 +380,13 @@ def test_the_application_name_is_left_out_before_routing():
     assert router().fields([question], ["PLANET Portail de Planification du Territoire"]) == ["website"]
 
 
+def test_the_words_that_say_the_document_are_left_out_before_routing():
+    # "l'outil X", "le logiciel X" say the document, as its name does: no cue to a field.
+    r, sheets = router_and_sheets(SAMPLES / "corpus.jsonl")
+    assert r.focus(sheets["Marégraphe"], "L'outil Marégraphe, il en est où ?", "Marégraphe") == ("status", "Statut: En production")
+    assert r.focus(sheets["Terrabase"], "Le logiciel Terrabase, il en est où ?", "Terrabase") == ("status", "Statut: En développement")
+
+
 def test_every_part_of_a_hyphenated_name_is_left_out():
     # "URBA-Net" once left "-Net" behind, taken for a web address: a
     # description template was narrowed to a website line the sheet lacks.

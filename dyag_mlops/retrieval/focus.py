@@ -208,11 +208,19 @@ class FieldRouter:
         # would take the questions that say "website" from the corpus's
         # "Homepage", and answer them with a refusal.
         classes = profile.corpus_fields or list(profile.fields)
+        # The words by which a question says "the document" ("l'outil X",
+        # "the library") tell no field apart, unless a label says them
+        # ("Applications liées"): like its names, they are left out.
+        label_stems = _stems(" ".join(label for info in classes for label in info.labels))
+        self.document_stems = _stems(" ".join(schema.document_words)) - label_stems
         # Each field's own words: its templates without the document, its
         # labels, and the short values its documents share ("optional") or
         # the roles in brackets their items share ("Maîtrise d'ouvrage").
         texts_of = {
-            info.name: [t.replace(DOC_PLACEHOLDER, "") for t in field_questions(info, schema)]
+            info.name: [
+                _without_words(t.replace(DOC_PLACEHOLDER, ""), self.document_stems, schema.stop_words)
+                for t in field_questions(info, schema)
+            ]
             + list(info.labels)
             + list(info.shared_values)
             for info in classes
@@ -273,9 +281,13 @@ class FieldRouter:
             return []
         if self.only is not None:
             return [self.only] * len(questions)
-        if names is not None:
-            questions = [_without_words(q, _stems(n), self.schema.stop_words) for q, n in zip(questions, names)]
-        return [str(f) for f in self.classifier.predict(list(questions))]
+        names = names if names is not None else [""] * len(questions)
+        return [str(f) for f in self.classifier.predict([self._routed(q, n) for q, n in zip(questions, names)])]
+
+    def _routed(self, question: str, names: str) -> str:
+        """The question as the router reads it: without the document's names
+        nor the words that say "the document" ("l'outil X", "the library")."""
+        return _without_words(question, _stems(names) | self.document_stems, self.schema.stop_words)
 
     def ranked(self, question: str, names: str) -> list[tuple[str, float]]:
         """Every field with its probability for one question, most likely
@@ -283,7 +295,7 @@ class FieldRouter:
         the pipeline's rag and hybrid stages route the same questions."""
         if self.only is not None:
             return [(self.only, 1.0)]
-        routed = _without_words(question, _stems(names), self.schema.stop_words)
+        routed = self._routed(question, names)
         if routed not in self._ranked:
             if len(self._ranked) >= REMEMBERED_QUESTIONS:
                 self._ranked.clear()
