@@ -41,7 +41,7 @@ def test_a_span_of_prose_may_start_after_a_word_the_question_says():
     assert "faute de financement." not in spans and "2022 faute de financement." not in spans  # not after an unsaid word
     assert not any(s.startswith("Dupont") for s in spans)  # a contact is no prose
     assert "en 2022 faute de financement." not in span_texts([prose], UNKNOWN)  # no question, no such start
-    # items qualified in brackets are a list, however long: copied from an item's start, not after a word
+    # items qualified in brackets are a list, however long: entered at its start, not after a word
     actors = "Acteurs: ARS/DVSS (Maîtrise d'ouvrage), ARS/DSI (Maîtrise d'œuvre), Observatoire régional de la santé (Utilisateur)"
     spans = span_texts([actors], UNKNOWN, "Qui assure la maîtrise d'œuvre ?")
     assert actors.partition(": ")[2] in spans
