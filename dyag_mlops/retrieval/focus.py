@@ -286,8 +286,11 @@ class FieldRouter:
 
     def _routed(self, question: str, names: str) -> str:
         """The question as the router reads it: without the document's names
-        nor the words that say "the document" ("l'outil X", "the library")."""
-        return _without_words(question, _stems(names) | self.document_stems, self.schema.stop_words)
+        nor the words that say "the document" ("l'outil X", "the library"),
+        but one a which-word asks for ("Quel logiciel fait tourner X ?")."""
+        words = normalise(question).split()
+        asked = any(w in self.schema.which_words and following[:STEM] in self.document_stems for w, following in zip(words, words[1:]))
+        return _without_words(question, _stems(names) | (set() if asked else self.document_stems), self.schema.stop_words)
 
     def ranked(self, question: str, names: str) -> list[tuple[str, float]]:
         """Every field with its probability for one question, most likely
