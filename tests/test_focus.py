@@ -406,11 +406,11 @@ def test_a_corpus_of_one_field_routes_every_question_to_it():
 
 
 def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
-    """ "Identifiant", "Données liées" (no schema field) route and narrow like the schema's own."""
+    """ "Identifiant", "Briques logicielles" (no schema field) route and narrow like the schema's own."""
     from dyag_mlops.data.corpus import Chunk
 
     chunks = [
-        Chunk("a", "Application: ORBIS\nIdentifiant: 4107\nStatut: En production\nDonnées liées: Cadastre", "a", "ORBIS"),
+        Chunk("a", "Application: ORBIS\nIdentifiant: 4107\nStatut: En production\nBriques logicielles: PostgreSQL", "a", "ORBIS"),
         Chunk("b", "Application: HYDRA\nIdentifiant: 5521\nStatut: En test", "b", "HYDRA"),
     ]
     r, sheets = router_and_sheets(chunks)
@@ -418,7 +418,7 @@ def test_a_corpus_label_the_schema_lacks_is_a_field_of_the_router():
     sheet = sheets["ORBIS"]
     assert r.fields(["Quel est l'identifiant de ORBIS ?"], ["ORBIS"]) == ["Identifiant"]
     assert r.focus(sheet, "Quel est l'identifiant de ORBIS ?", "ORBIS") == ("Identifiant", "Identifiant: 4107")
-    assert r.focus(sheet, "Quelles sont les données liées de ORBIS ?", "ORBIS") == ("Données liées", "Données liées: Cadastre")
+    assert r.focus(sheet, "Quelles sont les briques logicielles de ORBIS ?", "ORBIS") == ("Briques logicielles", "Briques logicielles: PostgreSQL")
     assert r.focus(sheet, "Quel est le statut de ORBIS ?", "ORBIS") == ("status", "Statut: En production")
 
 
@@ -443,9 +443,9 @@ def test_the_roles_a_list_qualifies_its_items_with_route_to_it():
     items the corpus qualifies with that role in brackets, not for the
     contacts that "qui" would otherwise take."""
     r, _ = router_and_sheets(CORPORA / "dyag-invented" / "corpus.jsonl")
-    actors = next(f for f in r.profile.fields if f.name == "Acteurs")
+    actors = next(f for f in r.profile.fields if f.name == "actors")
     assert {"Maîtrise d'ouvrage", "Maîtrise d'œuvre", "Exploitant"} <= set(actors.shared_values)
-    assert r.ranked("Qui porte la maîtrise d'ouvrage d'Alizé ?", "Alizé")[0][0] == "Acteurs"
+    assert r.ranked("Qui porte la maîtrise d'ouvrage d'Alizé ?", "Alizé")[0][0] == "actors"
 
 
 def test_a_yes_or_no_question_asks_for_the_field_whose_value_it_says():
@@ -524,11 +524,24 @@ def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_
     assert r.focus(sheets["Marégraphe"], "Qui s'occupe de Marégraphe ?", "Marégraphe")[0] == "contacts"
 
 
+def test_a_word_is_said_by_its_inflections_not_by_a_longer_word_of_its_stem():
+    from dyag_mlops.retrieval.focus import _same_word
+
+    assert _same_word("nationale", "national") and _same_word("regionales", "regionale") and _same_word("prod", "production")
+    assert not _same_word("utilisee", "utilisateur") and not _same_word("maintenu", "maintenance")
+
+
+def test_a_yes_or_no_question_on_use_asks_for_the_status_not_the_users():
+    # "utilisée" is no "Utilisateur", the role the actors' items share.
+    r, sheets = router_and_sheets(CORPORA / "dyag-invented" / "corpus.jsonl")
+    assert r.focus(sheets["Airelle"], "On utilise encore Airelle de nos jours ?", "Airelle") == ("status", "Statut: En production")
+
+
 def test_a_label_the_corpus_lacks_finds_the_value_that_says_its_synonym():
     # The French schema's owner field is "MOA" or "Maîtrise d'ouvrage"; dyag's
     # layout has no such field, but its "Acteurs" value says the role.
     r, sheets = router_and_sheets(SAMPLES / "corpus.jsonl")
-    assert r.focus(sheets["Marégraphe"], "Qui est la MOA de Marégraphe ?", "Marégraphe") == ("Acteurs", "Acteurs: DGPR/SRNH (Maîtrise d'ouvrage)")
+    assert r.focus(sheets["Marégraphe"], "Qui est la MOA de Marégraphe ?", "Marégraphe") == ("actors", "Acteurs: DGPR/SRNH (Maîtrise d'ouvrage)")
 
 
 def test_raft_examples_hold_the_asked_line_or_nothing(tmp_path, demo_index):

@@ -236,10 +236,11 @@ def test_the_one_field_per_chunk_sample_and_its_markdown_give_the_same_facts():
 
 
 def test_labels_the_schema_lacks_are_fields_with_questions():
-    profile = build_profile(documents(load_corpus(SAMPLES / "corpus.jsonl")))
+    extra = Chunk("c", "Application: Cadastra\nIdentifiant: 6001\nBriques logicielles: PostgreSQL, QGIS Server", "6001", "Cadastra")
+    profile = build_profile(documents([*load_corpus(SAMPLES / "corpus.jsonl"), extra]))
     by_name = {f.name: f for f in profile.fields}
     schema = cached_schema(profile.schema)
-    for label in ("Identifiant", "Données liées", "Acteurs"):
+    for label in ("Identifiant", "Briques logicielles"):
         info = by_name[label]  # the corpus's label names the field
         assert info.labels == (label,) and info.templates == () and info.documents >= 1
         questions = field_questions(info, schema)
@@ -249,12 +250,13 @@ def test_labels_the_schema_lacks_are_fields_with_questions():
     assert by_name["Identifiant"].kind == "identifier"
     identifiers = [t for t in schema.kind_templates["identifier"] if "{label}" not in t]
     assert identifiers and set(identifiers) <= set(field_questions(by_name["Identifiant"], schema))
-    # "Fichiers fonciers, Cadastre": a list, asked about as what the application relies on
-    assert by_name["Données liées"].kind == "list"
-    assert "De quoi dépend {doc} ?" in field_questions(by_name["Données liées"], schema)
+    # "PostgreSQL, QGIS Server": a list, asked about as what the application relies on
+    assert by_name["Briques logicielles"].kind == "list"
+    assert "De quoi dépend {doc} ?" in field_questions(by_name["Briques logicielles"], schema)
     # labels the schema knows take its field's name, its wordings, and keep the corpus's spelling first
     assert by_name["status"].labels[0] == "Statut" and by_name["status"].templates and by_name["status"].documents == 2
     assert by_name["website"].labels[0] == "Sites web" and "Site web" not in by_name["website"].labels
+    assert by_name["actors"].labels[0] == "Acteurs" and by_name["data"].labels[0] == "Données liées"
     # a synonym the schema lists meets its field: "Mise en production" is the go-live date
     assert by_name["go_live"].labels[0] == "Mise en production" and by_name["go_live"].documents == 1
     # a field only the schema knows is kept, held by no document
@@ -268,10 +270,10 @@ def test_labels_the_schema_lacks_make_training_examples(tmp_path):
     for row in rows:
         by_field.setdefault((row["metadata"]["title"], row["metadata"]["field"]), []).append(row)
     assert {row["messages"][-1]["content"] for row in by_field[("Terrabase", "Identifiant")]} == {"5521"}
-    assert {row["messages"][-1]["content"] for row in by_field[("Terrabase", "Données liées")]} == {"Fichiers fonciers, Cadastre"}
+    assert {row["messages"][-1]["content"] for row in by_field[("Terrabase", "data")]} == {"Fichiers fonciers, Cadastre"}
     assert {row["messages"][-1]["content"] for row in by_field[("Marégraphe", "Identifiant")]} == {"4107"}
     # a field one document lacks is taught as a refusal for it
-    assert {row["messages"][-1]["content"] for row in by_field[("Marégraphe", "Données liées")]} == {"Je ne sais pas"}
+    assert {row["messages"][-1]["content"] for row in by_field[("Marégraphe", "data")]} == {"Je ne sais pas"}
     for row in by_field[("Terrabase", "Identifiant")]:
         assert "Terrabase" in row["messages"][1]["content"]
     assert {r["metadata"]["schema"] for r in rows} == {"fr"}
@@ -280,18 +282,19 @@ def test_labels_the_schema_lacks_make_training_examples(tmp_path):
 
 def test_label_variants_meet_in_one_field():
     chunks = [
-        Chunk("a", "Nom : A\nSite web : https://a.fr\nDonnée liée : Cadastre\nStatut : En production", "a", "A"),
-        Chunk("b", "Nom : B\nSites web : https://b.fr\nDonnées liées : Fichiers fonciers\nStatut : En test", "b", "B"),
-        Chunk("c", "Nom : C\nSITE WEB : https://c.fr\nDONNEES LIEES : SIRENE", "c", "C"),
+        Chunk("a", "Nom : A\nSite web : https://a.fr\nBrique logicielle : PostgreSQL\nStatut : En production", "a", "A"),
+        Chunk("b", "Nom : B\nSites web : https://b.fr\nBriques logicielles : QGIS Server\nStatut : En test", "b", "B"),
+        Chunk("c", "Nom : C\nSITE WEB : https://c.fr\nBRIQUES LOGICIELLES : GeoServer", "c", "C"),
     ]
     profile = build_profile(documents(chunks), "fr")
     website = profile.field_for_label("Sites web")
     assert website is profile.field_for_label("Site web") is profile.field_for_label("SITE WEB")
     assert website.name == "website" and website.documents == 3
-    linked = profile.field_for_label("Données liées")
-    assert linked is profile.field_for_label("Donnée liée") is profile.field_for_label("DONNEES LIEES")
-    assert linked.name == "Donnée liée" and linked.documents == 3 and set(linked.labels) == {"Donnée liée", "Données liées", "DONNEES LIEES"}
-    assert len([f for f in profile.corpus_fields]) == 3  # website, the linked data, status
+    bricks = profile.field_for_label("Briques logicielles")
+    assert bricks is profile.field_for_label("Brique logicielle") is profile.field_for_label("BRIQUES LOGICIELLES")
+    assert bricks.name == "Brique logicielle" and bricks.documents == 3
+    assert set(bricks.labels) == {"Brique logicielle", "Briques logicielles", "BRIQUES LOGICIELLES"}
+    assert len([f for f in profile.corpus_fields]) == 3  # website, the software bricks, status
 
 
 def test_an_identifier_is_asked_for_as_a_reference_not_a_quantity():

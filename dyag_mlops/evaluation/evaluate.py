@@ -93,7 +93,8 @@ def sentence_bleu(prediction: str, expected: str) -> float:
 
     if not prediction or not expected:
         return float(prediction == expected)
-    return sacrebleu.sentence_bleu(prediction, [expected], use_effective_order=True).score / 100
+    # sacrebleu's 100 for an exact answer may come out a hair above it.
+    return min(1.0, sacrebleu.sentence_bleu(prediction, [expected], use_effective_order=True).score / 100)
 
 
 def is_correct(prediction: str, expected: str, scores: dict[str, float], question: str = "") -> bool:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 from typing import Any, Sequence
 
@@ -71,6 +72,9 @@ ROUTER_TIE = 0.1
 # How many uncommon words of a document's description a question must say in
 # a row to be taken for naming the document by it.
 DESCRIBING_WORDS = 2
+# Letters two words of one stem may end apart by and still be one word said
+# two ways ("régional" / "régionales"), not two words ("utilisé" / "utilisateur").
+INFLECTION = 3
 # Kinds of value whose digits are no figure a question asks for: the versions
 # of a list ("libc6 (>= 2.34)"), an address's, a code's.
 NO_FIGURE_KINDS = frozenset({"list", "url", "person", "identifier"})
@@ -645,10 +649,13 @@ def _first_long_word(words: list[str]) -> str:
 
 
 def _same_word(asked: str, value_word: str) -> bool:
-    """Whether a question's word says a value's word: the same stem, or its
-    opening for a short word ("prod" of "production", "dev" of "développement")."""
+    """Whether a question's word says a value's word: the same stem and
+    ending apart by an inflection at most ("nationale" of "National"; not
+    "utilisée" of "Utilisateur"), or its opening for a short word ("prod" of
+    "production", "dev" of "développement")."""
     if len(asked) >= STEM:
-        return asked[:STEM] == value_word[:STEM]
+        apart = max(len(asked), len(value_word)) - len(os.path.commonprefix([asked, value_word]))
+        return asked[:STEM] == value_word[:STEM] and apart <= INFLECTION
     return value_word.startswith(asked)
 
 
