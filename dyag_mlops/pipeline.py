@@ -10,7 +10,8 @@ closed-book adapter on the facts, which finetuned answers with (hybrid keeps
 the RAFT adapter). Steps hand artifacts on by run URI (`runs:/ID/...`). A step that
 already finished with the same parameters (config hash) and the same code
 (git commit), and whose outputs are still on disk, is reused instead of run
-again (MLflow's multistep-workflow pattern).
+again (MLflow's multistep-workflow pattern); a training interrupted with the
+same parameters and code resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def train_raft_adapter(config: PipelineConfig, work: Path, index_dir: str, timin
         precision=config.precision,
         overwrite=True,
     )
+    if config.reuse:
+        ft_cfg = finetune.resumed_if_interrupted(ft_cfg)
     ft_run = step("finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "adapter" / "final"], config.reuse, timings)
     return f"runs:/{ft_run}/adapter"
 
@@ -165,6 +168,8 @@ def train_closed_book_adapter(config: PipelineConfig, work: Path, timings: dict)
         precision=config.precision,
         overwrite=True,
     )
+    if config.reuse:
+        ft_cfg = finetune.resumed_if_interrupted(ft_cfg)
     ft_run = step(
         "finetune", ft_cfg, lambda t: finetune.run(ft_cfg, t), [work / "closed_book_adapter" / "final"],
         config.reuse, timings, "finetune_closed_book",

@@ -179,10 +179,16 @@ def config_params(config: Any) -> dict[str, str]:
     return params
 
 
+# Parameters that say how a stage treats its output, not what it makes: left
+# out of the hash, so a resumed run is found like the run it continues.
+RUN_CONTROLS = frozenset({"resume", "overwrite"})
+
+
 def config_hash(stage: str, config: Any) -> str:
     """Stable digest of a stage's parameters: a finished run with the same hash
     and commit can be reused by the pipeline instead of run again."""
-    payload = json.dumps({"stage": stage, **config_params(config)}, sort_keys=True)
+    params = {k: v for k, v in config_params(config).items() if k not in RUN_CONTROLS}
+    payload = json.dumps({"stage": stage, **params}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from dyag_mlops.data.inventory import cached_schema
 from dyag_mlops.errors import DyagError
 from dyag_mlops.systems.predictor import load_predictor
 from dyag_mlops.systems.prompts import build_messages
+from dyag_mlops.tracking import config_hash
 from dyag_mlops.train import finetune
 
 FR = cached_schema("fr")
@@ -180,6 +182,23 @@ def test_resume_after_kill_reaches_the_same_final_step(tmp_path, tiny_model_dir)
     subprocess.run(args + ["--resume"], env=env, check=True, capture_output=True)
     manifest = json.loads((out / "final" / "dyag_manifest.json").read_text())
     assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 128
+
+
+def test_an_output_left_by_the_same_training_is_resumed_and_one_of_other_parameters_is_not(tmp_path, tiny_model_dir):
+    data = memorisation_set(tmp_path / "train.jsonl", repeat=4)
+    config = FinetuneConfig(
+        dataset=str(data), output=str(tmp_path / "out"), base_model=str(tiny_model_dir), epochs=1, batch_size=2, grad_accum=1,
+        save_steps=4, precision="fp32", overwrite=True,
+    )
+    finetune.run(config)
+    shutil.rmtree(tmp_path / "out" / "final")  # as if killed after its last checkpoint
+    assert not finetune.resumed_if_interrupted(dataclasses.replace(config, lr=1e-3)).resume
+    resumed = finetune.resumed_if_interrupted(config)
+    assert resumed.resume and not resumed.overwrite
+    assert config_hash("finetune", resumed) == config_hash("finetune", config)  # the pipeline finds it as the same step
+    finetune.run(resumed)
+    manifest = json.loads((tmp_path / "out" / "final" / "dyag_manifest.json").read_text())
+    assert manifest["resumed_from"].endswith("checkpoint-8") and manifest["metrics"]["global_step"] == 8
 
 
 def test_scoring_only_answer_tokens_on_cpu_gives_the_same_loss(tiny_model_dir):

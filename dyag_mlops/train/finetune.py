@@ -8,7 +8,8 @@ prompt the model is trained on is byte for byte the one it gets at inference;
 the loss covers the answers (every assistant turn) and their end-of-turn
 tokens only (completion mask).
 Checkpoints every `save_steps`; `--resume` continues from the latest one
-(optimizer, scheduler, step and data order), also after a kill.
+(optimizer, scheduler, step and data order), also after a kill; the pipeline
+resumes by itself an output left by the same parameters and code.
 Under `accelerate launch --num_processes N` the Trainer trains data-parallel;
 rank 0 alone writes the adapter, its manifest and the MLflow run.
 """
@@ -32,7 +33,7 @@ from dyag_mlops.data.files import atomic_write_json, file_digest, read_jsonl
 from dyag_mlops.errors import DyagError
 from dyag_mlops.systems.predictor import ADAPTER_MANIFEST, check_base_matches, locate_adapter, log_system_model
 from dyag_mlops.systems.prompts import render_turns
-from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, download_mlflow_uri, process_rank
+from dyag_mlops.tracking import MLFLOW_URI_PREFIXES, NullTracker, config_hash, download_mlflow_uri, git_commit, process_rank
 
 
 @dataclass
@@ -152,13 +153,35 @@ def check_output(config: FinetuneConfig) -> None:
         raise DyagError(f"--output {out} is not empty (pass --resume to continue it or --overwrite to replace it)")
 
 
+# In --output: the parameters and code its checkpoints come from.
+TRAINING_MARK = "dyag_training.json"
+
+
+def training_mark(config: FinetuneConfig) -> dict[str, str]:
+    return {"config_hash": config_hash("finetune", config), "git_commit": git_commit()}
+
+
 def prepare_output(config: FinetuneConfig) -> Path:
     check_output(config)
     out = Path(config.output)
     if out.exists() and any(out.iterdir()) and not config.resume and process_rank() == 0:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    if process_rank() == 0:
+        atomic_write_json(out / TRAINING_MARK, training_mark(config))
     return out
+
+
+def resumed_if_interrupted(config: FinetuneConfig) -> FinetuneConfig:
+    """`config` set to resume when its output was left by a training of the
+    same parameters and code (a killed pipeline): the pipeline run again
+    continues from the last checkpoint instead of starting over."""
+    try:
+        mark = json.loads((Path(config.output) / TRAINING_MARK).read_text())
+    except (OSError, ValueError):
+        return config
+    same = mark == training_mark(config) and mark["git_commit"] != "unknown"
+    return dataclasses.replace(config, resume=True, overwrite=False) if same else config
 
 
 def latest_checkpoint(out: Path) -> str | None:
