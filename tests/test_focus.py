@@ -332,6 +332,16 @@ def test_a_question_asking_who_keeps_no_line_without_a_letter():
     assert not asks_who("Quelle est la version qui tourne en production ?", FR.who_words)
 
 
+def test_a_question_asking_who_routed_by_a_word_of_a_label_it_says_in_passing_is_routed_again_without_it():
+    # "Python" routes to "Requires-Python" (">=3.8"), which names nobody;
+    # without that label's words the question finds the field asked with "who".
+    r, sheets = router_and_sheets(CORPORA / "pydist" / "corpus_md")
+    question = "Who is behind the Python packaging helpers?"
+    assert r.ranked(question, "packaging")[0][0] == "Requires-Python"
+    assert r.focus(sheets["packaging"], question, "packaging") == ("Author-email", "Author-email: Donald Stufft <donald@stufft.io>")
+    assert r.focus(sheets["attrs"], "Who made attrs for Python classes?", "attrs")[0] == "Author-email"
+
+
 def test_a_question_asking_for_a_number_keeps_no_line_without_a_digit():
     # A phone number is written in digits: a maintainer's name and e-mail
     # address do not give it, and the grounded answer is the refusal.

@@ -30,7 +30,10 @@ when": `date_phrases`) nothing from a line without a year or a date (routed
 to an undated field, it takes the sheet's date field, if any); one asking
 for a number (`number_words`: "phone number") nothing from a line without a
 digit either; one asking who (`who_words`) nothing from a line without a
-letter (a version, a size).
+letter (a version, a size), unless the router sent it there by a word of a
+label it does not say whole ("Python" of "Requires-Python"): routed again
+without that label, it keeps the field asked about with "who" it then
+ranks first.
 A question that says nothing but the document's name ("What is X?") keeps
 the router's field, however unsure: no line is closer to it than another. A
 question asking which document holds what it says ("Which package is the
@@ -442,8 +445,26 @@ class FieldRouter:
         if asks_who(question, self.schema.who_words) and not any(c.isalpha() for value in values for c in value):
             # "Who wrote the first version of X?" is not answered by a version
             # number, a size or a date: a person or a body has a name.
+            if values and not self.names_label(question, kept[0]):
+                # "Who wrote the core utilities for Python packages?" went to
+                # "Requires-Python" by a word of its label it says in passing:
+                # routed again without that label's words, it finds who.
+                return self._named(question, entries, f"{names} {' '.join(self.labels_of(kept[0]))}", kept[0])
             return kept[0], ""
         return kept
+
+    def labels_of(self, field: str) -> tuple[str, ...]:
+        return next((info.labels for info in self.profile.fields if info.name == field), ())
+
+    def _named(self, question: str, entries: list[tuple[Any, list[str]]], names: str, excluded: str) -> tuple[str, str]:
+        """The field the router ranks first for `question` without the words
+        of `names`, among the sheet's fields asked about with "who" whose
+        values name someone (a letter), `excluded` aside; "" if none."""
+        for field, _ in self.ranked(question, names):
+            lines = _lines_of(entries, field)
+            if field != excluded and field in self.asked_who and any(c.isalpha() for line in lines.splitlines() for c in _value(line)):
+                return field, lines
+        return excluded, ""
 
     def closed(self, question: str) -> bool:
         """Whether a question asks yes or no of something other than a date:
