@@ -449,14 +449,15 @@ class FieldRouter:
                 # "Who wrote the core utilities for Python packages?" went to
                 # "Requires-Python" by a word of its label it says in passing:
                 # routed again without that label's words, it finds who.
-                return self._named(question, entries, f"{names} {' '.join(self.labels_of(kept[0]))}", kept[0])
+                return self._someone_s_field(question, entries, f"{names} {' '.join(self._labels_of(kept[0]))}", kept[0])
             return kept[0], ""
         return kept
 
-    def labels_of(self, field: str) -> tuple[str, ...]:
+    def _labels_of(self, field: str) -> tuple[str, ...]:
+        """Every label of the corpus field `field` (none for an unknown one)."""
         return next((info.labels for info in self.profile.fields if info.name == field), ())
 
-    def _named(self, question: str, entries: list[tuple[Any, list[str]]], names: str, excluded: str) -> tuple[str, str]:
+    def _someone_s_field(self, question: str, entries: list[tuple[Any, list[str]]], names: str, excluded: str) -> tuple[str, str]:
         """The field the router ranks first for `question` without the words
         of `names`, among the sheet's fields asked about with "who" whose
         values name someone (a letter), `excluded` aside; "" if none."""
