@@ -328,8 +328,8 @@ def run(config: FinetuneConfig, tracker: NullTracker = NullTracker()) -> Finetun
     try:
         result = _train(config, tracker, out, (train_path, train_examples, val_path, val_examples), device, precision)
     except BaseException:
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a failure before the first checkpoint leaves nothing behind
+        if out.is_dir() and {p.name for p in out.iterdir()} <= {TRAINING_MARK}:
+            shutil.rmtree(out)  # a failure before the first checkpoint leaves nothing behind
         raise
     leave_process_group()
     return result
