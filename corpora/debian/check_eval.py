@@ -1,4 +1,4 @@
-"""Validate corpus.jsonl and eval_dev/test/fresh/fresh2/fresh3.jsonl; print counts by kind and by field."""
+"""Validate corpus.jsonl and eval_dev/test/fresh/fresh2/fresh3/fresh4.jsonl; print counts by kind and by field."""
 import json, re
 from collections import Counter, defaultdict
 
@@ -21,7 +21,7 @@ for i, line in enumerate(open("corpus.jsonl", encoding="utf-8"), 1):
     if o["id"] != f"chunk_{pkg}_{len(chunks[pkg])}": problems.append(f"corpus {i}: bad chunk number")
     chunks[pkg].append(o["content"])
 
-HALVES = ("dev", "test", "fresh", "fresh2", "fresh3")
+HALVES = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4")
 by_kind, by_field, seen_q = Counter(), Counter(), set()
 for i, line in enumerate((l for h in HALVES for l in open(f"eval_{h}.jsonl", encoding="utf-8")), 1):
     try:

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Vérifie corpus.jsonl, corpus_md/, eval_dev.jsonl et eval_test.jsonl (ne lit que ces fichiers)."""
+"""Vérifie corpus.jsonl, corpus_md/, eval_dev.jsonl, eval_test.jsonl et eval_dev2.jsonl (ne lit que ces fichiers)."""
 import json, os, re, sys
 from collections import Counter, OrderedDict
 
@@ -117,11 +117,11 @@ for n in by_nom:
     if n not in seen:
         err(f"pas de fiche Markdown pour {n}")
 
-# ---- eval_dev.jsonl, eval_test.jsonl ----
+# ---- eval_dev.jsonl, eval_test.jsonl, eval_dev2.jsonl ----
 KEYS = {"id", "question", "expected_answer", "category", "difficulty",
         "app_name", "app_id", "source_section"}
 cats, per_app, qids, qtexts = Counter(), Counter(), set(), set()
-for half, i, q in [(h, i, q) for h in ("eval_dev.jsonl", "eval_test.jsonl") for i, q in load_jsonl(os.path.join(HERE, h))]:
+for half, i, q in [(h, i, q) for h in ("eval_dev.jsonl", "eval_test.jsonl", "eval_dev2.jsonl") for i, q in load_jsonl(os.path.join(HERE, h))]:
     where = f"{half}:{i} ({q.get('id')})"
     if set(q) != KEYS:
         err(f"{where}: clés {sorted(q)}"); continue

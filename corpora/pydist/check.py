@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Validate eval_dev.jsonl + eval_test.jsonl + eval_fresh.jsonl + eval_fresh2.jsonl + eval_fresh3.jsonl against corpus_md/ and print counts by kind and field."""
+"""Validate eval_dev.jsonl + eval_test.jsonl + eval_fresh.jsonl + eval_fresh2.jsonl + eval_fresh3.jsonl + eval_fresh4.jsonl against corpus_md/ and print counts by kind and field."""
 import json
 from collections import Counter
 from pathlib import Path
@@ -9,7 +9,7 @@ docs = {p.stem: p.read_text(encoding="utf-8") for p in (HERE / "corpus_md").glob
 KINDS = {"paraphrase", "informal", "typo", "alias", "unanswerable"}
 problems, kinds, fields, per_doc, seen = [], Counter(), Counter(), Counter(), set()
 
-for n, line in enumerate("".join((HERE / f"eval_{h}.jsonl").read_text(encoding="utf-8") for h in ("dev", "test", "fresh", "fresh2", "fresh3")).splitlines(), 1):
+for n, line in enumerate("".join((HERE / f"eval_{h}.jsonl").read_text(encoding="utf-8") for h in ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4")).splitlines(), 1):
     try:
         rec = json.loads(line)
         q, a, md = rec["question"], rec["expected_answer"], rec["metadata"]
