@@ -219,13 +219,14 @@ def test_a_short_name_is_no_cue_to_the_closest_line():
 def test_a_field_the_sheet_lacks_gives_way_to_one_the_router_cannot_tell_from_it():
     # markupsafe has a Maintainer-email, no Author-email: a question the
     # router splits between the two asks for the one the sheet has; a
-    # router clear about the missing field still gets nothing (the refusal).
+    # router clear about the missing field gets nothing (the refusal), but
+    # for a question asking who (test below).
     r, sheets = router_and_sheets(CORPORA / "pydist" / "corpus_md")
     question = "Who looks after markupsafe?"
     r.ranked = lambda q, names: [("Author-email", 0.48), ("Maintainer-email", 0.47), ("Summary", 0.05)]
     assert r.focus(sheets["MarkupSafe"], question, "markupsafe") == ("Maintainer-email", "Maintainer-email: Pallets <contact@palletsprojects.com>")
     r.ranked = lambda q, names: [("Author-email", 0.7), ("Maintainer-email", 0.25), ("Summary", 0.05)]
-    assert r.focus(sheets["MarkupSafe"], question, "markupsafe") == ("Author-email", "")
+    assert r.focus(sheets["MarkupSafe"], "What is the e-mail address of the author of markupsafe?", "markupsafe") == ("Author-email", "")
 
 
 def test_a_field_the_sheet_lacks_gives_way_to_a_line_that_says_a_word_of_the_question():
@@ -304,6 +305,13 @@ def test_a_question_asking_how_many_keeps_no_line_without_a_figure():
     # The digits of a web address (a list's versions, an e-mail) are no figure.
     numbered = SHEET.replace("https://orbis.exemple.fr", "https://orbis2.exemple.fr/v3")
     assert r.focus(numbered, "Combien de visites compte le site web d'ORBIS ?", "ORBIS") == ("website", "")
+    # A count the prose says among the question's words answers it instead.
+    described = SHEET.replace("Il sert aussi aux véhicules de service.", "Elle est hébergée sur 3 serveurs.")
+    assert r.focus(described, question, "ORBIS") == ("description", "Description: Elle est hébergée sur 3 serveurs.")
+    assert r.focus(described, "Combien de visites compte le site web d'ORBIS ?", "ORBIS") == ("website", "")
+    # The digits inside a word ("x64") are no figure either.
+    hosted = described.replace("Datacenter Nantes-Est", "Datacenter x64")
+    assert r.focus(hosted, question, "ORBIS") == ("description", "Description: Elle est hébergée sur 3 serveurs.")
 
 
 def test_a_question_asking_how_many_that_the_router_cannot_place_needs_one_word_of_its_own_on_the_sheet(monkeypatch):
@@ -371,6 +379,10 @@ def test_a_question_asking_when_keeps_no_line_without_a_date():
     # "when" inside a question asking how many does not ask for a date.
     sized = r.focus(sheets["curl"], "How many kilobytes does curl need when it is installed?", "curl")
     assert sized[1].startswith("Installed-Size: ")
+    # Nor does "when" after another question word: it joins a clause.
+    listed = r.focus(sheets["curl"], "What does curl need on disk when you set it up?", "curl")
+    assert listed[1] != "" and not FR.asks_date("Qui appeler quand ORBIS est en panne ?")
+    assert FR.asks_date("ORBIS est en service depuis quand ?") and FR.asks_date("Quand ORBIS a-t-il démarré ?")
     dated = SHEET + "\nMise en service: 12/06/2018"
     assert router().focus(dated, "ORBIS, c'est en service depuis quand ?", "ORBIS") == ("go_live", "Mise en service: 12/06/2018")
     assert router().focus(dated.replace("12/06/2018", "v2"), "ORBIS, c'est en service depuis quand ?", "ORBIS")[1] == ""
@@ -524,6 +536,24 @@ def test_a_question_asking_when_routed_to_an_undated_field_gets_the_date_field()
     sheet = sheets["ORBIS"]
     assert r.focus(sheet, "Depuis quand ORBIS est-il en ligne ?", "ORBIS") == ("go_live", "Mise en production: 27/06/2019")
     assert r.focus(sheet, "Quelle est l'adresse web d'ORBIS ?", "ORBIS")[0] == "website"
+
+
+def test_a_question_asking_who_routed_to_a_field_the_sheet_lacks_gets_its_field_asked_about_with_who():
+    from dyag_mlops.data.corpus import Chunk
+
+    chunks = [
+        Chunk("a", "Name: alpha\nMaintainer: Ann Lee <ann@alpha.org>\nVersion: 1.0", "a", "alpha"),
+        Chunk("b", "Name: beta\nAuthor: Bob Ray <bob@beta.org>\nVersion: 2.0", "b", "beta"),
+        Chunk("c", "Name: gamma\nMaintainer: Cy Poe <cy@gamma.org>\nAuthor: Di Orr <di@gamma.org>\nVersion: 3.0", "c", "gamma"),
+    ]
+    docs = documents(chunks)
+    profile = build_profile(docs, "en")
+    r, sheets = FieldRouter(profile, cached_schema("en")), {d.title: render_sheet(d, profile.name_label) for d in docs}
+    question = "who created alpha"
+    assert r.ranked(question, "alpha")[0][0] == "Author"
+    assert r.focus(sheets["alpha"], question, "alpha") == ("Maintainer", "Maintainer: Ann Lee <ann@alpha.org>")
+    # A question saying the label of the field the sheet lacks asks for it: refused.
+    assert r.focus(sheets["alpha"], "Who is the author of alpha?", "alpha")[1] == ""
 
 
 def test_a_question_asking_who_the_router_cannot_place_gets_a_field_asked_about_with_who():

@@ -141,9 +141,15 @@ class Schema:
     def asks_date(self, question: str) -> bool:
         """Whether `question` asks for a date: says one of `date_phrases`,
         and neither asks for a quantity nor asks who ("How many kilobytes
-        does X take when installed?", "Who do I call when X is down?")."""
+        does X take when installed?", "Who do I call when X is down?"). A
+        date phrase that is a question word ("when") after another question
+        word joins a clause to the question, it does not ask: "Which
+        packages does X pull in when you install it?"."""
+        # Question words are compared with their accents ("où" is not "ou").
+        first_asking = next((w for w in re.findall(r"\w+", question.lower()) if w in self.question_words), None)
+        phrases = [p for p in self.date_phrases if p not in self.question_words or p == first_asking]
         return (
-            _says(question, self.date_phrases)
+            _says(question, phrases)
             and not _says(question, self.figure_phrases)
             and not set(normalise(question).split()) & self.who_words
         )

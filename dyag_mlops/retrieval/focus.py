@@ -81,6 +81,9 @@ INFLECTION = 3
 # Kinds of value whose digits are no figure a question asks for: the versions
 # of a list ("libc6 (>= 2.34)"), an address's, a code's.
 NO_FIGURE_KINDS = frozenset({"list", "url", "person", "identifier"})
+# A number: digits that start a word ("18062", "1.2.3", "02/09/2016"); the
+# digits of "amd64" or "utf8" are no figure.
+NUMBER = re.compile(r"(?<!\w)\d")
 # What answers a question asking for a date: a year ("T2 2025", "1998") or a
 # written date ("17/01/2020", "2020-01-17"), not a version ("2.4.6") or a size.
 DATE_IN_TEXT = re.compile(r"\b(?:1[5-9]|20)\d\d\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b")
@@ -408,6 +411,11 @@ class FieldRouter:
             # "What does certifi provide?" routed to the dependencies it lacks:
             # a line that says one of the question's own words ("providing") answers it.
             detail = self._detail(entries, wanted, said, phrases, least=1)
+            if detail is None and not says_label and asks_who(question, self.schema.who_words):
+                # "Who's behind attrs?" routed to the maintainer its sheet
+                # lacks: the sheet's field asked about with "who" answers it
+                # (not "Who is the author of X?", asking for what X lacks).
+                detail = self._someone_s_field(question, entries, names, field)
         else:
             # The field is the question's; a value of several sentences
             # (a description) keeps the one that holds the question's words.
@@ -432,13 +440,15 @@ class FieldRouter:
                 values = [_value(line) for line in kept[1].splitlines()]
         if self.schema.asks_figures(question) and (
             self.kinds.get(kept[0]) in NO_FIGURE_KINDS
-            or not any(c.isdigit() for value in values for c in value)
+            or not any(NUMBER.search(value) for value in values)
             or (self.schema.asks_date(question) and not any(DATE_IN_TEXT.search(value) for value in values))
         ):
             # "How many downloads …?" is not answered by a web address, nor
-            # "When was X released?" by a version number.
-            return kept[0], ""
-        if self.schema.asks_number(question) and not any(c.isdigit() for value in values for c in value):
+            # "When was X released?" by a version number; but the sheet's
+            # prose may say the count among the question's words.
+            counted = None if self.schema.asks_date(question) else self._counted(entries, said)
+            return counted or (kept[0], "")
+        if self.schema.asks_number(question) and not any(NUMBER.search(value) for value in values):
             # "What is the maintainer's phone number?" is not answered by a
             # name and an e-mail address: a number is written in digits.
             return kept[0], ""
@@ -452,6 +462,22 @@ class FieldRouter:
                 return self._someone_s_field(question, entries, f"{names} {' '.join(self._labels_of(kept[0]))}", kept[0])
             return kept[0], ""
         return kept
+
+    def _counted(self, entries: list[tuple[Any, list[str]]], said: set[str]) -> tuple[str, str] | None:
+        """(text field, "Label : sentence") for the sentence of the sheet's
+        prose that holds a number and the most (one or more: a count names
+        what it counts) of the question's words, field words included:
+        "Combien de dossiers sont traités chaque année ?" of "Environ 2 300
+        dossiers y sont traités chaque année, …". None if no sentence does."""
+        prose = [(info, lines) for info, lines in entries if info is not None and info.name == self.text_field]
+        best, best_count = None, 0
+        for _, lines in prose:
+            label, value = _label(lines[0]), _value(" ".join(lines))
+            for sentence in SENTENCE_END.split(value.strip()):
+                count = len(said & _stems(sentence))
+                if count > best_count and NUMBER.search(sentence):
+                    best, best_count = f"{label}{SEPARATOR}{sentence}", count
+        return None if best is None else (self.text_field, best)
 
     def _labels_of(self, field: str) -> tuple[str, ...]:
         """Every label of the corpus field `field` (none for an unknown one)."""
