@@ -5,7 +5,8 @@ for; handed the asked field's line, it copies that line (docs/quality.md). So
 before a sheet goes into a prompt, a classifier names the field the question
 asks about and the sheet keeps that field's lines only. A sheet that lacks
 the field keeps a field the router cannot tell from it, or else the line
-that says one of the question's own words, or else nothing (the only
+that says one of the question's own words, or else, for a question asking
+who, the sheet's field asked about with "who", or else nothing (the only
 grounded answer is then the refusal). Its classes are the corpus's fields
 (inventory.Profile); it is trained on their labels and question templates
 (the schema's where it knows the field, generic ones built from the label
@@ -24,10 +25,12 @@ X have?" is no question about its record); a sure router (or a question
 naming the field's label) keeps, of its field's long value, the sentence
 that holds them.
 A question asking for figures ("how many": the schema's `figure_phrases`)
-keeps nothing from a line without a digit, nor, placed nowhere, from a
+keeps nothing from a line without a number but the description's sentence
+that says the count among its words, nor, placed nowhere, anything from a
 sheet that lacks the thing it counts; one asking for a date ("since
-when": `date_phrases`) nothing from a line without a year or a date (routed
-to an undated field, it takes the sheet's date field, if any); one asking
+when": `date_phrases`, not a "when" after another question word) nothing
+from a line without a year or a date (routed to an undated field, it takes
+the sheet's date field, if any); one asking
 for a number (`number_words`: "phone number") nothing from a line without a
 digit either; one asking who (`who_words`) nothing from a line without a
 letter (a version, a size), unless the router sent it there by a word of a
