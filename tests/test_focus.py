@@ -538,6 +538,22 @@ def test_a_question_asking_when_routed_to_an_undated_field_gets_the_date_field()
     assert r.focus(sheet, "Quelle est l'adresse web d'ORBIS ?", "ORBIS")[0] == "website"
 
 
+def test_a_question_asking_why_gets_the_sheet_s_prose():
+    """ "Pourquoi ORBIS a-t-il été abandonné ?" says a status value; the
+    status line names the state, the description tells the reason."""
+    from dyag_mlops.data.corpus import Chunk
+
+    description = "Description: ORBIS gérait les subventions. Il a été abandonné en 2021 faute de crédits."
+    chunks = [
+        Chunk("a", f"Application: ORBIS\nStatut: Abandonné\n{description}\nMise en service: 02/09/2016", "a", "ORBIS"),
+        Chunk("b", "Application: HYDRA\nStatut: En production\nDescription: HYDRA suit les crues.\nMise en service: 01/03/2024", "b", "HYDRA"),
+        Chunk("c", "Application: ALTO\nStatut: Abandonné\nDescription: ALTO planifiait les salles.\nMise en service: 05/05/2010", "c", "ALTO"),
+    ]
+    r, sheets = router_and_sheets(chunks)
+    assert r.focus(sheets["ORBIS"], "Pourquoi ORBIS a-t-il été abandonné ?", "ORBIS") == ("description", description)
+    assert r.focus(sheets["ORBIS"], "ORBIS a-t-il été abandonné ?", "ORBIS")[0] == "status"
+
+
 def test_a_question_asking_who_routed_to_a_field_the_sheet_lacks_gets_its_field_asked_about_with_who():
     from dyag_mlops.data.corpus import Chunk
 

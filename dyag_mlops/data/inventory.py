@@ -117,6 +117,9 @@ class Schema:
     # Those that ask who ("qui", "who"): such a question the router cannot
     # place is answered by a field whose templates ask who (the contacts).
     who_words: frozenset[str] = frozenset()
+    # Those that ask why ("pourquoi", "why"): a reason is told in prose, so
+    # such a question is answered by the corpus's text field (focus.py).
+    reason_words: frozenset[str] = frozenset()
     # A spaCy package whose word vectors help the field router ("" for none).
     word_vectors: str = ""
     # Or a sentence-transformers model whose embeddings do (bundled: all-minilm-l6-v2).
@@ -219,6 +222,7 @@ def load_schema(name_or_path: str) -> Schema:
         document_words=frozenset(normalise(" ".join(data.get("document_words", ()))).split()),
         question_words=frozenset(" ".join(data.get("question_words", ())).lower().split()),
         who_words=frozenset(" ".join(data.get("who_words", ())).lower().split()),
+        reason_words=frozenset(" ".join(data.get("reason_words", ())).lower().split()),
         word_vectors=word_vectors,
         sentence_encoder=data.get("sentence_encoder", ""),
         source=name_or_path,

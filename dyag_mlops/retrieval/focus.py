@@ -36,7 +36,8 @@ digit either; one asking who (`who_words`) nothing from a line without a
 letter (a version, a size), unless the router sent it there by a word of a
 label it does not say whole ("Python" of "Requires-Python"): routed again
 without that label, it keeps the field asked about with "who" it then
-ranks first.
+ranks first. One asking why (`reason_words`) keeps the sheet's prose: a
+reason is told there, not in a status or a date.
 A question that says nothing but the document's name ("What is X?") keeps
 the router's field, however unsure: no line is closer to it than another. A
 question asking which document holds what it says ("Which package is the
@@ -426,6 +427,10 @@ class FieldRouter:
             long_value = any(len(SENTENCE_END.split(_value(" ".join(lines)))) > 1 for _, lines in own)
             detail = self._detail(own, wanted, said, phrases) if long_value else None
         kept = detail or (field, _lines_of(entries, field))
+        if _words(question) & self.schema.reason_words and self.text_field in present:
+            # "Pourquoi X a-t-il été abandonné ?" is not answered by "Statut :
+            # Abandonné" nor by a date: a reason is told in the sheet's prose.
+            kept = self.text_field, _lines_of(entries, self.text_field)
         values = [_value(line) for line in kept[1].splitlines()]
         if self.schema.asks_date(question) and not any(DATE_IN_TEXT.search(value) for value in values):
             # "Depuis quand X est-il en ligne ?" routed to the website: the
